@@ -1,0 +1,215 @@
+"""Command line: argument parsing -> library call -> files out. No math here.
+
+    cryoalign align SOURCE TARGET [--source-contour A] [--target-contour B] [--voxel V]
+                    [--seed S] [--json OUT] [--out-dir DIR] [--source-model MODEL] [--quiet]
+    cryoalign rmsd MODEL --matrix RESULT.json (--reference GT | --reference-model FITTED)
+
+Exit codes: 0 success, 2 bad input (one line naming the problem and the fix),
+1 internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+
+EXIT_INPUT = 2
+EXIT_INTERNAL = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .config import AlignConfig
+
+    d = AlignConfig()
+    p = argparse.ArgumentParser(prog="cryoalign", description="Superimpose cryo-EM density maps.")
+    p.add_argument("--version", action="version", version=f"cryoalign {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("align", help="find T_target_source superimposing SOURCE on TARGET",
+                       description="Global alignment of two maps (CryoAlign method).")
+    a.add_argument("source", help="moving map (.mrc/.map/.ccp4, optionally .gz)")
+    a.add_argument("target", help="fixed map")
+    a.add_argument("--source-contour", type=float, default=None,
+                   help="source contour level (EMDB recommended level); estimated if omitted")
+    a.add_argument("--target-contour", type=float, default=None,
+                   help="target contour level; estimated if omitted")
+    a.add_argument("--voxel", type=float, default=d.voxel_A,
+                   help=f"point-cloud sampling interval in Å (default {d.voxel_A:g})")
+    a.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (default 0)")
+    a.add_argument("--keypoints", choices=["dense", "meanshift"], default=d.keypoints,
+                   help="key points: every sampled point (default) or mean-shift maxima (paper)")
+    a.add_argument("--json", dest="json_out", default=None, help="write the result JSON here")
+    a.add_argument("--out-dir", default=None,
+                   help="write result.json, params.json, the source resampled on the target grid, "
+                        "the moved model and a ChimeraX script here")
+    a.add_argument("--source-model", default=None, help="PDB/mmCIF model in the source map's frame "
+                                                        "to move onto the target (needs --out-dir)")
+    a.add_argument("--quiet", action="store_true", help="no progress messages")
+
+    r = sub.add_parser("rmsd", help="true RMSD of a model under an estimated transform",
+                       description="RMSD (Å) of MODEL moved by the estimated matrix against a reference: "
+                                   "ground-truth matrices (the best over alternatives is also "
+                                   "reported) or the same model fitted in the target map.")
+    r.add_argument("model", help="model in the source map's frame (PDB/mmCIF)")
+    r.add_argument("--matrix", required=True,
+                   help="estimated transform: cryoalign result JSON, or 12/16 numbers in a text file")
+    g = r.add_mutually_exclusive_group(required=True)
+    g.add_argument("--reference", help="ground truth: JSON with 'matrix' or 'T_gt' (+ 'alt_T_gt'), "
+                                       "or a text matrix")
+    g.add_argument("--reference-model", help="the same model as fitted in the target map")
+    r.add_argument("--atoms", choices=["ca", "all"], default="ca",
+                   help="CA/P trace atoms (default) or all atoms")
+    r.add_argument("--json", dest="json_out", default=None, help="also write the numbers as JSON")
+    return p
+
+
+def main(argv=None) -> int:
+    from .errors import InputError
+
+    args = _parser().parse_args(argv)
+    _setup_logging(getattr(args, "quiet", False))
+    try:
+        if args.command == "align":
+            return _cmd_align(args)
+        return _cmd_rmsd(args)
+    except InputError as exc:
+        print(f"cryoalign: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("cryoalign: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug: show the traceback so it can be reported
+        import traceback
+
+        traceback.print_exc()
+        print("cryoalign: internal error (please report it with the traceback above)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _setup_logging(quiet: bool) -> None:
+    logger = logging.getLogger("cryoalign")
+    logger.handlers[:] = []
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_ElapsedFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+class _ElapsedFormatter(logging.Formatter):
+    def __init__(self):
+        super().__init__()
+        self.t0 = time.perf_counter()
+
+    def format(self, record):
+        return f"[{time.perf_counter() - self.t0:6.2f}s] {record.getMessage()}"
+
+
+def _cmd_align(args) -> int:
+    from . import io, outputs
+    from .config import AlignConfig
+    from .errors import InputError
+    from .pipeline import align
+
+    log = logging.getLogger("cryoalign")
+    config = AlignConfig(voxel_A=args.voxel, seed=args.seed, keypoints=args.keypoints)
+    if args.source_model and not args.out_dir:
+        raise InputError("--source-model needs --out-dir (where the moved model is written)")
+    if args.json_out:
+        io.check_writable(args.json_out)
+    if args.out_dir:
+        _make_dir(args.out_dir)
+    source_model = io.read_model(args.source_model) if args.source_model else None
+    src_map, tgt_map = io.read_map(args.source), io.read_map(args.target)
+    result = align(src_map, tgt_map, source_contour=args.source_contour,
+                   target_contour=args.target_contour, config=config)
+    doc = result.to_json()
+    text = json.dumps(doc, indent=1)
+    if args.json_out:
+        io.write_text(args.json_out, text + "\n")
+    if args.out_dir:
+        out = args.out_dir
+        io.write_text(os.path.join(out, "result.json"), text + "\n")
+        io.write_text(os.path.join(out, "params.json"), json.dumps(doc["params"], indent=1) + "\n")
+        log.info("resampling the source map onto the target grid ...")
+        moved = outputs.resample_onto(src_map, tgt_map, result.T_target_source)
+        resampled = os.path.join(out, "source_on_target.mrc")
+        io.write_map(moved, resampled)
+        models = []
+        if source_model is not None:
+            model_out = os.path.join(out, "source_model_on_target" + io.model_suffix(args.source_model))
+            io.write_model(io.transform_model(source_model, result.T_target_source), model_out)
+            models.append(model_out)
+        outputs.chimerax_script(os.path.join(out, "superposition.cxc"), target_map=args.target,
+                                target_contour=doc["params"]["target_contour"], source_map=args.source,
+                                source_contour=doc["params"]["source_contour"],
+                                T_target_source=result.T_target_source, resampled_map=resampled,
+                                models=tuple(models))
+    _print_summary(result, args)
+    return 0
+
+
+def _make_dir(path):
+    from .errors import InputError
+
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output folder {path}: {exc.strerror}; choose a writable location") from None
+    if not os.access(path, os.W_OK):
+        raise InputError(f"output folder {path} is not writable; choose a writable location")
+
+
+def _print_summary(result, args) -> None:
+    from . import transform as tf
+
+    T = result.T_target_source
+    p = result.params
+    s = result.score
+    lines = ["T_target_source (source world Å -> target world Å):"]
+    lines += ["  " + "  ".join(f"{v:11.5f}" for v in row) for row in T]
+    axis = tf.rotation_axis(T)
+    lines.append(f"rotation {tf.rotation_angle_deg(T):.2f} deg about ({axis[0]:.3f}, {axis[1]:.3f}, "
+                 f"{axis[2]:.3f}); translation ({T[0, 3]:.2f}, {T[1, 3]:.2f}, {T[2, 3]:.2f}) Å")
+    lines.append(f"score {s.similarity:.3f} = (1 - JS {s.js_divergence:.3f}) x vector agreement "
+                 f"{s.vector_agreement:.3f}; overlap {s.overlap:.2f}; {len(result.candidates)} candidate(s)")
+    for side in ("source", "target"):
+        est = " (estimated; pass the EMDB recommended level if known)" if p[f"{side}_contour_estimated"] else ""
+        lines.append(f"{side} contour {p[f'{side}_contour']:.5g}{est}")
+    lines.append(f"time {result.timings_s['total']:.2f} s")
+    if args.json_out:
+        lines.append(f"wrote {args.json_out}")
+    if args.out_dir:
+        lines.append(f"wrote {args.out_dir}/ (open superposition.cxc in ChimeraX)")
+    if not args.quiet:
+        print("\n".join(lines))
+
+
+def _cmd_rmsd(args) -> int:
+    from . import io
+    from .rmsd import load_matrices, rmsd_to_matrices, rmsd_to_model
+
+    if args.json_out:
+        io.check_writable(args.json_out)
+    T_est = load_matrices(args.matrix)[0]
+    if args.reference:
+        res = rmsd_to_matrices(args.model, T_est, load_matrices(args.reference), atoms=args.atoms)
+        print(f"RMSD {res['rmsd_A']:.3f} Å over {res['atoms']} atoms"
+              + (f" (best over {len(res['all_references_A'])} equivalent references: {res['rmsd_sym_A']:.3f} Å)"
+                 if len(res["all_references_A"]) > 1 else ""))
+    else:
+        res = rmsd_to_model(args.model, T_est, args.reference_model, atoms=args.atoms)
+        print(f"RMSD {res['rmsd_A']:.3f} Å over {res['atoms']} paired atoms")
+    if args.json_out:
+        io.write_text(args.json_out, json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

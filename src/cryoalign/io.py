@@ -1,0 +1,261 @@
+"""Maps and models in and out: the only module that knows file formats.
+
+Maps: MRC/CCP4 (``.mrc``, ``.map``, ``.ccp4``, also gzipped). The reader
+returns a `DensityMap` with data indexed ``[z, y, x]`` whatever the file's axis
+order (MAPC/MAPR/MAPS), per-axis voxel sizes, and the world origin taken from
+the ORIGIN field or, when that is zero, from NSTART x voxel size.
+
+Models: PDB and mmCIF (optionally gzipped) through gemmi.
+
+Every writer goes through `atomic_write`: the file appears complete or not at all.
+"""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io as _io
+import os
+import tempfile
+import warnings
+import zlib
+
+import numpy as np
+
+from .errors import InputError
+from .types import DensityMap
+
+MAP_SUFFIXES = (".mrc", ".map", ".ccp4", ".mrcs", ".rec")
+_SUPPORTED_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
+
+
+# ----------------------------------------------------------------------------- maps
+def read_map(path) -> DensityMap:
+    """Read an MRC/CCP4 map (gzipped or not) into a `DensityMap`.
+
+    Raises `InputError` naming the problem for missing, non-MRC, truncated,
+    unsupported-mode or non-finite files.
+    """
+    import mrcfile
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"map file not found: {path}")
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a directory, not a map file")
+    raw = _read_bytes(path)
+    if len(raw) < 1024:
+        raise InputError(f"{path} is not an MRC/CCP4 map: {len(raw)} bytes is shorter than "
+                         "the 1024-byte header; check that the download finished")
+    if raw[208:212] not in (b"MAP ", b"MAP\x00", b"MAP\x20"):
+        raise InputError(f"{path} is not an MRC/CCP4 map (no 'MAP ' tag at byte 208); "
+                         "pass a .mrc/.map/.ccp4 density map")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            mrc = mrcfile.mrcinterpreter.MrcInterpreter(_io.BytesIO(raw), permissive=True)
+        except Exception as exc:  # mrcfile raises several types for corrupt headers
+            raise InputError(f"{path} is not a readable MRC/CCP4 map: {exc}") from None
+    h = mrc.header
+    mode = int(h.mode)
+    if mode not in _SUPPORTED_MODES:
+        raise InputError(f"{path} uses MRC mode {mode}, which is not a real-valued density; "
+                         f"supported modes are {sorted(_SUPPORTED_MODES)} (convert it to mode 2, float32)")
+    n_crs = np.array([int(h.nx), int(h.ny), int(h.nz)])
+    if np.any(n_crs <= 0):
+        raise InputError(f"{path} has non-positive dimensions NX,NY,NZ = {tuple(n_crs.tolist())}")
+    data = mrc.data
+    expected = int(np.prod(n_crs)) * np.dtype(_SUPPORTED_MODES[mode]).itemsize
+    if data is None or data.size != int(np.prod(n_crs)):
+        got = len(raw) - 1024 - int(h.nsymbt)
+        raise InputError(f"{path} is truncated: header says {tuple(n_crs.tolist())} voxels "
+                         f"({expected} bytes of data) but the file holds {max(got, 0)} bytes; "
+                         "download the map again")
+    axes = (int(h.mapc), int(h.mapr), int(h.maps))
+    if sorted(axes) != [1, 2, 3]:
+        raise InputError(f"{path} has invalid axis order MAPC/MAPR/MAPS = {axes}; "
+                         "it must be a permutation of 1, 2, 3")
+    # stored array axes are (section, row, column) -> crystallographic axes (MAPS, MAPR, MAPC)
+    stored_codes = [axes[2], axes[1], axes[0]]
+    perm = [stored_codes.index(3), stored_codes.index(2), stored_codes.index(1)]
+    data = np.ascontiguousarray(np.transpose(np.asarray(data), perm), dtype=np.float32)
+    if not np.all(np.isfinite(data)):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise InputError(f"{path} contains {bad} NaN or infinite voxel values; "
+                         "replace them (for example with 0) before aligning")
+    sampling = np.array([int(h.mx), int(h.my), int(h.mz)], float)
+    cell = np.array([float(h.cella.x), float(h.cella.y), float(h.cella.z)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        voxel = cell / sampling
+    if not np.all(np.isfinite(voxel)) or np.any(voxel <= 0):
+        raise InputError(f"{path} has voxel size {tuple(np.round(voxel, 4).tolist())} Å (CELLA {tuple(cell.tolist())} / "
+                         f"MX,MY,MZ {tuple(sampling.astype(int).tolist())}); it must be positive: "
+                         "fix the header's cell dimensions")
+    origin = np.array([float(h.origin.x), float(h.origin.y), float(h.origin.z)])
+    if not np.all(np.isfinite(origin)):
+        raise InputError(f"{path} has a non-finite ORIGIN {tuple(origin.tolist())}")
+    if not np.any(origin):
+        starts_crs = (int(h.nxstart), int(h.nystart), int(h.nzstart))  # column, row, section
+        start_xyz = np.zeros(3)
+        for start, code in zip(starts_crs, axes):
+            start_xyz[code - 1] = start
+        origin = start_xyz * voxel
+    return DensityMap(data=data, voxel_size_A=voxel, origin_A=origin, path=path)
+
+
+def _read_bytes(path) -> bytes:
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+        fh.seek(0)
+        if head == b"\x1f\x8b":
+            try:
+                return gzip.GzipFile(fileobj=fh).read()
+            except (OSError, EOFError, zlib.error) as exc:
+                raise InputError(f"{path} is a damaged gzip file ({exc}); download it again") from None
+        return fh.read()
+
+
+def write_map(density: DensityMap | np.ndarray, path, *, voxel_size_A=None, origin_A=None) -> None:
+    """Write a map as MRC (mode 2, axes x, y, z, NSTART 0, world position in ORIGIN)."""
+    import mrcfile
+
+    if isinstance(density, DensityMap):
+        data, voxel_size_A, origin_A = density.data, density.voxel_size_A, density.origin_A
+    else:
+        data = density
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
+    org = np.broadcast_to(np.asarray(origin_A, float), (3,))
+
+    def _write(tmp):
+        with mrcfile.new(tmp, overwrite=True) as m:
+            m.set_data(data)
+            m.voxel_size = tuple(float(v) for v in vs)
+            m.header.origin.x, m.header.origin.y, m.header.origin.z = (float(v) for v in org)
+            m.header.nxstart = m.header.nystart = m.header.nzstart = 0
+            m.update_header_stats()
+
+    atomic_write(path, _write)
+
+
+# ----------------------------------------------------------------------------- outputs
+def atomic_write(path, write_fn) -> None:
+    """Call ``write_fn(tmp_path)`` then rename tmp onto `path`; no partial file on failure."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"cannot write {path}: folder {folder} does not exist; create it first")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}; choose a writable location") from None
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual mode
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}; choose a writable location") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path, text: str) -> None:
+    def _write(tmp):
+        with open(tmp, "w") as fh:
+            fh.write(text)
+    atomic_write(path, _write)
+
+
+def check_writable(path) -> None:
+    """Fail early (before any work) when `path` cannot be created."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"cannot write {path}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"cannot write {path}: folder {folder} is not writable; choose another location")
+    if os.path.isdir(path):
+        raise InputError(f"cannot write {path}: it is a directory; give a file name")
+
+
+# ----------------------------------------------------------------------------- models
+def read_model(path):
+    """Read a PDB or mmCIF model (optionally gzipped) as a `gemmi.Structure`.
+
+    Hydrogens and waters are kept as in the file; an empty or unparseable file
+    raises `InputError`.
+    """
+    import gemmi
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"model file not found: {path}")
+    try:
+        st = gemmi.read_structure(path)
+    except Exception as exc:  # gemmi raises RuntimeError/ValueError with a parser message
+        raise InputError(f"cannot parse model {path}: {exc}; pass a PDB or mmCIF file") from None
+    if len(st) == 0 or st[0].count_atom_sites() == 0:
+        raise InputError(f"model {path} contains no atoms; pass a PDB or mmCIF file with coordinates")
+    st.setup_entities()
+    return st
+
+
+def model_coordinates(st, *, selection: str = "all") -> np.ndarray:
+    """(N, 3) coordinates (Å) of the first model's atoms.
+
+    selection: "all", or "ca" (CA of amino acids and P of nucleotides).
+    """
+    out = []
+    for chain in st[0]:
+        for res in chain:
+            for atom in res:
+                if selection == "ca" and not is_trace_atom(res, atom):
+                    continue
+                out.append((atom.pos.x, atom.pos.y, atom.pos.z))
+    return np.array(out, float).reshape(-1, 3)
+
+
+def is_trace_atom(res, atom) -> bool:
+    return (atom.name == "CA" and atom.element.name == "C") or (atom.name == "P" and atom.element.name == "P")
+
+
+def transform_model(st, T_target_source: np.ndarray):
+    """Return a copy of `st` with every model's atoms moved by the 4x4 transform."""
+    import gemmi
+
+    T = np.asarray(T_target_source, float)
+    moved = st.clone()
+    tr = gemmi.Transform(gemmi.Mat33(T[:3, :3].tolist()), gemmi.Vec3(*T[:3, 3]))
+    for model in moved:
+        model.transform_pos_and_adp(tr)
+    return moved
+
+
+def write_model(st, path) -> None:
+    """Write PDB (``.pdb``/``.ent``) or mmCIF (``.cif``/``.mmcif``) by suffix."""
+    path = os.fspath(path)
+    lower = path.lower()
+    if lower.endswith((".cif", ".mmcif")):
+        def _write(tmp):
+            st.make_mmcif_document().write_file(tmp)
+    elif lower.endswith((".pdb", ".ent")):
+        def _write(tmp):
+            st.write_pdb(tmp)
+    else:
+        raise InputError(f"cannot tell the model format of {path}: use a .pdb or .cif suffix")
+    atomic_write(path, _write)
+
+
+def model_suffix(path) -> str:
+    """Suffix for writing a model that was read from `path` (keeps PDB vs mmCIF)."""
+    lower = os.fspath(path).lower()
+    if lower.endswith(".gz"):
+        lower = lower[:-3]
+    return ".cif" if lower.endswith((".cif", ".mmcif")) else ".pdb"

@@ -1,0 +1,73 @@
+"""What a superposition produces besides the matrix: the source map resampled onto
+the target's grid, moved models, and a ChimeraX script that shows them together."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from scipy import ndimage
+
+from . import transform as tf
+from .io import write_text
+from .types import DensityMap
+
+
+def resample_onto(source: DensityMap, target: DensityMap, T_target_source: np.ndarray) -> DensityMap:
+    """Source density moved by T and sampled (trilinear) on the target's grid:
+    out(y) = source(T^-1 y) for every target voxel centre y; 0 outside the source box."""
+    nz, ny, nx = target.data.shape
+    T_inv = tf.invert(np.asarray(T_target_source, float))
+    out = np.empty((nz, ny, nx), np.float32)
+    ix = np.arange(nx) * target.voxel_size_A[0] + target.origin_A[0]
+    iy = np.arange(ny) * target.voxel_size_A[1] + target.origin_A[1]
+    gy, gx = np.meshgrid(iy, ix, indexing="ij")
+    plane = np.stack([gx.ravel(), gy.ravel(), np.zeros(gx.size)], 1)
+    for k in range(nz):                      # slab by slab: memory stays at one plane
+        plane[:, 2] = k * target.voxel_size_A[2] + target.origin_A[2]
+        f = source.world_to_index(tf.apply(T_inv, plane))
+        out[k] = ndimage.map_coordinates(source.data, [f[:, 2], f[:, 1], f[:, 0]], order=1,
+                                         cval=0.0).reshape(ny, nx)
+    return DensityMap(data=out, voxel_size_A=target.voxel_size_A.copy(), origin_A=target.origin_A.copy())
+
+
+def chimerax_script(path, *, target_map: str, target_contour: float, source_map: str,
+                    source_contour: float, T_target_source: np.ndarray, resampled_map: str | None = None,
+                    models: tuple = ()) -> None:
+    """Write a .cxc that opens the target and the source placed by T (and moved models).
+
+    File names are written relative to the script's folder when they live in it,
+    so the output folder can be moved as a whole."""
+    folder = os.path.dirname(os.path.abspath(path))
+
+    def name(p):
+        p = os.path.abspath(p)
+        rel = os.path.relpath(p, folder)
+        return rel if not rel.startswith("..") else p
+
+    T = np.asarray(T_target_source, float)
+    flat = ",".join(f"{v:.6f}" for v in T[:3, :].ravel())
+    lines = [
+        "# cryoalign superposition: open in ChimeraX (File > Open, or 'open superposition.cxc')",
+        f"open {_q(name(target_map))}",
+        f"volume #1 level {target_contour:.6g} style mesh color #9b9b9b",
+        f"open {_q(name(source_map))}",
+        f"volume #2 level {source_contour:.6g} style surface color #4f8fe6 transparency 0.4",
+        "# place the original source map by T_target_source (rows of R | t)",
+        f"view matrix models #2,{flat}",
+    ]
+    next_id = 3
+    if resampled_map:
+        lines += [f"open {_q(name(resampled_map))}",
+                  f"volume #{next_id} level {source_contour:.6g} style surface color #e6a04f "
+                  "transparency 0.4",
+                  f"hide #{next_id} models"]
+        next_id += 1
+    for model in models:
+        lines += [f"open {_q(name(model))}", f"color #{next_id} #d94f4f"]
+        next_id += 1
+    lines += ["view"]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def _q(p: str) -> str:
+    return f'"{p}"' if " " in p else p

@@ -1,0 +1,183 @@
+"""align(source, target) -> AlignResult: the one place where the stage order lives.
+
+    1 point cloud   pointcloud.sample_points   grid points above contour + density vectors
+    2 key points    keypoints.dense / detect   sampled points, or mean-shift maxima (paper)
+    3 descriptors   features.describe          SHOT-style histograms of density vectors
+    4 matching      match.mutual_nearest       mutual nearest neighbours
+    5 coarse pose   register.coarse_poses      consistency graph, max clique, GNC-TLS
+    6 fine pose     refine.robust_icp          Welsch ICP on all sampled points
+    7 score         score.similarity           vector agreement x (1 - JS divergence)
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from . import features, keypoints, match, pointcloud, refine, register, score
+from . import transform as tf
+from .config import AlignConfig
+from .errors import InputError
+from .io import read_map
+from .types import AlignResult, Candidate, DensityMap, PointCloud
+
+log = logging.getLogger(__name__)
+
+
+class _Timer:
+    def __init__(self):
+        self.timings = {}
+        self._t0 = time.perf_counter()
+
+    def stage(self, name):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t = time.perf_counter()
+                log.debug("%s ...", name)
+
+            def __exit__(self, *exc):
+                dt = time.perf_counter() - self.t
+                timer.timings[name] = timer.timings.get(name, 0.0) + dt
+                if exc[0] is None:
+                    log.info("%s done in %.2f s", name, dt)
+        return _Ctx()
+
+    def total(self):
+        return time.perf_counter() - self._t0
+
+
+def _as_map(m) -> DensityMap:
+    if isinstance(m, DensityMap):
+        return m
+    if isinstance(m, (str, os.PathLike)):
+        return read_map(m)
+    raise InputError(f"expected a map path or DensityMap, got {type(m).__name__}")
+
+
+def _contour(density: DensityMap, contour, name: str) -> tuple[float, bool]:
+    if contour is None:
+        level = pointcloud.estimate_contour(density)
+        log.info("%s contour not given: estimated %.6g from the map's background noise", name, level)
+        return level, True
+    contour = float(contour)
+    if not math.isfinite(contour):
+        raise InputError(f"{name} contour {contour} is not a finite number")
+    top = float(density.data.max())
+    if contour >= top:
+        suggestion = pointcloud.estimate_contour(density)
+        raise InputError(f"{name} contour {contour:g} is at or above the map's maximum {top:g}, so "
+                         f"nothing would be kept; try --{name}-contour {suggestion:.4g} "
+                         "(or the EMDB recommended level)")
+    return contour, False
+
+
+def _keypoint_std_A(density: DensityMap, config: AlignConfig) -> float:
+    # The original's 3 Å kernel is narrower than coarse maps' voxels, where mean shift
+    # then stalls on single voxels: never go below the map's own voxel size.
+    return max(config.keypoint_sigma_A, config.keypoint_voxel_factor * float(density.voxel_size_A.max())) \
+        * pointcloud.KERNEL_TO_STD
+
+
+class _Side:
+    """Everything computed from one map (kept together for reuse by local search)."""
+
+    def __init__(self, density, contour, config, timer, name, fine_target=False):
+        with timer.stage(f"{name} point cloud"):
+            vec_field = pointcloud.smooth_field(density, contour, config.vector_sigma_A * pointcloud.KERNEL_TO_STD)
+            self.cloud = pointcloud.sample_points(density, contour, config.voxel_A, config.vector_sigma_A,
+                                                  field=vec_field)
+            self.fine = None
+            if fine_target:
+                self.fine = pointcloud.sample_points(density, contour, config.voxel_A / 2.0,
+                                                     config.vector_sigma_A, field=vec_field)
+        with timer.stage(f"{name} key points"):
+            if config.keypoints == "meanshift":
+                key_field = pointcloud.smooth_field(density, contour, _keypoint_std_A(density, config))
+                kps = keypoints.detect(key_field, self.cloud.points_A, config.merge_eps_A)
+            else:
+                kps = keypoints.dense(self.cloud.points_A, config.voxel_A, config.max_keypoints)
+        with timer.stage(f"{name} descriptors"):
+            self.features = features.describe(kps, self.cloud, config.descriptor_radius_A)
+        if len(self.features) < 3:
+            raise InputError(
+                f"only {len(self.features)} key points found in the {name} map above its contour "
+                f"({len(self.cloud)} sampled points); lower the contour or use a smaller --voxel")
+
+
+def align(source, target, *, source_contour: float | None = None, target_contour: float | None = None,
+          config: AlignConfig | None = None, **overrides) -> AlignResult:
+    """Find the rigid transform T_target_source superimposing `source` on `target`.
+
+    source, target: map paths or `DensityMap`s. Contours default to an estimate
+    from each map's background (pass EMDB's recommended levels when you have them).
+    config / overrides: `AlignConfig` fields (voxel_A, seed, max_hypotheses, ...).
+    """
+    config = (config or AlignConfig()).replace(**overrides) if overrides else (config or AlignConfig())
+    timer = _Timer()
+    with timer.stage("read maps"):
+        src_map, tgt_map = _as_map(source), _as_map(target)
+    sc, sc_est = _contour(src_map, source_contour, "source")
+    tc, tc_est = _contour(tgt_map, target_contour, "target")
+    rng = np.random.default_rng(config.seed)
+
+    src = _Side(src_map, sc, config, timer, "source")
+    tgt = _Side(tgt_map, tc, config, timer, "target", fine_target=True)
+
+    with timer.stage("matching"):
+        matches = match.mutual_nearest(src.features, tgt.features, k=config.match_k)
+    with timer.stage("coarse pose"):
+        poses = register.coarse_poses(matches, config.noise_A, count=config.max_hypotheses)
+        if not poses:
+            log.warning("no consistent correspondences; starting from the centroid alignment")
+            T0 = tf.make(np.eye(3), tgt.cloud.points_A.mean(0) - src.cloud.points_A.mean(0))
+            poses = [register.Pose(T_target_source=T0)]
+
+    candidates = _refine_and_rank(src.cloud, tgt, poses, config, timer, rng)
+    best = candidates[0]
+    params = dict(config.as_dict(), source_contour=sc, target_contour=tc,
+                  source_contour_estimated=sc_est, target_contour_estimated=tc_est,
+                  source=src_map.path, target=tgt_map.path, mode="global")
+    stats = dict(source_points=len(src.cloud), target_points=len(tgt.cloud),
+                 source_keypoints=len(src.features), target_keypoints=len(tgt.features),
+                 matches=len(matches), hypotheses=len(poses),
+                 coarse_inliers=[p.inliers for p in poses])
+    timer.timings["total"] = timer.total()
+    return AlignResult(T_target_source=best.T_target_source, score=best.score,
+                       candidates=tuple(candidates), timings_s=dict(timer.timings), params=params, stats=stats)
+
+
+def _refine_and_rank(src_cloud: PointCloud, tgt: _Side, poses, config: AlignConfig, timer, rng):
+    """Stages 6-7 for every coarse hypothesis; candidates ranked best first, near-duplicates merged."""
+    tree_fine = cKDTree(tgt.fine.points_A)
+    tree = cKDTree(tgt.cloud.points_A)
+    refined = []
+    with timer.stage("fine pose"):
+        for i, pose in enumerate(poses):
+            fine = refine.robust_icp(src_cloud.points_A, tree_fine, pose.T_target_source,
+                                     scale_A=config.voxel_A, iterations=config.icp_iterations)
+            agree, _ = score.vector_agreement(src_cloud, tgt.cloud, fine.T_target_source,
+                                              cutoff_A=config.score_pair_cutoff_A,
+                                              cos_min=config.score_vector_cos, target_tree=tree)
+            refined.append((agree, i, fine.T_target_source))
+    refined.sort(key=lambda r: (-r[0], r[1]))
+    kept = []
+    probe = src_cloud.points_A[:: max(1, len(src_cloud) // 500)]
+    for agree, i, T in refined:
+        if any(tf.rmsd(T, K, probe) < 2.0 for _, _, K in kept):
+            continue
+        kept.append((agree, i, T))
+    candidates = []
+    with timer.stage("score"):
+        for agree, i, T in kept:
+            s = score.similarity(src_cloud, tgt.cloud, T, cutoff_A=config.score_pair_cutoff_A,
+                                 cos_min=config.score_vector_cos, js_samples=config.js_samples,
+                                 rng=np.random.default_rng([config.seed, i]), target_tree=tree)
+            candidates.append(Candidate(T_target_source=T, score=s, source=f"clique {i + 1}"))
+    candidates.sort(key=lambda c: -c.score.similarity)
+    return candidates

@@ -1,0 +1,132 @@
+"""Correspondences -> robust coarse poses, in the TEASER++ manner.
+
+1. Pairwise consistency: matches i and j agree when the distance between their
+   source points equals, within 2 x noise bound, the distance between their
+   target points (a rigid motion keeps distances).
+2. Maximum clique of that graph: the largest set of mutually consistent
+   matches. python-igraph's exact search on small graphs; on large dense ones
+   (where exact search can take exponential time) a greedy degree peeling that
+   keeps the mutually consistent core. Deterministic, single-threaded.
+3. Pose from the clique by graduated non-convexity with a truncated least
+   squares cost (GNC-TLS, Yang et al. 2020), weighted Kabsch as inner solver.
+
+Several hypotheses come from removing each clique's matches and searching
+again, so a second, distinct consistent set (another copy, a symmetry mate)
+is also refined and scored downstream.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import transform as tf
+from .types import Matches, Pose
+
+MIN_CLIQUE = 3
+
+
+EXACT_LIMIT = 100   # matches; above this the exact search can take exponential time
+
+
+def adjacency(source_A: np.ndarray, target_A: np.ndarray, noise_A: float) -> np.ndarray:
+    """(M, M) bool: matches i and j are length-consistent (no self loops)."""
+    ds = np.linalg.norm(source_A[:, None] - source_A[None], axis=2)
+    dt = np.linalg.norm(target_A[:, None] - target_A[None], axis=2)
+    adj = np.abs(ds - dt) <= 2.0 * noise_A
+    np.fill_diagonal(adj, False)
+    return adj
+
+
+def _exact_clique(adj: np.ndarray) -> np.ndarray:
+    import igraph
+
+    iu = np.triu_indices(len(adj), 1)
+    sel = adj[iu]
+    g = igraph.Graph(n=len(adj), edges=np.stack([iu[0][sel], iu[1][sel]], 1).tolist())
+    cliques = g.largest_cliques()
+    return np.array(min(sorted(c) for c in cliques), int) if cliques else np.zeros(0, int)
+
+
+def _peeled_clique(adj: np.ndarray) -> np.ndarray:
+    """Greedy clique for large dense graphs: repeatedly drop the vertex of least
+    degree until the rest is a clique, then add any vertex adjacent to all of it.
+    O(M^2); inliers of a rigid motion are all mutually consistent, so they are
+    the last to go."""
+    n = len(adj)
+    alive = np.ones(n, bool)
+    deg = adj.sum(1).astype(np.int64)
+    big = np.iinfo(np.int64).max
+    count = n
+    while count > 1:
+        masked = np.where(alive, deg, big)
+        v = int(np.argmin(masked))
+        if masked[v] >= count - 1:
+            break
+        alive[v] = False
+        deg -= adj[v]
+        count -= 1
+    clique = np.flatnonzero(alive)
+    for u in np.flatnonzero(~alive):
+        if adj[u, clique].all():
+            clique = np.append(clique, u)
+    return np.sort(clique)
+
+
+def max_cliques(adj: np.ndarray, count: int) -> list[np.ndarray]:
+    """Up to `count` disjoint large cliques: the maximum clique, then the maximum
+    clique of what remains, and so on.  Exact (igraph) for small graphs, greedy
+    peeling for large ones; deterministic either way."""
+    remaining = np.arange(len(adj))
+    out = []
+    while len(out) < count and len(remaining) >= MIN_CLIQUE:
+        sub = adj[np.ix_(remaining, remaining)]
+        if not sub.any():
+            break
+        local = _exact_clique(sub) if len(sub) <= EXACT_LIMIT else _peeled_clique(sub)
+        if len(local) < MIN_CLIQUE:
+            break
+        out.append(remaining[local])
+        keep = np.ones(len(remaining), bool)
+        keep[local] = False
+        remaining = remaining[keep]
+    return out
+
+
+def gnc_tls(source_A: np.ndarray, target_A: np.ndarray, noise_A: float, *,
+            factor: float = 1.4, max_iter: int = 100) -> Pose:
+    """Rigid pose minimising sum min(|t_i - R s_i - t|^2, noise^2) by GNC-TLS."""
+    n = len(source_A)
+    w = np.ones(n)
+    T = tf.kabsch(source_A, target_A, w)
+    c2 = noise_A ** 2
+    r2 = ((tf.apply(T, source_A) - target_A) ** 2).sum(1)
+    mu = max(1e-3, 2.0 * r2.max() / c2 - 1.0) if r2.max() > c2 else None
+    if mu is not None:
+        for _ in range(max_iter):
+            th_lo = mu / (mu + 1.0) * c2
+            th_hi = (mu + 1.0) / mu * c2
+            w = np.where(r2 <= th_lo, 1.0, np.where(r2 >= th_hi, 0.0,
+                         np.sqrt(c2 * mu * (mu + 1.0) / np.maximum(r2, 1e-12)) - mu))
+            if w.sum() < MIN_CLIQUE:
+                break
+            T = tf.kabsch(source_A, target_A, w)
+            r2 = ((tf.apply(T, source_A) - target_A) ** 2).sum(1)
+            if np.all((w < 1e-6) | (w > 1 - 1e-6)) and mu > 1e3:
+                break
+            mu *= factor
+    inl = r2 <= c2
+    if inl.sum() >= MIN_CLIQUE:
+        T = tf.kabsch(source_A[inl], target_A[inl])
+    rmse = float(np.sqrt(r2[inl].mean())) if inl.any() else float("nan")
+    return Pose(T_target_source=T, inliers=int(inl.sum()), rmse_A=rmse)
+
+
+def coarse_poses(matches: Matches, noise_A: float, *, count: int = 8, max_matches: int = 1500) -> list[Pose]:
+    """Stage 5: up to `count` robust poses, largest consistent set first."""
+    m = min(len(matches), max_matches)        # matches are sorted by descriptor distance
+    if m < MIN_CLIQUE:
+        return []
+    src, tgt = matches.source_A[:m], matches.target_A[:m]
+    poses = []
+    for clique in max_cliques(adjacency(src, tgt, noise_A), count):
+        poses.append(gnc_tls(src[clique], tgt[clique], noise_A))
+    return poses

@@ -1,0 +1,104 @@
+"""True RMSD of a model under an estimated transform (the paper's accuracy metric).
+
+Reference either as transforms (ground truth, plus symmetry-equivalent
+alternatives: the best is reported too) or as the same model fitted in the
+target map (atoms paired by chain, residue number, insertion code, atom name).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from . import transform as tf
+from .errors import InputError
+from .io import is_trace_atom, model_coordinates, read_model
+
+
+def load_matrices(path) -> list[np.ndarray]:
+    """4x4 matrices from a file: a cryoalign result JSON ("matrix"), a benchmark
+    case.json ("T_gt" and "alt_T_gt"), or text with 12 (3x4) or 16 (4x4) numbers.
+    The first is the primary one; the rest are equivalent alternatives."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"matrix file not found: {path}")
+    text = open(path).read()
+    mats = []
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        for key in ("matrix", "T_gt", "T_target_source"):
+            if key in doc:
+                mats.append(doc[key])
+                break
+        mats += list(doc.get("alt_T_gt", []))
+    elif isinstance(doc, list):
+        mats.append(doc)
+    else:
+        try:
+            mats.append([float(v) for v in text.replace(",", " ").split()])
+        except ValueError:
+            mats = []
+    out = [_as_4x4(m, path) for m in mats]
+    if not out:
+        raise InputError(f"no matrix found in {path}: give a cryoalign result JSON (key 'matrix'), "
+                         "a case.json ('T_gt'), or 12/16 numbers in row-major order")
+    return out
+
+
+def _as_4x4(m, path) -> np.ndarray:
+    a = np.asarray(m, float)
+    if a.size == 12:
+        a = np.vstack([a.reshape(3, 4), [0, 0, 0, 1]])
+    elif a.size == 16:
+        a = a.reshape(4, 4)
+    else:
+        raise InputError(f"matrix in {path} has {a.size} numbers; expected 12 (3x4) or 16 (4x4)")
+    if not np.all(np.isfinite(a)):
+        raise InputError(f"matrix in {path} has non-finite values")
+    return a
+
+
+def rmsd_to_matrices(model_path, T_est: np.ndarray, references: list[np.ndarray], *, atoms: str = "ca") -> dict:
+    """RMSD between the model moved by T_est and by each reference transform."""
+    X = _coords(model_path, atoms)
+    values = [tf.rmsd(T_est, R, X) for R in references]
+    return {"rmsd_A": values[0], "rmsd_sym_A": min(values), "atoms": len(X),
+            "all_references_A": values}
+
+
+def rmsd_to_model(model_path, T_est: np.ndarray, reference_model_path, *, atoms: str = "ca") -> dict:
+    """RMSD between the model moved by T_est and the same model fitted in the target."""
+    a = _keyed(read_model(model_path), atoms)
+    b = _keyed(read_model(reference_model_path), atoms)
+    keys = sorted(set(a) & set(b))
+    if len(keys) < 3:
+        raise InputError(f"only {len(keys)} atoms of {model_path} match {reference_model_path} by chain, "
+                         "residue and atom name; the reference must be the same model fitted in the target")
+    X = np.array([a[k] for k in keys])
+    Y = np.array([b[k] for k in keys])
+    d = tf.apply(T_est, X) - Y
+    return {"rmsd_A": float(np.sqrt((d ** 2).sum(1).mean())), "atoms": len(keys)}
+
+
+def _coords(path, atoms):
+    st = read_model(path)
+    X = model_coordinates(st, selection=atoms)
+    if len(X) == 0:
+        X = model_coordinates(st, selection="all")
+    return X
+
+
+def _keyed(st, atoms):
+    out = {}
+    for chain in st[0]:
+        for res in chain:
+            for atom in res:
+                if atoms == "ca" and not is_trace_atom(res, atom):
+                    continue
+                out[(chain.name, res.seqid.num, res.seqid.icode, atom.name, atom.altloc)] = \
+                    (atom.pos.x, atom.pos.y, atom.pos.z)
+    return out

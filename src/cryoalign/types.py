@@ -1,0 +1,174 @@
+"""Frozen records passed between pipeline stages.
+
+Conventions: coordinates are world coordinates in Å (x, y, z); a map's data
+array is indexed ``data[z, y, x]``; a transform is a 4x4 ``T_target_source``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass(frozen=True, eq=False)
+class DensityMap:
+    """A 3D density on a regular grid.
+
+    data: (nz, ny, nx) float32, indexed [z, y, x].
+    voxel_size_A: (3,) voxel edge along x, y, z in Å.
+    origin_A: (3,) world coordinates (x, y, z) of voxel (0, 0, 0) in Å.
+    """
+
+    data: np.ndarray
+    voxel_size_A: np.ndarray
+    origin_A: np.ndarray
+    path: str | None = None
+
+    def __post_init__(self):
+        if self.data.ndim != 3:
+            raise InputError(f"map data must be 3-dimensional, got shape {self.data.shape}")
+        vs = np.asarray(self.voxel_size_A, float).reshape(3)
+        if not np.all(np.isfinite(vs)) or np.any(vs <= 0):
+            raise InputError(
+                f"voxel size {tuple(vs)} Å is not positive{self._where()}; "
+                "fix the cell dimensions (CELLA) in the header or pass a valid map")
+        org = np.asarray(self.origin_A, float).reshape(3)
+        if not np.all(np.isfinite(org)):
+            raise InputError(f"map origin {tuple(org)} is not finite{self._where()}")
+        object.__setattr__(self, "voxel_size_A", vs)
+        object.__setattr__(self, "origin_A", org)
+
+    def _where(self):
+        return f" in {self.path}" if self.path else ""
+
+    @property
+    def shape_xyz(self) -> np.ndarray:
+        return np.array(self.data.shape[::-1])
+
+    @property
+    def extent_A(self) -> np.ndarray:
+        return self.shape_xyz * self.voxel_size_A
+
+    def world_to_index(self, xyz: np.ndarray) -> np.ndarray:
+        """(N, 3) world Å -> (N, 3) fractional indices in (x, y, z) order."""
+        return (np.asarray(xyz, float) - self.origin_A) / self.voxel_size_A
+
+    def index_to_world(self, ijk: np.ndarray) -> np.ndarray:
+        """(N, 3) indices in (x, y, z) order -> (N, 3) world Å."""
+        return np.asarray(ijk, float) * self.voxel_size_A + self.origin_A
+
+    def __repr__(self):
+        nx, ny, nz = self.shape_xyz
+        vs = ", ".join(f"{v:g}" for v in self.voxel_size_A)
+        org = ", ".join(f"{v:.3f}" for v in self.origin_A)
+        return (f"<DensityMap {nx}x{ny}x{nz} voxel=({vs}) Å origin=({org}) Å"
+                f"{' ' + self.path if self.path else ''}>")
+
+
+@dataclass(frozen=True, eq=False)
+class PointCloud:
+    """Grid-sampled points of a map above its contour.
+
+    points_A: (N, 3) float64 world Å; vectors: (N, 3) unit density vectors
+    (pointing up the smoothed density); density: (N,) smoothed density.
+    """
+
+    points_A: np.ndarray
+    vectors: np.ndarray
+    density: np.ndarray
+    spacing_A: float
+
+    def __len__(self):
+        return len(self.points_A)
+
+
+@dataclass(frozen=True, eq=False)
+class Features:
+    """Key points and their descriptors. keypoints_A: (K, 3); descriptors: (K, D)."""
+
+    keypoints_A: np.ndarray
+    descriptors: np.ndarray
+
+    def __len__(self):
+        return len(self.keypoints_A)
+
+
+@dataclass(frozen=True, eq=False)
+class Matches:
+    """Putative correspondences: source key point i <-> target key point j.
+
+    source_A, target_A: (M, 3) matched coordinates; distance: (M,) descriptor distance.
+    """
+
+    source_A: np.ndarray
+    target_A: np.ndarray
+    distance: np.ndarray
+
+    def __len__(self):
+        return len(self.source_A)
+
+
+@dataclass(frozen=True)
+class Pose:
+    """A rigid transform with bookkeeping from the stage that produced it."""
+
+    T_target_source: np.ndarray
+    inliers: int = 0
+    rmse_A: float = float("nan")
+    converged: bool = True
+
+
+@dataclass(frozen=True)
+class Score:
+    """Similarity of two aligned point clouds (paper's formula, both terms)."""
+
+    similarity: float
+    vector_agreement: float
+    js_divergence: float
+    overlap: float
+
+    def as_dict(self):
+        return {"similarity": self.similarity, "vector_agreement": self.vector_agreement,
+                "js_divergence": self.js_divergence, "overlap": self.overlap}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    T_target_source: np.ndarray
+    score: Score
+    source: str = ""
+
+    def as_dict(self):
+        return {"matrix": np.asarray(self.T_target_source).tolist(), "score": self.score.similarity,
+                "score_terms": self.score.as_dict(), "origin": self.source}
+
+
+@dataclass(frozen=True)
+class AlignResult:
+    """What `align` returns. `candidates` are ranked best first; the first is the answer."""
+
+    T_target_source: np.ndarray
+    score: Score
+    candidates: tuple
+    timings_s: dict
+    params: dict
+    stats: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        from . import __version__
+        return {
+            "version": __version__,
+            "matrix": np.asarray(self.T_target_source).tolist(),
+            "score": self.score.similarity,
+            "score_terms": self.score.as_dict(),
+            "candidates": [c.as_dict() for c in self.candidates],
+            "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
+            "params": self.params,
+            "stats": self.stats,
+        }
+
+    def __repr__(self):
+        return (f"<AlignResult score={self.score.similarity:.3f} "
+                f"candidates={len(self.candidates)} total={self.timings_s.get('total', 0):.2f}s>")
