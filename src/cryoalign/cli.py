@@ -123,10 +123,16 @@ def _cmd_align(args) -> int:
         raise InputError("--source-model needs --out-dir (where the moved model is written)")
     if args.json_out:
         io.check_writable(args.json_out)
+    outputs_planned = [args.json_out] if args.json_out else []
     if args.out_dir:
-        _make_dir(args.out_dir)
+        outputs_planned += [os.path.join(args.out_dir, n) for n in
+                            ("result.json", "params.json", "source_on_target.mrc", "superposition.cxc",
+                             "source_model_on_target.pdb", "source_model_on_target.cif")]
+    _refuse_overwriting_inputs(outputs_planned, [args.source, args.target, args.source_model])
     source_model = io.read_model(args.source_model) if args.source_model else None
     src_map, tgt_map = io.read_map(args.source), io.read_map(args.target)
+    if args.out_dir:
+        _make_dir(args.out_dir)
     result = align(src_map, tgt_map, source_contour=args.source_contour,
                    target_contour=args.target_contour, config=config)
     doc = result.to_json()
@@ -153,6 +159,17 @@ def _cmd_align(args) -> int:
                                 models=tuple(models))
     _print_summary(result, args)
     return 0
+
+
+def _refuse_overwriting_inputs(outputs, inputs):
+    from .errors import InputError
+
+    real_inputs = {os.path.realpath(p): p for p in inputs if p}
+    for out in outputs:
+        hit = real_inputs.get(os.path.realpath(out))
+        if hit:
+            raise InputError(f"output {out} is the input file {hit}; choose another output name "
+                             "(inputs are never overwritten)")
 
 
 def _make_dir(path):
@@ -197,6 +214,8 @@ def _cmd_rmsd(args) -> int:
 
     if args.json_out:
         io.check_writable(args.json_out)
+    _refuse_overwriting_inputs([args.json_out] if args.json_out else [],
+                               [args.model, args.matrix, args.reference, args.reference_model])
     T_est = load_matrices(args.matrix)[0]
     if args.reference:
         res = rmsd_to_matrices(args.model, T_est, load_matrices(args.reference), atoms=args.atoms)

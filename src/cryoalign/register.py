@@ -24,7 +24,7 @@ from .types import Matches, Pose
 MIN_CLIQUE = 3
 
 
-EXACT_LIMIT = 100   # matches; above this the exact search can take exponential time
+EXACT_LIMIT = 40    # vertices; exact search on dense graphs of 80+ vertices can take minutes
 
 
 def adjacency(source_A: np.ndarray, target_A: np.ndarray, noise_A: float) -> np.ndarray:
@@ -36,14 +36,35 @@ def adjacency(source_A: np.ndarray, target_A: np.ndarray, noise_A: float) -> np.
     return adj
 
 
-def _exact_clique(adj: np.ndarray) -> np.ndarray:
+def _graph(adj: np.ndarray):
     import igraph
 
     iu = np.triu_indices(len(adj), 1)
     sel = adj[iu]
-    g = igraph.Graph(n=len(adj), edges=np.stack([iu[0][sel], iu[1][sel]], 1).tolist())
-    cliques = g.largest_cliques()
+    return igraph.Graph(n=len(adj), edges=np.stack([iu[0][sel], iu[1][sel]], 1).tolist())
+
+
+def _exact_clique(adj: np.ndarray) -> np.ndarray:
+    cliques = _graph(adj).largest_cliques()
     return np.array(min(sorted(c) for c in cliques), int) if cliques else np.zeros(0, int)
+
+
+def _clique(adj: np.ndarray) -> np.ndarray:
+    """Largest clique found within bounded time.
+
+    The greedy peeling gives a clique of size w; a larger clique can only use
+    vertices of core number >= w (k-core bound), so those are searched exactly
+    with igraph when few enough.  Otherwise the greedy clique stands."""
+    greedy = _peeled_clique(adj)
+    if len(adj) <= EXACT_LIMIT:
+        return _exact_clique(adj)
+    core = np.array(_graph(adj).coreness())
+    candidates = np.flatnonzero(core >= max(len(greedy), 1))
+    if len(candidates) <= EXACT_LIMIT:
+        exact = candidates[_exact_clique(adj[np.ix_(candidates, candidates)])]
+        if len(exact) > len(greedy):
+            return np.sort(exact)
+    return greedy
 
 
 def _peeled_clique(adj: np.ndarray) -> np.ndarray:
@@ -81,7 +102,7 @@ def max_cliques(adj: np.ndarray, count: int) -> list[np.ndarray]:
         sub = adj[np.ix_(remaining, remaining)]
         if not sub.any():
             break
-        local = _exact_clique(sub) if len(sub) <= EXACT_LIMIT else _peeled_clique(sub)
+        local = _clique(sub)
         if len(local) < MIN_CLIQUE:
             break
         out.append(remaining[local])

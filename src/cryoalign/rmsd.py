@@ -23,7 +23,12 @@ def load_matrices(path) -> list[np.ndarray]:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"matrix file not found: {path}")
-    text = open(path).read()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read matrix file {path} ({exc.__class__.__name__}); give a JSON or "
+                         "text file with the matrix") from None
     mats = []
     try:
         doc = json.loads(text)
@@ -50,7 +55,10 @@ def load_matrices(path) -> list[np.ndarray]:
 
 
 def _as_4x4(m, path) -> np.ndarray:
-    a = np.asarray(m, float)
+    try:
+        a = np.asarray(m, float)
+    except (ValueError, TypeError):
+        raise InputError(f"matrix in {path} is not a list of numbers") from None
     if a.size == 12:
         a = np.vstack([a.reshape(3, 4), [0, 0, 0, 1]])
     elif a.size == 16:
@@ -59,6 +67,13 @@ def _as_4x4(m, path) -> np.ndarray:
         raise InputError(f"matrix in {path} has {a.size} numbers; expected 12 (3x4) or 16 (4x4)")
     if not np.all(np.isfinite(a)):
         raise InputError(f"matrix in {path} has non-finite values")
+    if not np.allclose(a[3], [0, 0, 0, 1], atol=1e-6):
+        raise InputError(f"matrix in {path} has last row {a[3].tolist()}, not 0 0 0 1; "
+                         "give it in row-major order (rows of R | t)")
+    R = a[:3, :3]
+    if not np.allclose(R @ R.T, np.eye(3), atol=2e-3) or np.linalg.det(R) < 0:
+        raise InputError(f"matrix in {path} is not a rigid transform (its 3x3 part is not a proper "
+                         "rotation); give it in row-major order (rows of R | t)")
     return a
 
 
