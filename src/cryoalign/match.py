@@ -5,23 +5,28 @@ import numpy as np
 
 from .types import Features, Matches
 
-_CHUNK = 2048
+_BLOCK = 4096
 
 
 def _knn(a: np.ndarray, b: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest rows of b for each row of a (unit vectors: d^2 = 2 - 2 a.b), by blocks."""
+    """k nearest rows of b for each row of a (unit vectors: d^2 = 2 - 2 a.b), by blocks
+    of rows so memory stays bounded; ties go to the lower index."""
     idx = np.empty((len(a), k), np.int64)
-    dist = np.empty((len(a), k))
+    sims = np.empty((len(a), k), np.float32)
     bt = np.ascontiguousarray(b.T, dtype=np.float32)
-    for s in range(0, len(a), _CHUNK):
-        sim = a[s:s + _CHUNK].astype(np.float32) @ bt
-        part = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1] else \
-            np.tile(np.arange(sim.shape[1]), (len(sim), 1))
+    for s in range(0, len(a), _BLOCK):
+        sim = a[s:s + _BLOCK].astype(np.float32) @ bt
+        if k == 1:
+            part = np.argmax(sim, axis=1)[:, None]
+        elif k < sim.shape[1]:
+            part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        else:
+            part = np.tile(np.arange(sim.shape[1]), (len(sim), 1))
         psim = np.take_along_axis(sim, part, 1)
         order = np.argsort(-psim, axis=1, kind="stable")
-        idx[s:s + _CHUNK] = np.take_along_axis(part, order, 1)
-        dist[s:s + _CHUNK] = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * np.take_along_axis(psim, order, 1)))
-    return dist, idx
+        idx[s:s + _BLOCK] = np.take_along_axis(part, order, 1)
+        sims[s:s + _BLOCK] = np.take_along_axis(psim, order, 1)
+    return np.sqrt(np.maximum(0.0, 2.0 - 2.0 * sims.astype(float))), idx
 
 
 def mutual_nearest(source: Features, target: Features, *, k: int = 1, min_matches: int = 3) -> Matches:

@@ -27,6 +27,9 @@ from .types import AlignResult, Candidate, DensityMap, PointCloud
 
 log = logging.getLogger(__name__)
 
+SCREEN_POINTS = 2000   # source points used to refine every hypothesis before ranking
+POLISH_TOP = 2         # hypotheses then refined on all source points
+
 
 class _Timer:
     def __init__(self):
@@ -157,14 +160,25 @@ def _refine_and_rank(src_cloud: PointCloud, tgt: _Side, poses, config: AlignConf
     tree_fine = cKDTree(tgt.fine.points_A)
     tree = cKDTree(tgt.cloud.points_A)
     refined = []
+    pts = src_cloud.points_A
+    screen = pts[:: max(1, -(-len(pts) // SCREEN_POINTS))]
+
+    def agreement(T):
+        return score.vector_agreement(src_cloud, tgt.cloud, T, cutoff_A=config.score_pair_cutoff_A,
+                                      cos_min=config.score_vector_cos, target_tree=tree)[0]
+
     with timer.stage("fine pose"):
+        # every hypothesis on a subsample, then the best few polished on all points
         for i, pose in enumerate(poses):
-            fine = refine.robust_icp(src_cloud.points_A, tree_fine, pose.T_target_source,
-                                     scale_A=config.voxel_A, iterations=config.icp_iterations)
-            agree, _ = score.vector_agreement(src_cloud, tgt.cloud, fine.T_target_source,
-                                              cutoff_A=config.score_pair_cutoff_A,
-                                              cos_min=config.score_vector_cos, target_tree=tree)
-            refined.append((agree, i, fine.T_target_source))
+            fine = refine.robust_icp(screen, tree_fine, pose.T_target_source, scale_A=config.voxel_A,
+                                     iterations=config.icp_iterations)
+            refined.append([agreement(fine.T_target_source), i, fine.T_target_source])
+        refined.sort(key=lambda r: (-r[0], r[1]))
+        if len(screen) < len(pts):
+            for r in refined[:POLISH_TOP]:
+                r[2] = refine.robust_icp(pts, tree_fine, r[2], scale_A=config.voxel_A,
+                                         iterations=config.icp_iterations).T_target_source
+                r[0] = agreement(r[2])
     refined.sort(key=lambda r: (-r[0], r[1]))
     kept = []
     probe = src_cloud.points_A[:: max(1, len(src_cloud) // 500)]

@@ -53,13 +53,12 @@ def _clique(adj: np.ndarray) -> np.ndarray:
     """Largest clique found within bounded time.
 
     The greedy peeling gives a clique of size w; a larger clique can only use
-    vertices of core number >= w (k-core bound), so those are searched exactly
-    with igraph when few enough.  Otherwise the greedy clique stands."""
-    greedy = _peeled_clique(adj)
+    vertices of degree >= w, so those are searched exactly with igraph when few
+    enough.  Otherwise the greedy clique stands."""
     if len(adj) <= EXACT_LIMIT:
         return _exact_clique(adj)
-    core = np.array(_graph(adj).coreness())
-    candidates = np.flatnonzero(core >= max(len(greedy), 1))
+    greedy = _peeled_clique(adj)
+    candidates = np.flatnonzero(adj.sum(1) >= max(len(greedy), 1))
     if len(candidates) <= EXACT_LIMIT:
         exact = candidates[_exact_clique(adj[np.ix_(candidates, candidates)])]
         if len(exact) > len(greedy):
