@@ -119,18 +119,19 @@ def gnc_tls(source_A: np.ndarray, target_A: np.ndarray, noise_A: float, *,
     T = tf.kabsch(source_A, target_A, w)
     c2 = noise_A ** 2
     r2 = ((tf.apply(T, source_A) - target_A) ** 2).sum(1)
-    mu = max(1e-3, 2.0 * r2.max() / c2 - 1.0) if r2.max() > c2 else None
-    if mu is not None:
+    if r2.max() > c2:
+        # mu grows from a nearly convex surrogate (small mu) towards the TLS cost (mu -> inf)
+        mu = 1.0 / max(2.0 * r2.max() / c2 - 1.0, 1e-6)
         for _ in range(max_iter):
             th_lo = mu / (mu + 1.0) * c2
             th_hi = (mu + 1.0) / mu * c2
             w = np.where(r2 <= th_lo, 1.0, np.where(r2 >= th_hi, 0.0,
                          np.sqrt(c2 * mu * (mu + 1.0) / np.maximum(r2, 1e-12)) - mu))
-            if w.sum() < MIN_CLIQUE:
+            if (w > 0).sum() < MIN_CLIQUE:
                 break
             T = tf.kabsch(source_A, target_A, w)
             r2 = ((tf.apply(T, source_A) - target_A) ** 2).sum(1)
-            if np.all((w < 1e-6) | (w > 1 - 1e-6)) and mu > 1e3:
+            if np.all((w < 1e-6) | (w > 1 - 1e-6)) and mu > 1.0:
                 break
             mu *= factor
     inl = r2 <= c2
