@@ -21,6 +21,7 @@ from cryoalign import transform as tf
 from cryoalign.errors import InputError
 from cryoalign.io import read_map
 from cryoalign.types import AlignResult, DensityMap
+from _maps import resampled_map
 
 RESOLUTION_A = 6.0
 PROTEIN_DENSITY_A3_PER_DA = 1.21
@@ -130,26 +131,13 @@ def test_align_with_estimated_contours_on_noisy_maps(actin):
     assert tf.rmsd(result.T_target_source, tf.invert(T_true), moved_ca) < 3.0
 
 
-def resample(density: DensityMap, T: np.ndarray, voxel: float, rng, margin=20.0) -> DensityMap:
-    """`density` moved by T (world -> world) and interpolated (trilinear) on a new grid."""
-    occupied = density.index_to_world(np.argwhere(density.data > 0)[:, ::-1])
-    moved = tf.apply(T, occupied)
-    lo = moved.min(0) - margin + rng.uniform(0.0, voxel, 3)
-    n = np.ceil((moved.max(0) + margin - lo) / voxel).astype(int) + 1
-    gz, gy, gx = np.meshgrid(*[lo[i] + voxel * np.arange(n[i]) for i in (2, 1, 0)], indexing="ij")
-    grid = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], 1)
-    f = density.world_to_index(tf.apply(tf.invert(T), grid))
-    vals = ndimage.map_coordinates(density.data, [f[:, 2], f[:, 1], f[:, 0]], order=1, cval=0.0)
-    return DensityMap(vals.reshape(gz.shape).astype(np.float32), np.full(3, voxel), lo)
-
-
 def test_align_real_map_moved_by_a_known_transform(data_dir):
     path = data_dir / "emd_3695_5A.mrc.gz"
     original = read_map(path)
     contour = 0.5 * float(np.percentile(original.data[original.data > 0], 1))
     rng = np.random.default_rng(17)
     T_move = tf.make(tf.random_rotation(rng), rng.uniform(-50.0, 50.0, 3))
-    moved = resample(original, T_move, 4.0, rng)
+    moved = resampled_map(original, T_move, 4.0, rng)
     # the original file (a path) is the target; the moved copy (a DensityMap) the source
     result = cryoalign.align(moved, path, source_contour=contour, target_contour=contour)
     assert result.params["target"] == str(path) and result.params["source"] is None
