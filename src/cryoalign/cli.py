@@ -16,7 +16,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 EXIT_INPUT = 2
 EXIT_INTERNAL = 1

@@ -54,7 +54,8 @@ def _two_bins(u, n, circular):
 
 
 @njit(cache=True)
-def _describe_kernel(keypoints, points, vectors, volume, origin, h, radius, out, frames, valid):
+def _describe_kernel(keypoints, points, vectors, volume, origin, h, radius, min_neighbours, out,
+                     frames, valid):
     nx, ny, nz = volume.shape
     reach = int(math.ceil(radius / h))
     r2max = radius * radius
@@ -90,7 +91,7 @@ def _describe_kernel(keypoints, points, vectors, volume, origin, h, radius, out,
                     cov[1, 1] += w * dy * dy
                     cov[1, 2] += w * dy * dz
                     cov[2, 2] += w * dz * dz
-        if cnt < 5 or wsum <= 0:
+        if cnt < min_neighbours or wsum <= 0:
             continue
         cov[1, 0] = cov[0, 1]
         cov[2, 0] = cov[0, 2]
@@ -156,7 +157,7 @@ def describe(keypoints_A: np.ndarray, cloud: PointCloud, radius_A: float) -> Fea
     frames = np.zeros((K, 3, 3))
     valid = np.zeros(K, np.bool_)
     _describe_kernel(keypoints_A, np.ascontiguousarray(cloud.points_A), np.ascontiguousarray(cloud.vectors),
-                     volume, origin, float(h), float(radius_A), out, frames, valid)
+                     volume, origin, float(h), float(radius_A), MIN_NEIGHBOURS, out, frames, valid)
     norm = np.linalg.norm(out, axis=1)
     valid &= norm > 0
     return Features(keypoints_A[valid], out[valid] / norm[valid, None])
