@@ -329,8 +329,9 @@ def test_quiet_prints_nothing_on_success(case, tmp_path, capsys):
 def test_rmsd_against_ground_truth_matrices(aligned, case, tmp_path, capsys):
     M = np.array(aligned.doc["matrix"], float)
     flip = rigid(Rotation.from_euler("z", 180, degrees=True).as_matrix(), [3.0, 0.0, 0.0])
-    near = rigid(np.eye(3), [0.4, -0.3, 0.2]) @ M          # an alternative closer than T_true
-    T_gt, alts = case.T_true, [case.T_true @ flip, near]
+    near = rigid(np.eye(3), [0.4, -0.3, 0.2]) @ M          # an alternative closer than T_gt
+    T_gt = rigid(np.eye(3), [1.5, 0.0, -1.0]) @ case.T_true
+    alts = [case.T_true @ flip, near]
     case_json = tmp_path / "case.json"
     case_json.write_text(json.dumps({"T_gt": T_gt.tolist(), "alt_T_gt": [a.tolist() for a in alts]}))
     out_json = tmp_path / "rmsd.json"
@@ -484,7 +485,7 @@ def test_contour_keeping_too_few_points(bad, case):
     argv[argv.index("--source-contour") + 1] = repr(level)
     msg = bad(argv)
     assert re.fullmatch(rf"only \d+ points of {re.escape(str(case.source))} lie above contour {level:g} at a "
-                        r"5 Å sampling interval \(at least 20 are needed\); lower the contour or use a "
+                        r"[35] Å sampling interval \(at least 20 are needed\); lower the contour or use a "
                         r"smaller --voxel", msg), msg
 
 

@@ -3,7 +3,7 @@
     >>> import cryoalign
     >>> result = cryoalign.align("source.mrc", "target.mrc", source_contour=0.3, target_contour=0.5)
     >>> result.T_target_source          # 4x4: source world coordinates (Å) -> target's
-    >>> result.score.similarity, result.timings_s
+    >>> result.score.value, result.timings_s
 """
 __version__ = "0.1.0"
 

@@ -1,7 +1,10 @@
 """Command line: argument parsing -> library call -> files out. No math here.
 
     cryoalign align SOURCE TARGET [--source-contour A] [--target-contour B] [--voxel V]
+                    [--local | --global] [--top N] [--jobs J] [--no-map-refine]
                     [--seed S] [--json OUT] [--out-dir DIR] [--source-model MODEL] [--quiet]
+    cryoalign fit MODEL MAP --resolution R [--chains A,B] [--top 5] [--contour C] [--out-dir DIR]
+    cryoalign simulate MODEL --resolution R -o MAP [--chains A,B] [--voxel V]
     cryoalign rmsd MODEL --matrix RESULT.json (--reference GT | --reference-model FITTED)
 
 Exit codes: 0 success, 2 bad input (one line naming the problem and the fix),
@@ -31,15 +34,29 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("align", help="find T_target_source superimposing SOURCE on TARGET",
-                       description="Global alignment of two maps (CryoAlign method).")
+                       description="Global or local alignment of two maps (CryoAlign method, then "
+                                   "refinement on the maps).")
     a.add_argument("source", help="moving map (.mrc/.map/.ccp4, optionally .gz)")
     a.add_argument("target", help="fixed map")
     a.add_argument("--source-contour", type=float, default=None,
                    help="source contour level (EMDB recommended level); estimated if omitted")
     a.add_argument("--target-contour", type=float, default=None,
                    help="target contour level; estimated if omitted")
-    a.add_argument("--voxel", type=float, default=d.voxel_A,
-                   help=f"point-cloud sampling interval in Å (default {d.voxel_A:g})")
+    a.add_argument("--voxel", type=float, default=None,
+                   help="point-cloud sampling interval in Å (default: 3 for small sources such as "
+                        "single chains, 5 otherwise)")
+    mode = a.add_mutually_exclusive_group()
+    mode.add_argument("--local", dest="mode", action="store_const", const="local",
+                      help="SOURCE is a part of TARGET: search spherical masks, report ranked placements "
+                           "(default: chosen automatically when SOURCE is under 40%% of TARGET's volume)")
+    mode.add_argument("--global", dest="mode", action="store_const", const="global",
+                      help="whole-map alignment even when SOURCE is much smaller than TARGET")
+    a.add_argument("--top", type=int, default=d.top, help=f"candidates to report (default {d.top})")
+    a.add_argument("--jobs", type=int, default=None,
+                   help="worker processes for the local search (default: all cores; results do not "
+                        "depend on it)")
+    a.add_argument("--no-map-refine", dest="map_refine", action="store_false",
+                   help="skip the final refinement on the maps (correlation about the mean)")
     a.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (default 0)")
     a.add_argument("--keypoints", choices=["dense", "meanshift"], default=d.keypoints,
                    help="key points: every sampled point (default) or mean-shift maxima (paper)")
@@ -50,6 +67,32 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--source-model", default=None, help="PDB/mmCIF model in the source map's frame "
                                                         "to move onto the target (needs --out-dir)")
     a.add_argument("--quiet", action="store_true", help="no progress messages")
+
+    f = sub.add_parser("fit", help="place each chain of MODEL into MAP (ranked placements)",
+                       description="Simulate each chain's density at the map's resolution, align it "
+                                   "locally into MAP, and write the top placements of every chain, "
+                                   "a score table and one assembled model without clashes.")
+    f.add_argument("model", help="PDB/mmCIF model (its chains are placed one by one)")
+    f.add_argument("map", help="map to fit into")
+    f.add_argument("--resolution", type=float, required=True, help="the map's resolution in Å")
+    f.add_argument("--chains", default=None, help="comma-separated chain names (default: all)")
+    f.add_argument("--top", type=int, default=5, help="placements kept per chain (default 5)")
+    f.add_argument("--contour", type=float, default=None,
+                   help="the map's contour level (EMDB recommended level); estimated if omitted")
+    f.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    f.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (default 0)")
+    f.add_argument("--out-dir", default=None, help="output folder (default: MODELNAME_fit)")
+    f.add_argument("--quiet", action="store_true", help="no progress messages")
+
+    s = sub.add_parser("simulate", help="density map of a model (molmap style)",
+                       description="One Gaussian per heavy atom (sigma = 0.225 x resolution, height = "
+                                   "atomic number), on a grid of resolution/3 Å.")
+    s.add_argument("model", help="PDB/mmCIF model")
+    s.add_argument("--resolution", type=float, required=True, help="resolution in Å")
+    s.add_argument("-o", "--output", required=True, help="map to write (.mrc)")
+    s.add_argument("--chains", default=None, help="comma-separated chain names (default: all)")
+    s.add_argument("--voxel", type=float, default=None, help="voxel size in Å (default resolution/3)")
+    s.add_argument("--quiet", action="store_true", help="no messages")
 
     r = sub.add_parser("rmsd", help="true RMSD of a model under an estimated transform",
                        description="RMSD (Å) of MODEL moved by the estimated matrix against a reference: "
@@ -74,9 +117,8 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
     try:
-        if args.command == "align":
-            return _cmd_align(args)
-        return _cmd_rmsd(args)
+        return {"align": _cmd_align, "fit": _cmd_fit, "simulate": _cmd_simulate,
+                "rmsd": _cmd_rmsd}[args.command](args)
     except InputError as exc:
         print(f"cryoalign: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -117,7 +159,8 @@ def _cmd_align(args) -> int:
     from .pipeline import align
 
     log = logging.getLogger("cryoalign")
-    config = AlignConfig(voxel_A=args.voxel, seed=args.seed, keypoints=args.keypoints)
+    config = AlignConfig(voxel_A=args.voxel, seed=args.seed, keypoints=args.keypoints,
+                         mode=args.mode or "auto", top=args.top, jobs=args.jobs, map_refine=args.map_refine)
     if args.source_model and not args.out_dir:
         raise InputError("--source-model needs --out-dir (where the moved model is written)")
     if args.json_out:
@@ -151,6 +194,10 @@ def _cmd_align(args) -> int:
             model_out = os.path.join(out, "source_model_on_target" + io.model_suffix(args.source_model))
             io.write_model(io.transform_model(source_model, result.T_target_source), model_out)
             models.append(model_out)
+            if result.params["mode"] == "local":      # the other ranked placements too
+                for k, cand in enumerate(result.candidates[1:], 2):
+                    extra = os.path.join(out, f"source_model_rank{k}" + io.model_suffix(args.source_model))
+                    io.write_model(io.transform_model(source_model, cand.T_target_source), extra)
         outputs.chimerax_script(os.path.join(out, "superposition.cxc"), target_map=args.target,
                                 target_contour=doc["params"]["target_contour"], source_map=args.source,
                                 source_contour=doc["params"]["source_contour"],
@@ -193,11 +240,20 @@ def _print_summary(result, args) -> None:
     axis = tf.rotation_axis(T)
     lines.append(f"rotation {tf.rotation_angle_deg(T):.2f} deg about ({axis[0]:.3f}, {axis[1]:.3f}, "
                  f"{axis[2]:.3f}); translation ({T[0, 3]:.2f}, {T[1, 3]:.2f}, {T[2, 3]:.2f}) Å")
-    lines.append(f"score {s.similarity:.3f} = (1 - JS {s.js_divergence:.3f}) x vector agreement "
-                 f"{s.vector_agreement:.3f}; overlap {s.overlap:.2f}; {len(result.candidates)} candidate(s)")
+    lines.append(_score_line(s, p["mode"]) + f"; {len(result.candidates)} candidate(s)")
+    if p["mode"] == "local":
+        lines.append("rank  score  agreement  rotation  translation (Å)            mask centre (Å)")
+        for k, c in enumerate(result.candidates, 1):
+            M = c.T_target_source
+            centre = ", ".join(f"{v:.1f}" for v in c.mask_centre_A) if c.mask_centre_A else "-"
+            lines.append(f"{k:4d}  {c.score.value:5.3f}  {c.score.vector_agreement:9.3f}  "
+                         f"{tf.rotation_angle_deg(M):7.2f}°  ({M[0, 3]:7.2f}, {M[1, 3]:7.2f}, {M[2, 3]:7.2f})"
+                         f"  ({centre})")
     for side in ("source", "target"):
         est = " (estimated; pass the EMDB recommended level if known)" if p[f"{side}_contour_estimated"] else ""
         lines.append(f"{side} contour {p[f'{side}_contour']:.5g}{est}")
+    lines.append(f"mode {p['mode']}, sampling interval {p['voxel_A']:g} Å"
+                 + (" (chosen from the source's size)" if p.get("voxel_estimated") else ""))
     lines.append(f"time {result.timings_s['total']:.2f} s")
     if args.json_out:
         lines.append(f"wrote {args.json_out}")
@@ -205,6 +261,114 @@ def _print_summary(result, args) -> None:
         lines.append(f"wrote {args.out_dir}/ (open superposition.cxc in ChimeraX)")
     if not args.quiet:
         print("\n".join(lines))
+
+
+def _score_line(s, mode) -> str:
+    parts = []
+    if s.correlation is not None:
+        head = f"score {s.value:.3f} = map correlation about the mean (after map refinement)"
+        parts.append(f"point similarity {s.similarity:.3f}")
+        parts.append(f"vector agreement {s.vector_agreement:.3f}")
+        if s.js_divergence is not None:
+            parts.append(f"JS {s.js_divergence:.3f}")
+    elif s.js_divergence is not None:
+        head = f"score {s.similarity:.3f} = (1 - JS {s.js_divergence:.3f}) x vector agreement {s.vector_agreement:.3f}"
+    else:
+        head = f"score {s.similarity:.3f} = vector agreement"
+    parts.append(f"overlap {s.overlap:.2f}")
+    return head + "; " + "; ".join(parts)
+
+
+def _split_chains(text):
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    return names or None
+
+
+def _cmd_fit(args) -> int:
+    from . import fit, io
+    from .errors import InputError
+
+    model_stem = os.path.basename(args.model)
+    for ext in (".gz", ".pdb", ".ent", ".cif", ".mmcif"):
+        if model_stem.lower().endswith(ext):
+            model_stem = model_stem[: -len(ext)]
+    out = args.out_dir or f"{model_stem}_fit"
+    if args.top < 1:
+        raise InputError(f"--top must be at least 1, got {args.top}")
+    _refuse_overwriting_inputs([out], [args.model, args.map])
+    st = io.read_model(args.model)
+    density = io.read_map(args.map)
+    _make_dir(out)
+    result = fit.fit_model(st, density, resolution_A=args.resolution, chains=_split_chains(args.chains),
+                           top=args.top, contour=args.contour, jobs=args.jobs, seed=args.seed)
+    suffix = io.model_suffix(args.model)
+    written = []
+    for c in result.chains:
+        for k, cand in enumerate(c.placements, 1):
+            path = os.path.join(out, f"chain_{c.chain}_rank{k}{suffix}")
+            io.write_model(fit.chain_structure(st, c.chain, cand.T_target_source), path)
+            written.append(path)
+    assembled = os.path.join(out, f"assembled{suffix}")
+    if result.assembled:
+        io.write_model(fit.assembled_structure(st, result), assembled)
+    io.write_text(os.path.join(out, "placements.tsv"), fit.placement_table(result))
+    io.write_text(os.path.join(out, "fit.json"), json.dumps(result.to_json(), indent=1) + "\n")
+    _fit_script(os.path.join(out, "fit.cxc"), args.map, result.target_contour,
+                assembled if result.assembled else None)
+    if not args.quiet:
+        lines = ["chain  rank  score  agreement  (score = map correlation about the mean)"]
+        for c in result.chains:
+            for k, cand in enumerate(c.placements, 1):
+                mark = "  <- assembled" if result.assembled.get(c.chain) == k - 1 else ""
+                lines.append(f"{c.chain:>5}  {k:4d}  {cand.score.value:5.3f}  "
+                             f"{cand.score.vector_agreement:9.3f}{mark}")
+        if result.left_out:
+            lines.append(f"left out of the assembled model (every placement clashes): "
+                         f"{', '.join(result.left_out)}")
+        lines.append(f"time {result.timings_s['total']:.2f} s")
+        lines.append(f"wrote {out}/ ({len(written)} placed chain models, assembled{suffix}, "
+                     "placements.tsv, fit.json; open fit.cxc in ChimeraX)")
+        print("\n".join(lines))
+    return 0
+
+
+def _fit_script(path, map_path, contour, assembled):
+    from .io import write_text
+
+    folder = os.path.dirname(os.path.abspath(path))
+    lines = ["# cryoalign fit: open in ChimeraX", f"open {_rel(map_path, folder)}",
+             f"volume #1 level {contour:.6g} style mesh color #9b9b9b"]
+    if assembled:
+        lines += [f"open {_rel(assembled, folder)}", "color #2 bychain"]
+    lines.append("view")
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def _rel(p, folder):
+    p = os.path.abspath(p)
+    rel = os.path.relpath(p, folder)
+    out = rel if not rel.startswith("..") else p
+    return f'"{out}"' if " " in out else out
+
+
+def _cmd_simulate(args) -> int:
+    from . import io, simulate
+
+    _refuse_overwriting_inputs([args.output], [args.model])
+    io.check_writable(args.output)
+    st = io.read_model(args.model)
+    chains = _split_chains(args.chains)
+    density = simulate.simulate(st, args.resolution, chains=chains, voxel_A=args.voxel)
+    level = simulate.contour_for(density, simulate.model_mass_Da(st, chains=chains))
+    io.write_map(density, args.output)
+    if not args.quiet:
+        nx, ny, nz = density.shape_xyz
+        print(f"wrote {args.output}: {nx}x{ny}x{nz} voxels of {density.voxel_size_A[0]:.3g} Å, "
+              f"resolution {args.resolution:g} Å; suggested contour {level:.5g} (encloses the model's "
+              "volume at 1.21 Å^3/Da)")
+    return 0
 
 
 def _cmd_rmsd(args) -> int:

@@ -12,8 +12,14 @@ from .errors import InputError
 
 @dataclass(frozen=True)
 class AlignConfig:
+    # mode: "global" (whole on whole), "local" (part inside a larger map, ranked
+    # placements) or "auto" (local when the source's volume above contour is under
+    # LOCAL_VOLUME_RATIO of the target's)
+    mode: str = "auto"
+    top: int = 10                        # candidates reported (local: placements)
+    jobs: int | None = None              # local: worker processes (None: all cores); never changes results
     # point cloud (stage 1)
-    voxel_A: float = 5.0                 # sampling interval of the point cloud
+    voxel_A: float | None = None         # sampling interval; None -> 3 Å for small sources, else 5 Å
     vector_sigma_A: float = 8.0          # density-vector kernel: k(p) = exp(-1.5 |p/sigma|^2)
     # key points (stage 2)
     keypoints: str = "dense"             # "dense" (every sampled point) or "meanshift" (paper)
@@ -30,6 +36,7 @@ class AlignConfig:
     max_hypotheses: int = 8              # coarse poses refined and scored
     # fine pose (stage 6)
     icp_iterations: int = 60
+    map_refine: bool = True              # polish on the maps themselves (correlation about the mean)
     # score (stage 7)
     score_pair_cutoff_A: float = 10.0
     score_vector_cos: float = 0.6
@@ -37,12 +44,18 @@ class AlignConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("voxel_A", "vector_sigma_A", "keypoint_sigma_A", "descriptor_radius_factor",
+        if self.mode not in ("auto", "global", "local"):
+            raise InputError(f"mode must be 'auto', 'global' or 'local', got {self.mode!r}")
+        if self.top < 1:
+            raise InputError(f"--top must be at least 1, got {self.top}")
+        if self.jobs is not None and self.jobs < 1:
+            raise InputError(f"--jobs must be at least 1, got {self.jobs}")
+        for name in ("vector_sigma_A", "keypoint_sigma_A", "descriptor_radius_factor",
                      "score_pair_cutoff_A"):
             value = getattr(self, name)
             if not (value > 0):
                 raise InputError(f"{name} must be positive, got {value}")
-        if self.voxel_A < 0.5 or self.voxel_A > 30:
+        if self.voxel_A is not None and not 0.5 <= self.voxel_A <= 30:
             raise InputError(f"sampling interval --voxel {self.voxel_A} Å is outside 0.5-30 Å; "
                              "use 5 Å for complexes or 3 Å for single chains")
         if self.keypoints not in ("dense", "meanshift"):

@@ -7,6 +7,10 @@
     5 coarse pose   register.coarse_poses      consistency graph, max clique, GNC-TLS
     6 fine pose     refine.robust_icp          Welsch ICP on all sampled points
     7 score         score.similarity           vector agreement x (1 - JS divergence)
+    8 map refine    maprefine.refine_distinct  correlation about the mean on the maps (ranks)
+
+Local mode replaces 4-5 by local.search: the same steps inside spherical masks
+slid over the target, then ranks the distinct placements (score without JS).
 """
 from __future__ import annotations
 
@@ -18,20 +22,25 @@ import time
 import numpy as np
 from scipy.spatial import cKDTree
 
-from . import features, keypoints, match, pointcloud, refine, register, score
+from . import features, keypoints, local, maprefine, match, pointcloud, refine, register, score
 from . import transform as tf
 from .config import AlignConfig
 from .errors import InputError
 from .io import read_map
-from .types import AlignResult, Candidate, DensityMap, PointCloud
+from .types import AlignResult, Candidate, DensityMap, PointCloud, Score
 
 log = logging.getLogger(__name__)
 
 SCREEN_POINTS = 2000   # source points used to refine every hypothesis before ranking
 POLISH_TOP = 2         # hypotheses then refined on all source points
+MAP_REFINE_TOP = 3     # distinct global candidates polished on the maps
+LOCAL_VOLUME_RATIO = 0.4   # auto mode: local when source volume / target volume is below this
+DEFAULT_VOXEL_A = 5.0      # sampling interval for complexes (paper) ...
+SMALL_SOURCE_VOXEL_A = 3.0  # ... and for small sources such as single chains (paper: 3 Å)
+SMALL_SOURCE_A3 = 187_500.0  # "small": fewer than 1500 points at 5 Å (about 150 kDa of protein)
 
 
-class _Timer:
+class Timer:
     def __init__(self):
         self.timings = {}
         self._t0 = time.perf_counter()
@@ -55,7 +64,7 @@ class _Timer:
         return time.perf_counter() - self._t0
 
 
-def _as_map(m) -> DensityMap:
+def as_map(m) -> DensityMap:
     if isinstance(m, DensityMap):
         return m
     if isinstance(m, (str, os.PathLike)):
@@ -63,7 +72,7 @@ def _as_map(m) -> DensityMap:
     raise InputError(f"expected a map path or DensityMap, got {type(m).__name__}")
 
 
-def _contour(density: DensityMap, contour, name: str) -> tuple[float, bool]:
+def resolve_contour(density: DensityMap, contour, name: str) -> tuple[float, bool]:
     if contour is None:
         level = pointcloud.estimate_contour(density)
         log.info("%s contour not given: estimated %.6g from the map's background noise", name, level)
@@ -87,10 +96,11 @@ def _keypoint_std_A(density: DensityMap, config: AlignConfig) -> float:
         * pointcloud.KERNEL_TO_STD
 
 
-class _Side:
+class Side:
     """Everything computed from one map (kept together for reuse by local search)."""
 
     def __init__(self, density, contour, config, timer, name, fine_target=False):
+        self.density, self.contour, self.name = density, contour, name
         with timer.stage(f"{name} point cloud"):
             vec_field = pointcloud.smooth_field(density, contour, config.vector_sigma_A * pointcloud.KERNEL_TO_STD)
             self.cloud = pointcloud.sample_points(density, contour, config.voxel_A, config.vector_sigma_A,
@@ -119,43 +129,80 @@ def align(source, target, *, source_contour: float | None = None, target_contour
 
     source, target: map paths or `DensityMap`s. Contours default to an estimate
     from each map's background (pass EMDB's recommended levels when you have them).
-    config / overrides: `AlignConfig` fields (voxel_A, seed, max_hypotheses, ...).
+    config / overrides: `AlignConfig` fields (mode, voxel_A, top, jobs, seed, ...).
+    With mode "local" (or "auto" and a source much smaller than the target) the
+    candidates are ranked placements of the source inside the target.
     """
     config = (config or AlignConfig()).replace(**overrides) if overrides else (config or AlignConfig())
-    timer = _Timer()
+    timer = Timer()
     with timer.stage("read maps"):
-        src_map, tgt_map = _as_map(source), _as_map(target)
-    sc, sc_est = _contour(src_map, source_contour, "source")
-    tc, tc_est = _contour(tgt_map, target_contour, "target")
+        src_map, tgt_map = as_map(source), as_map(target)
+    sc, sc_est = resolve_contour(src_map, source_contour, "source")
+    tc, tc_est = resolve_contour(tgt_map, target_contour, "target")
     rng = np.random.default_rng(config.seed)
 
-    src = _Side(src_map, sc, config, timer, "source")
-    tgt = _Side(tgt_map, tc, config, timer, "target", fine_target=True)
+    src_volume, tgt_volume = _volume_A3(src_map, sc), _volume_A3(tgt_map, tc)
+    ratio = src_volume / tgt_volume
+    mode = config.mode
+    if mode == "auto":
+        mode = "local" if ratio < LOCAL_VOLUME_RATIO else "global"
+        if mode == "local":
+            log.info("source volume above contour is %.0f%% of the target's (< %.0f%%): local alignment "
+                     "(ranked placements; pass --global to force a whole-map alignment)",
+                     100 * ratio, 100 * LOCAL_VOLUME_RATIO)
+    voxel_auto = config.voxel_A is None
+    if voxel_auto:
+        voxel = SMALL_SOURCE_VOXEL_A if src_volume < SMALL_SOURCE_A3 else DEFAULT_VOXEL_A
+        log.info("sampling interval %.0f Å chosen from the source's volume above contour (%.0f Å^3)",
+                 voxel, src_volume)
+        config = config.replace(voxel_A=voxel)
 
-    with timer.stage("matching"):
-        matches = match.mutual_nearest(src.features, tgt.features, k=config.match_k)
-    with timer.stage("coarse pose"):
-        poses = register.coarse_poses(matches, config.noise_A, count=config.max_hypotheses)
-        if not poses:
-            log.warning("no consistent correspondences; starting from the centroid alignment")
-            T0 = tf.make(np.eye(3), tgt.cloud.points_A.mean(0) - src.cloud.points_A.mean(0))
-            poses = [register.Pose(T_target_source=T0)]
+    src = Side(src_map, sc, config, timer, "source")
+    tgt = Side(tgt_map, tc, config, timer, "target", fine_target=True)
+    stats = dict(source_points=len(src.cloud), target_points=len(tgt.cloud),
+                 source_keypoints=len(src.features), target_keypoints=len(tgt.features),
+                 source_volume_A3=src_volume, target_volume_A3=tgt_volume, volume_ratio=ratio)
 
-    candidates = _refine_and_rank(src.cloud, tgt, poses, config, timer, rng)
+    if mode == "local":
+        candidates, local_stats = local.search(src, tgt, config=config, timer=timer)
+        stats.update(local_stats)
+        if not candidates:
+            raise InputError(
+                f"no region of the target can hold the source ({local_stats['masks_considered']} masks "
+                "tried, each with fewer points than the source): check the contours, or align globally "
+                "with --global")
+    else:
+        with timer.stage("matching"):
+            matches = match.mutual_nearest(src.features, tgt.features, k=config.match_k)
+        with timer.stage("coarse pose"):
+            poses = register.coarse_poses(matches, config.noise_A, count=config.max_hypotheses)
+            if not poses:
+                log.warning("no consistent correspondences; starting from the centroid alignment")
+                T0 = tf.make(np.eye(3), tgt.cloud.points_A.mean(0) - src.cloud.points_A.mean(0))
+                poses = [register.Pose(T_target_source=T0)]
+        candidates = _refine_and_rank(src.cloud, tgt, poses, config, timer, rng)
+        if config.map_refine:
+            candidates = _map_refine(candidates, src, tgt, config, timer)
+        candidates = candidates[:config.top]
+        stats.update(matches=len(matches), hypotheses=len(poses), coarse_inliers=[p.inliers for p in poses])
     best = candidates[0]
     params = dict(config.as_dict(), source_contour=sc, target_contour=tc,
                   source_contour_estimated=sc_est, target_contour_estimated=tc_est,
-                  source=src_map.path, target=tgt_map.path, mode="global")
-    stats = dict(source_points=len(src.cloud), target_points=len(tgt.cloud),
-                 source_keypoints=len(src.features), target_keypoints=len(tgt.features),
-                 matches=len(matches), hypotheses=len(poses),
-                 coarse_inliers=[p.inliers for p in poses])
+                  voxel_estimated=voxel_auto, source=src_map.path, target=tgt_map.path, mode=mode)
     timer.timings["total"] = timer.total()
     return AlignResult(T_target_source=best.T_target_source, score=best.score,
                        candidates=tuple(candidates), timings_s=dict(timer.timings), params=params, stats=stats)
 
 
-def _refine_and_rank(src_cloud: PointCloud, tgt: _Side, poses, config: AlignConfig, timer, rng):
+def _volume_A3(density: DensityMap, contour: float) -> float:
+    """Volume (Å^3) enclosed by the contour."""
+    count = 0
+    for z in range(0, density.data.shape[0], 64):        # by slabs: no full-size boolean copy
+        count += int(np.count_nonzero(density.data[z:z + 64] >= contour))
+    return count * float(np.prod(density.voxel_size_A))
+
+
+def _refine_and_rank(src_cloud: PointCloud, tgt: Side, poses, config: AlignConfig, timer, rng):
     """Stages 6-7 for every coarse hypothesis; candidates ranked best first, near-duplicates merged."""
     tree_fine = cKDTree(tgt.fine.points_A)
     tree = cKDTree(tgt.cloud.points_A)
@@ -195,3 +242,30 @@ def _refine_and_rank(src_cloud: PointCloud, tgt: _Side, poses, config: AlignConf
             candidates.append(Candidate(T_target_source=T, score=s, source=f"clique {i + 1}"))
     candidates.sort(key=lambda c: -c.score.similarity)
     return candidates
+
+
+def _map_refine(candidates, src: Side, tgt: Side, config: AlignConfig, timer):
+    """Polish the leading candidates on the maps.  Refined ones come first (best correlation
+    first; those that land on an earlier one are dropped); the rest follow in point-score order."""
+    with timer.stage("map refine"):
+        sample = maprefine.sample_source(src.density, src.contour)
+        centre = src.cloud.points_A.mean(0)
+        fits = maprefine.refine_distinct([c.T_target_source for c in candidates], sample, tgt.density, centre,
+                                         want=MAP_REFINE_TOP, max_shift_A=local.DEDUP_A,
+                                         max_angle_deg=local.DEDUP_DEG)
+        tree = cKDTree(tgt.cloud.points_A)
+        out = []
+        for i, fit in fits:
+            T = fit.T_target_source
+            s = score.similarity(src.cloud, tgt.cloud, T, cutoff_A=config.score_pair_cutoff_A,
+                                 cos_min=config.score_vector_cos, js_samples=config.js_samples,
+                                 rng=np.random.default_rng([config.seed, i]), target_tree=tree)
+            s = Score(similarity=s.similarity, vector_agreement=s.vector_agreement,
+                      js_divergence=s.js_divergence, overlap=s.overlap, correlation=fit.correlation)
+            out.append(Candidate(T_target_source=T, score=s, source=candidates[i].source + " + map",
+                                 correlation_before=fit.correlation_before))
+        tried = max(i for i, _ in fits) + 1 if fits else 0
+        out += [c for c in candidates[tried:]
+                if not any(tf.same_pose(c.T_target_source, o.T_target_source, centre,
+                                        max_shift_A=local.DEDUP_A, max_angle_deg=local.DEDUP_DEG) for o in out)]
+    return out

@@ -17,6 +17,7 @@ is also refined and scored downstream.
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial.distance import cdist
 
 from . import transform as tf
 from .types import Matches, Pose
@@ -29,9 +30,9 @@ EXACT_LIMIT = 40    # vertices; exact search on dense graphs of 80+ vertices can
 
 def adjacency(source_A: np.ndarray, target_A: np.ndarray, noise_A: float) -> np.ndarray:
     """(M, M) bool: matches i and j are length-consistent (no self loops)."""
-    ds = np.linalg.norm(source_A[:, None] - source_A[None], axis=2)
-    dt = np.linalg.norm(target_A[:, None] - target_A[None], axis=2)
-    adj = np.abs(ds - dt) <= 2.0 * noise_A
+    ds = cdist(source_A, source_A)
+    ds -= cdist(target_A, target_A)
+    adj = np.abs(ds) <= 2.0 * noise_A
     np.fill_diagonal(adj, False)
     return adj
 

@@ -88,3 +88,12 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
         [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
         [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
     ])
+
+
+def same_pose(T1: np.ndarray, T2: np.ndarray, centre_A: np.ndarray, *, max_shift_A: float,
+              max_angle_deg: float) -> bool:
+    """True when the two poses move `centre_A` (3,) to within `max_shift_A` of each other
+    and differ by a rotation of less than `max_angle_deg`."""
+    c = np.asarray(centre_A, float)
+    shift = np.linalg.norm(apply(T1, c[None])[0] - apply(T2, c[None])[0])
+    return bool(shift < max_shift_A and rotation_angle_deg(T1[:3, :3] @ T2[:3, :3].T) < max_angle_deg)

@@ -122,16 +122,28 @@ class Pose:
 
 @dataclass(frozen=True)
 class Score:
-    """Similarity of two aligned point clouds (paper's formula, both terms)."""
+    """How well a pose superimposes the maps.
+
+    similarity: the paper's score ((1 - JS) x vector agreement; the agreement alone
+    in local mode); correlation: correlation about the mean of the maps after
+    map-level refinement.  `value`, the number candidates are ranked by and the
+    JSON's "score", is the correlation when there is one, else the similarity.
+    """
 
     similarity: float
     vector_agreement: float
-    js_divergence: float
+    js_divergence: float | None    # None when not computed (local alignment)
     overlap: float
+    correlation: float | None = None   # map correlation about the mean (after map refinement)
+
+    @property
+    def value(self) -> float:
+        return self.correlation if self.correlation is not None else self.similarity
 
     def as_dict(self):
         return {"similarity": self.similarity, "vector_agreement": self.vector_agreement,
-                "js_divergence": self.js_divergence, "overlap": self.overlap}
+                "js_divergence": self.js_divergence, "overlap": self.overlap,
+                "correlation": self.correlation}
 
 
 @dataclass(frozen=True)
@@ -139,10 +151,17 @@ class Candidate:
     T_target_source: np.ndarray
     score: Score
     source: str = ""
+    mask_centre_A: tuple | None = None   # local alignment: centre of the mask it came from
+    correlation_before: float | None = None  # map correlation before map refinement
 
     def as_dict(self):
-        return {"matrix": np.asarray(self.T_target_source).tolist(), "score": self.score.similarity,
-                "score_terms": self.score.as_dict(), "origin": self.source}
+        out = {"matrix": np.asarray(self.T_target_source).tolist(), "score": self.score.value,
+               "score_terms": self.score.as_dict(), "origin": self.source}
+        if self.correlation_before is not None:
+            out["correlation_before"] = self.correlation_before
+        if self.mask_centre_A is not None:
+            out["mask_centre"] = [round(float(v), 3) for v in self.mask_centre_A]
+        return out
 
 
 @dataclass(frozen=True)
@@ -161,7 +180,7 @@ class AlignResult:
         return {
             "version": __version__,
             "matrix": np.asarray(self.T_target_source).tolist(),
-            "score": self.score.similarity,
+            "score": self.score.value,
             "score_terms": self.score.as_dict(),
             "candidates": [c.as_dict() for c in self.candidates],
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
@@ -170,5 +189,5 @@ class AlignResult:
         }
 
     def __repr__(self):
-        return (f"<AlignResult score={self.score.similarity:.3f} "
+        return (f"<AlignResult score={self.score.value:.3f} "
                 f"candidates={len(self.candidates)} total={self.timings_s.get('total', 0):.2f}s>")
