@@ -479,6 +479,14 @@ def test_contour_above_the_map_maximum(bad, case, side):
     assert 0 < float(m.group(1)) < top
 
 
+def test_failed_alignment_leaves_no_output_folder(bad, case):
+    top = float(case.target_map.data.max())
+    argv = align_argv(case, "--out-dir", bad.out / "new")
+    argv[argv.index("--target-contour") + 1] = repr(top * 2)
+    assert bad(argv).startswith("target contour")
+    assert not (bad.out / "new").exists()
+
+
 def test_contour_keeping_too_few_points(bad, case):
     level = 0.95 * float(read_map(case.source).data.max())
     argv = align_argv(case, "--json", bad.out / "r.json")

@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--jobs", type=int, default=None,
                    help="worker processes for the local search (default: all cores; results do not "
                         "depend on it)")
+    a.add_argument("--hypotheses", type=int, default=d.max_hypotheses,
+                   help=f"coarse poses (distinct consistent cliques) refined and scored (default {d.max_hypotheses})")
+    a.add_argument("--check-hand", action="store_true",
+                   help="also align the mirror image of SOURCE and report whether it fits clearly better "
+                        "(a wrong-hand reconstruction)")
+    a.add_argument("--flipped-out", default=None,
+                   help="with --check-hand: write the mirror image of SOURCE here (.mrc)")
     a.add_argument("--no-map-refine", dest="map_refine", action="store_false",
                    help="skip the final refinement on the maps (correlation about the mean)")
     a.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (default 0)")
@@ -160,12 +167,17 @@ def _cmd_align(args) -> int:
 
     log = logging.getLogger("cryoalign")
     config = AlignConfig(voxel_A=args.voxel, seed=args.seed, keypoints=args.keypoints,
-                         mode=args.mode or "auto", top=args.top, jobs=args.jobs, map_refine=args.map_refine)
+                         mode=args.mode or "auto", top=args.top, jobs=args.jobs, map_refine=args.map_refine,
+                         check_hand=args.check_hand, max_hypotheses=args.hypotheses)
+    if args.flipped_out and not args.check_hand:
+        raise InputError("--flipped-out needs --check-hand")
+    if args.flipped_out:
+        io.check_writable(args.flipped_out)
     if args.source_model and not args.out_dir:
         raise InputError("--source-model needs --out-dir (where the moved model is written)")
     if args.json_out:
         io.check_writable(args.json_out)
-    outputs_planned = [args.json_out] if args.json_out else []
+    outputs_planned = [p for p in (args.json_out, args.flipped_out) if p]
     if args.out_dir:
         outputs_planned += [os.path.join(args.out_dir, n) for n in
                             ("result.json", "params.json", "source_on_target.mrc", "superposition.cxc",
@@ -174,11 +186,17 @@ def _cmd_align(args) -> int:
     source_model = io.read_model(args.source_model) if args.source_model else None
     src_map, tgt_map = io.read_map(args.source), io.read_map(args.target)
     if args.out_dir:
-        _make_dir(args.out_dir)
+        _check_dir(args.out_dir)
     result = align(src_map, tgt_map, source_contour=args.source_contour,
                    target_contour=args.target_contour, config=config)
+    if args.out_dir:
+        _make_dir(args.out_dir)          # only once there is something to put in it
     doc = result.to_json()
     text = json.dumps(doc, indent=1)
+    if args.flipped_out:
+        from .pipeline import mirror
+
+        io.write_map(mirror(src_map)[0], args.flipped_out)
     if args.json_out:
         io.write_text(args.json_out, text + "\n")
     if args.out_dir:
@@ -218,6 +236,20 @@ def _refuse_overwriting_inputs(outputs, inputs):
                              "(inputs are never overwritten)")
 
 
+def _check_dir(path):
+    """Fail before any work when the output folder could not be created or written."""
+    from .errors import InputError
+
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise InputError(f"cannot create output folder {path}: {probe} is a file; choose a writable location")
+    if not os.access(probe, os.W_OK):
+        raise InputError(f"cannot create output folder {path}: {probe} is not writable; "
+                         "choose a writable location")
+
+
 def _make_dir(path):
     from .errors import InputError
 
@@ -231,6 +263,7 @@ def _make_dir(path):
 
 def _print_summary(result, args) -> None:
     from . import transform as tf
+    from .pipeline import SYMMETRY_MARGIN
 
     T = result.T_target_source
     p = result.params
@@ -249,6 +282,21 @@ def _print_summary(result, args) -> None:
             lines.append(f"{k:4d}  {c.score.value:5.3f}  {c.score.vector_agreement:9.3f}  "
                          f"{tf.rotation_angle_deg(M):7.2f}°  ({M[0, 3]:7.2f}, {M[1, 3]:7.2f}, {M[2, 3]:7.2f})"
                          f"  ({centre})")
+    if result.ambiguous:
+        lines.append(f"ambiguous: {len(result.equivalent)} other pose(s) score within "
+                     f"{100 * SYMMETRY_MARGIN:.0f}% of the best (symmetric assembly or identical copies):")
+        for k in result.equivalent:
+            rel = result.relation_to_best(result.candidates[k - 1])
+            ax = rel["axis"]
+            lines.append(f"  rank {k}: score {result.candidates[k - 1].score.value:.3f}, {rel['angle_deg']:.1f} deg "
+                         f"about ({ax[0]:.3f}, {ax[1]:.3f}, {ax[2]:.3f}) from the best")
+    if result.hand is not None:
+        h = result.hand
+        meaning = {"same": "the source has the target's hand",
+                   "mirrored": "the mirror image fits clearly better: the source is likely the wrong hand "
+                               "(mirrored_matrix in the JSON)",
+                   "unclear": "neither hand fits clearly better"}[h["verdict"]]
+        lines.append(f"hand: {h['verdict']} (score {h['score']:.3f}, mirrored {h['mirrored_score']:.3f}): {meaning}")
     for side in ("source", "target"):
         est = " (estimated; pass the EMDB recommended level if known)" if p[f"{side}_contour_estimated"] else ""
         lines.append(f"{side} contour {p[f'{side}_contour']:.5g}{est}")
@@ -300,9 +348,10 @@ def _cmd_fit(args) -> int:
     _refuse_overwriting_inputs([out], [args.model, args.map])
     st = io.read_model(args.model)
     density = io.read_map(args.map)
-    _make_dir(out)
+    _check_dir(out)
     result = fit.fit_model(st, density, resolution_A=args.resolution, chains=_split_chains(args.chains),
                            top=args.top, contour=args.contour, jobs=args.jobs, seed=args.seed)
+    _make_dir(out)
     suffix = io.model_suffix(args.model)
     written = []
     for c in result.chains:

@@ -36,6 +36,7 @@ class AlignConfig:
     max_hypotheses: int = 8              # coarse poses refined and scored
     # fine pose (stage 6)
     icp_iterations: int = 60
+    check_hand: bool = False             # also align the mirror image of the source and compare
     map_refine: bool = True              # polish on the maps themselves (correlation about the mean)
     # score (stage 7)
     score_pair_cutoff_A: float = 10.0

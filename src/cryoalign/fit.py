@@ -71,7 +71,7 @@ def fit_model(model, density, *, resolution_A: float, chains=None, top: int = 5,
     timer = Timer()
     st = io.read_model(model) if not hasattr(model, "setup_entities") else model
     target = as_map(density)
-    names = list(chains) if chains else simulate.chain_ids(st)
+    names = list(dict.fromkeys(chains)) if chains else simulate.chain_ids(st)   # each chain once
     available = simulate.chain_ids(st)
     unknown = [c for c in names if c not in available]
     if unknown:

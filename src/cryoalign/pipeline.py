@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 SCREEN_POINTS = 2000   # source points used to refine every hypothesis before ranking
 POLISH_TOP = 2         # hypotheses then refined on all source points
 MAP_REFINE_TOP = 3     # distinct global candidates polished on the maps
+SYMMETRY_MARGIN = 0.03  # distinct poses within 3% of the best score: an ambiguous answer
+HAND_MARGIN = 0.10      # --check-hand: one hand must score 10% better than the other to decide
 LOCAL_VOLUME_RATIO = 0.4   # auto mode: local when source volume / target volume is below this
 DEFAULT_VOXEL_A = 5.0      # sampling interval for complexes (paper) ...
 SMALL_SOURCE_VOXEL_A = 3.0  # ... and for small sources such as single chains (paper: 3 Å)
@@ -186,12 +188,58 @@ def align(source, target, *, source_contour: float | None = None, target_contour
         candidates = candidates[:config.top]
         stats.update(matches=len(matches), hypotheses=len(poses), coarse_inliers=[p.inliers for p in poses])
     best = candidates[0]
+    equivalent = _equivalent_ranks(candidates)
+    if equivalent:
+        log.info("ambiguous: %d other distinct pose(s) score within %.0f%% of the best (symmetry or "
+                 "identical copies); all are listed in the candidates", len(equivalent), 100 * SYMMETRY_MARGIN)
     params = dict(config.as_dict(), source_contour=sc, target_contour=tc,
                   source_contour_estimated=sc_est, target_contour_estimated=tc_est,
                   voxel_estimated=voxel_auto, source=src_map.path, target=tgt_map.path, mode=mode)
+    hand, mirrored_T = None, None
+    if config.check_hand:
+        hand, mirrored_T = _check_hand(src_map, tgt_map, sc, tc, config.replace(mode=mode), best, timer)
     timer.timings["total"] = timer.total()
     return AlignResult(T_target_source=best.T_target_source, score=best.score,
-                       candidates=tuple(candidates), timings_s=dict(timer.timings), params=params, stats=stats)
+                       candidates=tuple(candidates), timings_s=dict(timer.timings), params=params, stats=stats,
+                       equivalent=equivalent, hand=hand, mirrored_T=mirrored_T)
+
+
+def _equivalent_ranks(candidates) -> tuple:
+    """1-based ranks of the distinct candidates whose score (of the same kind as the best's)
+    is within SYMMETRY_MARGIN (relative) of the best."""
+    best = candidates[0].score
+    floor = best.value - SYMMETRY_MARGIN * abs(best.value)
+    return tuple(k for k, c in enumerate(candidates[1:], 2)
+                 if (c.score.correlation is None) == (best.correlation is None) and c.score.value >= floor)
+
+
+def mirror(density: DensityMap) -> tuple[DensityMap, np.ndarray]:
+    """The map reflected through the plane x = its box centre, and the (improper) 4x4
+    F taking a point of the original map's world frame to its image in the mirrored map."""
+    flipped = DensityMap(data=np.ascontiguousarray(density.data[:, :, ::-1]),
+                         voxel_size_A=density.voxel_size_A.copy(), origin_A=density.origin_A.copy(),
+                         path=density.path)
+    centre_x = density.origin_A[0] + (density.data.shape[2] - 1) * density.voxel_size_A[0] / 2.0
+    F = np.eye(4)
+    F[0, 0] = -1.0
+    F[0, 3] = 2.0 * centre_x
+    return flipped, F
+
+
+def _check_hand(src_map, tgt_map, sc, tc, config, best, timer):
+    """Align the mirror image of the source too; compare the scores."""
+    log.info("hand check: aligning the mirror image of the source ...")
+    flipped, F = mirror(src_map)
+    t0 = time.perf_counter()
+    sub = align(flipped, tgt_map, source_contour=sc, target_contour=tc,
+                config=config.replace(check_hand=False))
+    timer.timings["hand check"] = time.perf_counter() - t0
+    same, mirrored = best.score.value, sub.score.value
+    gap = HAND_MARGIN * max(abs(same), abs(mirrored))
+    verdict = "mirrored" if mirrored > same + gap else "same" if same > mirrored + gap else "unclear"
+    log.info("hand: %s (score %.3f, mirrored %.3f)", verdict, same, mirrored)
+    hand = {"verdict": verdict, "score": same, "mirrored_score": mirrored, "margin": HAND_MARGIN}
+    return hand, (sub.T_target_source @ F if verdict == "mirrored" else None)
 
 
 def _volume_A3(density: DensityMap, contour: float) -> float:

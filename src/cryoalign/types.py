@@ -174,19 +174,52 @@ class AlignResult:
     timings_s: dict
     params: dict
     stats: dict = field(default_factory=dict)
+    equivalent: tuple = ()       # ranks (1-based) of candidates scoring within the margin of the best
+    hand: dict | None = None     # --check-hand: verdict, score, mirrored_score
+    mirrored_T: np.ndarray | None = None   # improper source -> target transform of the mirrored fit
+
+    @property
+    def ambiguous(self) -> bool:
+        """True when other distinct poses score as well as the best (symmetry, identical chains)."""
+        return bool(self.equivalent)
+
+    def relation_to_best(self, candidate) -> dict:
+        """The motion (in the target's frame) taking the best pose to `candidate`'s:
+        rotation angle, axis, and the shift of the source centre it implies."""
+        from . import transform as tf
+        D = np.asarray(candidate.T_target_source) @ tf.invert(np.asarray(self.T_target_source))
+        return {"angle_deg": round(tf.rotation_angle_deg(D), 3),
+                "axis": [round(float(v), 5) for v in tf.rotation_axis(D)],
+                "translation_A": [round(float(v), 3) for v in D[:3, 3]]}
 
     def to_json(self) -> dict:
         from . import __version__
-        return {
+        candidates = []
+        for k, c in enumerate(self.candidates, 1):
+            d = c.as_dict()
+            d["rank"] = k
+            if k > 1:
+                d["relative_to_best"] = self.relation_to_best(c)
+            d["equivalent_to_best"] = k == 1 or k in self.equivalent
+            candidates.append(d)
+        out = {
             "version": __version__,
             "matrix": np.asarray(self.T_target_source).tolist(),
             "score": self.score.value,
             "score_terms": self.score.as_dict(),
-            "candidates": [c.as_dict() for c in self.candidates],
+            "ambiguous": self.ambiguous,
+            "equivalent_poses": [dict(rank=k, score=self.candidates[k - 1].score.value,
+                                      **self.relation_to_best(self.candidates[k - 1])) for k in self.equivalent],
+            "candidates": candidates,
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
             "params": self.params,
             "stats": self.stats,
         }
+        if self.hand is not None:
+            out["hand"] = dict(self.hand)
+            if self.mirrored_T is not None:
+                out["mirrored_matrix"] = np.asarray(self.mirrored_T).tolist()
+        return out
 
     def __repr__(self):
         return (f"<AlignResult score={self.score.value:.3f} "
