@@ -345,23 +345,36 @@ def test_map_correlation_of_a_map_with_itself_is_one(case):
 
 def test_compiled_interpolation_equals_the_python_reference():
     rng = np.random.default_rng(4)
-    stack = rng.normal(size=(7, 9, 11, 4)).astype(np.float32)
-    nz, ny, nx = stack.shape[:3]
+    data = rng.normal(size=(7, 9, 11)).astype(np.float32)
+    nz, ny, nx = data.shape
     f = np.vstack([
         rng.uniform(-2.0, 1.0, (300, 3)) * [nx + 2, ny + 2, nz + 2] + [nx, ny, nz],   # in and out of bounds
         rng.integers(-1, 12, (50, 3)).astype(float),                                # grid points, edges
         [[nx - 1.0, ny - 1.0, nz - 1.0], [0.0, 0.0, 0.0], [-0.5, 4.0, 3.0], [nx - 0.5, 2.0, 2.0],
          [-1.0, -1.0, -1.0], [100.0, 2.0, 2.0]],
     ])
-    fast = maprefine._interpolate(stack, f)
-    ref = maprefine._interpolate_py(stack, f)
+    fast = maprefine._interpolate(data, f)
+    ref = maprefine._interpolate_py(data, f)
     np.testing.assert_allclose(fast, ref, rtol=1e-6, atol=1e-6)
     # at grid points inside the box: the stored values; far outside: zero
     inside = np.all((f >= 0) & (f <= [nx - 1, ny - 1, nz - 1]) & (f == np.round(f)), axis=1)
     idx = f[inside].astype(int)
-    np.testing.assert_allclose(fast[inside], stack[idx[:, 2], idx[:, 1], idx[:, 0]], rtol=1e-6)
+    np.testing.assert_allclose(fast[inside, 0], data[idx[:, 2], idx[:, 1], idx[:, 0]], rtol=1e-6)
     np.testing.assert_array_equal(fast[-1], 0.0)
     np.testing.assert_array_equal(fast[-2], 0.0)
+
+
+def test_interpolation_gradient_matches_finite_differences():
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(6, 7, 8))
+    f = rng.uniform(0.1, 4.9, (200, 3))          # inside cells (the interpolant is smooth there)
+    h = 1e-6
+    g = maprefine._interpolate(data, f)
+    for k in range(3):
+        e = np.zeros(3)
+        e[k] = h
+        fd = (maprefine._interpolate(data, f + e)[:, 0] - maprefine._interpolate(data, f - e)[:, 0]) / (2 * h)
+        np.testing.assert_allclose(g[:, k + 1], fd, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- command line

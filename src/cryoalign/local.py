@@ -47,6 +47,8 @@ MASK_HYPOTHESES = 3           # coarse poses per mask
 SCREEN_POINTS = 600           # source points for scoring each mask's coarse poses
 FINAL_SCREEN_POINTS = 2000    # source points for refining the best distinct poses ...
 POLISH_TOP = 2                # ... of which the leaders are then refined on all points
+MAP_REFINE_FRACTION = 0.8     # placements refined on the maps: agreement >= this x the best's,
+MAP_REFINE_MAX = 5            # at most this many (the others are scored on the maps where they are)
 DEDUP_A = 3.0                 # poses closer than this (centroid shift) ...
 DEDUP_DEG = 10.0              # ... and this (rotation angle) are merged
 TOP_K = 64                    # most similar target descriptors kept per source descriptor
@@ -282,8 +284,11 @@ def search(src, tgt, *, config, timer) -> tuple[list[Candidate], dict]:
     if config.map_refine and ranked:
         with timer.stage("map refine"):
             sample = maprefine.sample_source(src.density, src.contour)
+            floor = MAP_REFINE_FRACTION * ranked[0][0]
             fits = maprefine.refine_distinct([r[-1] for r in ranked], sample, tgt.density, probe.mean(0),
-                                             want=top, max_shift_A=DEDUP_A, max_angle_deg=DEDUP_DEG)
+                                             want=top, max_shift_A=DEDUP_A, max_angle_deg=DEDUP_DEG,
+                                             refine_mask=[r[0] >= floor for r in ranked],
+                                             max_refined=MAP_REFINE_MAX)
             ranked = [ranked[i][:3] + [f.correlation_before, f.correlation, f.T_target_source]
                       for i, f in fits]
             for r in ranked:

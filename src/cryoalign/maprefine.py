@@ -8,10 +8,10 @@ about the mean (Pearson) between the source values and those target values:
     cam(T) = sum (u_i - u_mean)(v_i - v_mean) / (|u - u_mean| |v - v_mean|),
     v_i = target(T x_i)
 
-The gradient is analytic: d cam / d v_i times the target's gradient (central
-differences of a crop of the target around the moved source, interpolated the
-same way), chained through a small rotation about the moved source's centroid
-and a translation.  L-BFGS runs on those six numbers, with the rotation scaled
+The gradient is analytic: d cam / d v_i times the exact gradient of the
+trilinear interpolant (one compiled pass gives value and gradient, reading the
+target array in place), chained through a small rotation about the moved
+source's centroid and a translation.  L-BFGS runs on those six numbers, with the rotation scaled
 by the source's radius of gyration so one unit means about one Å of motion;
 it is restarted from the new pose (where the small-angle gradient is exact)
 until the pose stops moving.
@@ -32,10 +32,14 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; keep working without it
     njit = None
 
-MAX_POINTS = 10000
-MARGIN_A = 12.0          # crop margin around the moved source (covers the motion of a refinement)
+MAX_POINTS = 20000
 OUTER_ROUNDS = 4
 INNER_ITERATIONS = 40
+COARSE_POINTS = 2000     # refine_distinct: first pass on this many points ...
+COMPETITIVE = 0.8        # ... then all points when within this fraction of the best kept
+NEAR_FACTOR = 2.5        # refine_distinct: poses this close to a refined one are dropped
+FTOL = 1e-7              # stop when the correlation improves by less than this (relative) ...
+GTOL = 1e-6              # ... or its gradient (per Å of motion) is this flat
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,6 +52,13 @@ class MapSample:
     def centred(self) -> np.ndarray:
         return self.values - self.values.mean()
 
+    def thinned(self, max_points: int) -> MapSample:
+        """Every k-th point, at most `max_points` (the sample itself when small enough)."""
+        if len(self.values) <= max_points:
+            return self
+        k = -(-len(self.values) // max_points)
+        return MapSample(points_A=self.points_A[::k], values=self.values[::k])
+
 
 def sample_source(density: DensityMap, contour: float, max_points: int = MAX_POINTS) -> MapSample:
     """Voxels of `density` at or above `contour`; when there are more than `max_points`,
@@ -59,40 +70,24 @@ def sample_source(density: DensityMap, contour: float, max_points: int = MAX_POI
     return MapSample(points_A=density.index_to_world(zyx[:, ::-1]), values=values)
 
 
-class _TargetCrop:
-    """The target density around a set of world points, with its gradient (per Å),
-    stacked as (nz, ny, nx, 4) = value, d/dx, d/dy, d/dz for one interpolation pass."""
-
-    def __init__(self, target: DensityMap, points_A: np.ndarray, margin_A: float):
-        lo = np.floor(target.world_to_index(points_A.min(0) - margin_A)).astype(int)
-        hi = np.ceil(target.world_to_index(points_A.max(0) + margin_A)).astype(int) + 1
-        shape = target.shape_xyz
-        lo = np.clip(lo, 0, shape - 1)
-        hi = np.clip(hi, lo + 1, shape)
-        data = np.asarray(target.data[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]], dtype=np.float32)
-        self.origin_A = target.origin_A + lo * target.voxel_size_A
-        self.voxel_A = target.voxel_size_A
-        stack = np.zeros(data.shape + (4,), np.float32)
-        stack[..., 0] = data
-        for axis, k in ((2, 1), (1, 2), (0, 3)):          # x, y, z gradients
-            if data.shape[axis] >= 2:
-                stack[..., k] = np.gradient(data, axis=axis) / self.voxel_A[k - 1]
-        self.stack = stack
-
-    def _index(self, points_A):
-        return (points_A - self.origin_A) / self.voxel_A
-
-    def values(self, points_A):
-        return _interpolate(self.stack, self._index(points_A))[:, 0]
-
-    def values_and_gradient(self, points_A):
-        out = _interpolate(self.stack, self._index(points_A))
-        return out[:, 0], out[:, 1:]
+def _index(target: DensityMap, points_A: np.ndarray) -> np.ndarray:
+    return (points_A - target.origin_A) / target.voxel_size_A
 
 
-def _interpolate_py(stack, f):
-    """Trilinear interpolation of the 4 channels at fractional (x, y, z) indices; 0 outside."""
-    nz, ny, nx, _ = stack.shape
+def _values(target: DensityMap, points_A: np.ndarray) -> np.ndarray:
+    return _interpolate(target.data, _index(target, points_A))[:, 0]
+
+
+def _values_and_gradient(target: DensityMap, points_A: np.ndarray):
+    """Trilinear values and their exact gradient per Å at world points."""
+    out = _interpolate(target.data, _index(target, points_A))
+    return out[:, 0], out[:, 1:] / target.voxel_size_A
+
+
+def _interpolate_py(data, f):
+    """Trilinear interpolant of data[z, y, x] at fractional (x, y, z) indices f (N, 3) and its
+    gradient in index units: (N, 4) = value, d/dx, d/dy, d/dz.  Voxels outside count as 0."""
+    nz, ny, nx = data.shape
     out = np.zeros((len(f), 4))
     i0 = np.floor(f).astype(np.int64)
     t = f - i0
@@ -101,38 +96,52 @@ def _interpolate_py(stack, f):
             for dx in (0, 1):
                 x, y, z = i0[:, 0] + dx, i0[:, 1] + dy, i0[:, 2] + dz
                 ok = (x >= 0) & (x < nx) & (y >= 0) & (y < ny) & (z >= 0) & (z < nz)
-                w = (np.where(dx, t[:, 0], 1 - t[:, 0]) * np.where(dy, t[:, 1], 1 - t[:, 1])
-                     * np.where(dz, t[:, 2], 1 - t[:, 2]))
-                out[ok] += w[ok, None] * stack[z[ok], y[ok], x[ok]]
+                wx = np.where(dx, t[:, 0], 1 - t[:, 0])
+                wy = np.where(dy, t[:, 1], 1 - t[:, 1])
+                wz = np.where(dz, t[:, 2], 1 - t[:, 2])
+                c = np.zeros(len(f))
+                c[ok] = data[z[ok], y[ok], x[ok]]
+                out[:, 0] += wx * wy * wz * c
+                out[:, 1] += (1.0 if dx else -1.0) * wy * wz * c
+                out[:, 2] += wx * (1.0 if dy else -1.0) * wz * c
+                out[:, 3] += wx * wy * (1.0 if dz else -1.0) * c
     return out
 
 
 if njit is not None:
     @njit(cache=True, nogil=True)
-    def _interpolate(stack, f):  # pragma: no cover - compiled; same as _interpolate_py
-        nz, ny, nx, nc = stack.shape
-        out = np.zeros((f.shape[0], nc))
+    def _interpolate(data, f):  # pragma: no cover - compiled; same as _interpolate_py
+        nz, ny, nx = data.shape
+        out = np.zeros((f.shape[0], 4))
         for p in range(f.shape[0]):
             fx, fy, fz = f[p, 0], f[p, 1], f[p, 2]
             x0, y0, z0 = int(np.floor(fx)), int(np.floor(fy)), int(np.floor(fz))
             tx, ty, tz = fx - x0, fy - y0, fz - z0
+            if x0 < -1 or y0 < -1 or z0 < -1 or x0 >= nx or y0 >= ny or z0 >= nz:
+                continue
             for dz in range(2):
                 z = z0 + dz
                 if z < 0 or z >= nz:
                     continue
                 wz = tz if dz else 1.0 - tz
+                sz = 1.0 if dz else -1.0
                 for dy in range(2):
                     y = y0 + dy
                     if y < 0 or y >= ny:
                         continue
                     wy = ty if dy else 1.0 - ty
+                    sy = 1.0 if dy else -1.0
                     for dx in range(2):
                         x = x0 + dx
                         if x < 0 or x >= nx:
                             continue
-                        w = wz * wy * (tx if dx else 1.0 - tx)
-                        for c in range(nc):
-                            out[p, c] += w * stack[z, y, x, c]
+                        wx = tx if dx else 1.0 - tx
+                        sx = 1.0 if dx else -1.0
+                        c = data[z, y, x]
+                        out[p, 0] += wx * wy * wz * c
+                        out[p, 1] += sx * wy * wz * c
+                        out[p, 2] += wx * sy * wz * c
+                        out[p, 3] += wx * wy * sz * c
         return out
 else:  # pragma: no cover
     _interpolate = _interpolate_py
@@ -148,10 +157,8 @@ def _cam(u_centred, u_norm, v):
 
 def correlation(sample: MapSample, target: DensityMap, T: np.ndarray) -> float:
     """Correlation about the mean of the source sample and the target under T."""
-    moved = tf.apply(T, sample.points_A)
-    crop = _TargetCrop(target, moved, 2.0 * float(target.voxel_size_A.max()))
     u = sample.centred
-    return _cam(u, float(np.sqrt((u * u).sum())), crop.values(moved))[0]
+    return _cam(u, float(np.sqrt((u * u).sum())), _values(target, tf.apply(T, sample.points_A)))[0]
 
 
 @dataclass(frozen=True)
@@ -169,8 +176,7 @@ def refine(sample: MapSample, target: DensityMap, T_init: np.ndarray, *, rounds:
     u = sample.centred
     u_norm = float(np.sqrt((u * u).sum()))
     moved0 = tf.apply(T, sample.points_A)
-    crop = _TargetCrop(target, moved0, MARGIN_A)
-    before = _cam(u, u_norm, crop.values(moved0))[0]
+    before = _cam(u, u_norm, _values(target, moved0))[0]
     lever = max(1.0, float(np.sqrt(((moved0 - moved0.mean(0)) ** 2).sum(1).mean())))
     evaluations = 0
 
@@ -187,7 +193,7 @@ def refine(sample: MapSample, target: DensityMap, T_init: np.ndarray, *, rounds:
             nonlocal evaluations
             evaluations += 1
             y = moved_by(x)
-            v, g = crop.values_and_gradient(y)
+            v, g = _values_and_gradient(target, y)
             cam, vc, vn = _cam(u, u_norm, v)
             if vn == 0.0:
                 return 0.0, np.zeros(6)
@@ -198,31 +204,66 @@ def refine(sample: MapSample, target: DensityMap, T_init: np.ndarray, *, rounds:
             return -cam, -np.concatenate([grad_w, grad_t])
 
         res = optimize.minimize(f_and_grad, np.zeros(6), jac=True, method="L-BFGS-B",
-                                options={"maxiter": iterations, "gtol": 1e-9, "ftol": 1e-12})
+                                options={"maxiter": iterations, "gtol": GTOL, "ftol": FTOL})
         x = res.x
         R = Rotation.from_rotvec(x[:3] / lever).as_matrix()
         step = tf.make(R, centre + x[3:] - R @ centre)
-        if -res.fun < _cam(u, u_norm, crop.values(base))[0]:
+        if -res.fun < _cam(u, u_norm, _values(target, base))[0]:
             break                                   # no gain: keep the current pose
         T = step @ T
         if np.abs(x).max() < tol_A:
             break
-    after = _cam(u, u_norm, crop.values(tf.apply(T, sample.points_A)))[0]
+    after = _cam(u, u_norm, _values(target, tf.apply(T, sample.points_A)))[0]
     if after < before:
         T, after = np.array(T_init, float), before
     return MapFit(T_target_source=T, correlation_before=float(before), correlation=float(after),
                   evaluations=evaluations)
 
 
+def _refine_coarse_to_fine(sample, target, T, kept) -> MapFit:
+    """Refine on a thinned sample first; polish on the whole sample only when the result
+    can compete with what is already kept (a poor placement is not worth the full cost)."""
+    coarse = refine(sample.thinned(COARSE_POINTS), target, T, rounds=2, iterations=30)
+    best = max((f.correlation for _, f in kept), default=-1.0)
+    fine_before = correlation(sample, target, T)
+    if coarse.correlation < COMPETITIVE * best:
+        c = correlation(sample, target, coarse.T_target_source)
+        if c < fine_before:
+            return MapFit(T_target_source=np.array(T, float), correlation_before=fine_before,
+                          correlation=fine_before, evaluations=coarse.evaluations)
+        return MapFit(T_target_source=coarse.T_target_source, correlation_before=fine_before, correlation=c,
+                      evaluations=coarse.evaluations)
+    fine = refine(sample, target, coarse.T_target_source)
+    if fine.correlation < fine_before:
+        return MapFit(T_target_source=np.array(T, float), correlation_before=fine_before,
+                      correlation=fine_before, evaluations=coarse.evaluations + fine.evaluations)
+    return MapFit(T_target_source=fine.T_target_source, correlation_before=fine_before,
+                  correlation=fine.correlation, evaluations=coarse.evaluations + fine.evaluations)
+
+
 def refine_distinct(poses, sample: MapSample, target: DensityMap, centre_A: np.ndarray, *, want: int,
-                    max_shift_A: float, max_angle_deg: float) -> list[tuple[int, MapFit]]:
+                    max_shift_A: float, max_angle_deg: float, refine_mask=None,
+                    max_refined: int | None = None) -> list[tuple[int, MapFit]]:
     """Refine `poses` (best first by the point score) one by one until `want` distinct
     results; a result that lands on an earlier one (same pose within the tolerances at
-    `centre_A`) is dropped, so near-identical optima never compete on noise.  Returns
-    (index into poses, fit), best correlation first (ties: earlier pose first)."""
+    `centre_A`) is dropped, so near-identical optima never compete on noise.  Poses
+    whose `refine_mask` entry is False (weak point scores), and all after the first
+    `max_refined` refinements, are not refined, only scored where they are.  Poses that start within NEAR_FACTOR x the tolerances of a
+    pose already refined are shoulders of the same optimum (refining them mostly lands
+    on it) and are dropped without refinement.  Returns (index into poses, fit), best
+    correlation first (ties: earlier pose first)."""
     kept = []
     for i, T in enumerate(poses):
-        fit = refine(sample, target, T)
+        if any(f.evaluations and tf.same_pose(T, f.T_target_source, centre_A,
+                                              max_shift_A=NEAR_FACTOR * max_shift_A,
+                                              max_angle_deg=NEAR_FACTOR * max_angle_deg) for _, f in kept):
+            continue
+        refined = sum(1 for _, f in kept if f.evaluations)
+        if (refine_mask is None or refine_mask[i]) and (max_refined is None or refined < max_refined):
+            fit = _refine_coarse_to_fine(sample, target, T, kept)
+        else:
+            c = correlation(sample, target, T)
+            fit = MapFit(T_target_source=np.array(T, float), correlation_before=c, correlation=c, evaluations=0)
         if not any(tf.same_pose(fit.T_target_source, other.T_target_source, centre_A,
                                 max_shift_A=max_shift_A, max_angle_deg=max_angle_deg) for _, other in kept):
             kept.append((i, fit))
