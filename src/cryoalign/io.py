@@ -25,6 +25,7 @@ from .errors import InputError
 from .types import DensityMap
 
 MAP_SUFFIXES = (".mrc", ".map", ".ccp4", ".mrcs", ".rec")
+MEMMAP_BYTES = 512 * 2 ** 20   # uncompressed float32 x,y,z maps above this are memory-mapped, not read
 _SUPPORTED_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
 
 
@@ -42,6 +43,10 @@ def read_map(path) -> DensityMap:
         raise InputError(f"map file not found: {path}")
     if os.path.isdir(path):
         raise InputError(f"{path} is a directory, not a map file")
+    if os.path.getsize(path) > MEMMAP_BYTES:
+        mapped = _memory_mapped(path)
+        if mapped is not None:
+            return mapped
     raw = _read_bytes(path)
     if len(raw) < 1024:
         raise InputError(f"{path} is not an MRC/CCP4 map: {len(raw)} bytes is shorter than "
@@ -78,8 +83,13 @@ def read_map(path) -> DensityMap:
     stored_codes = [axes[2], axes[1], axes[0]]
     perm = [stored_codes.index(3), stored_codes.index(2), stored_codes.index(1)]
     data = np.ascontiguousarray(np.transpose(np.asarray(data), perm), dtype=np.float32)
-    if not np.all(np.isfinite(data)):
-        bad = int(np.count_nonzero(~np.isfinite(data)))
+    return _finish(path, data, h, axes)
+
+
+def _finish(path, data, h, axes) -> DensityMap:
+    """Checks and geometry common to read and memory-mapped maps (data already [z, y, x])."""
+    bad = _count_non_finite(data)
+    if bad:
         raise InputError(f"{path} contains {bad} NaN or infinite voxel values; "
                          "replace them (for example with 0) before aligning")
     sampling = np.array([int(h.mx), int(h.my), int(h.mz)], float)
@@ -100,6 +110,42 @@ def read_map(path) -> DensityMap:
             start_xyz[code - 1] = start
         origin = start_xyz * voxel
     return DensityMap(data=data, voxel_size_A=voxel, origin_A=origin, path=path)
+
+
+def _count_non_finite(data, slab: int = 32) -> int:
+    """NaN/inf voxels, counted slab by slab (no full-size temporary for big maps)."""
+    return sum(int(np.count_nonzero(~np.isfinite(data[z:z + slab]))) for z in range(0, data.shape[0], slab))
+
+
+def _memory_mapped(path) -> DensityMap | None:
+    """A big uncompressed float32 map in x, y, z order, memory-mapped read-only (pages are
+    read on demand, nothing is copied); None when the file needs the general reader."""
+    import mrcfile
+
+    with open(path, "rb") as fh:
+        if fh.read(2) == b"\x1f\x8b":
+            return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+                h = mrc.header.copy()
+        except Exception:  # noqa: BLE001 - the general reader gives the clear message
+            return None
+    axes = (int(h.mapc), int(h.mapr), int(h.maps))
+    if int(h.mode) != 2 or axes != (1, 2, 3) or bytes(h.map) not in (b"MAP ", b"MAP\x00"):
+        return None
+    shape = (int(h.nz), int(h.ny), int(h.nx))
+    if min(shape) <= 0:
+        return None
+    offset = 1024 + int(h.nsymbt)
+    dtype = np.dtype(np.float32).newbyteorder(mrcfile.utils.byte_order_from_machine_stamp(h.machst))
+    need = offset + int(np.prod(shape, dtype=np.int64)) * 4
+    if int(h.nsymbt) < 0 or os.path.getsize(path) < need:
+        return None                                  # the general reader reports the truncation
+    if dtype != np.dtype(np.float32):
+        return None                                  # foreign byte order: read and convert
+    return _finish(path, np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape), h, axes)
 
 
 def _read_bytes(path) -> bytes:

@@ -33,6 +33,7 @@ except ImportError:  # pragma: no cover - numba is a dependency; keep working wi
     njit = None
 
 MAX_POINTS = 20000
+_SLAB = 32
 OUTER_ROUNDS = 4
 INNER_ITERATIONS = 40
 COARSE_POINTS = 2000     # refine_distinct: first pass on this many points ...
@@ -63,9 +64,19 @@ class MapSample:
 def sample_source(density: DensityMap, contour: float, max_points: int = MAX_POINTS) -> MapSample:
     """Voxels of `density` at or above `contour`; when there are more than `max_points`,
     every k-th of them in storage order (an even spread, and deterministic)."""
-    zyx = np.argwhere(density.data >= contour)
-    if len(zyx) > max_points:
-        zyx = zyx[:: -(-len(zyx) // max_points)]
+    data = density.data
+    slabs = range(0, data.shape[0], _SLAB)
+    counts = [int(np.count_nonzero(data[z:z + _SLAB] >= contour)) for z in slabs]   # no full-size mask
+    step = max(1, -(-sum(counts) // max_points))
+    parts, seen = [], 0
+    for z, n in zip(slabs, counts):
+        if n:
+            idx = np.argwhere(data[z:z + _SLAB] >= contour)
+            keep = idx[(seen + np.arange(n)) % step == 0]
+            keep[:, 0] += z
+            parts.append(keep)
+            seen += n
+    zyx = np.concatenate(parts) if parts else np.zeros((0, 3), np.int64)
     values = density.data[zyx[:, 0], zyx[:, 1], zyx[:, 2]].astype(float)
     return MapSample(points_A=density.index_to_world(zyx[:, ::-1]), values=values)
 

@@ -53,21 +53,41 @@ class SmoothField:
         return d * (self.std_A ** 2 / safe)[:, None], g
 
 
-def thresholded(density: DensityMap, contour: float) -> tuple[np.ndarray, np.ndarray]:
-    """Density above `contour` (zero below), cropped to the voxels above it plus a margin.
+SLAB = 32   # z-sections per pass over a whole map (bounded temporaries for big maps)
 
-    Returns (data [z, y, x] float32, origin_A of the crop).
-    """
-    above = density.data >= contour
-    if not above.any():
+
+def above_box(density: DensityMap, contour: float) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) [z, y, x] index bounds (hi exclusive) of the voxels at or above `contour`,
+    found slab by slab; raises the clear error when there are none."""
+    lo = np.array([np.iinfo(np.int64).max] * 3)
+    hi = np.array([-1] * 3)
+    data = density.data
+    for z0 in range(0, data.shape[0], SLAB):
+        above = data[z0:z0 + SLAB] >= contour
+        if not above.any():
+            continue
+        for axis in range(3):
+            other = tuple(a for a in range(3) if a != axis)
+            hit = np.flatnonzero(above.any(axis=other))
+            offset = z0 if axis == 0 else 0
+            lo[axis] = min(lo[axis], hit[0] + offset)
+            hi[axis] = max(hi[axis], hit[-1] + offset + 1)
+    if hi[0] < 0:
         raise InputError(
             f"no voxel of {density.path or 'the map'} reaches the contour level {contour:g} "
             f"(map maximum {float(density.data.max()):g}); pass a lower --contour, "
             "for example the EMDB recommended level")
-    idx = np.argwhere(above)
-    lo, hi = idx.min(0), idx.max(0) + 1
-    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
-    data = np.where(above[crop], density.data[crop], 0.0).astype(np.float32)
+    return lo, hi
+
+
+def thresholded(density: DensityMap, contour: float) -> tuple[np.ndarray, np.ndarray]:
+    """Density above `contour` (zero below), cropped to the voxels above it.
+
+    Returns (data [z, y, x] float32, origin_A of the crop).
+    """
+    lo, hi = above_box(density, contour)
+    crop = np.asarray(density.data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
+    data = np.where(crop >= contour, crop, np.float32(0.0)).astype(np.float32)
     origin = density.origin_A + lo[::-1] * density.voxel_size_A
     return data, origin
 
@@ -103,11 +123,9 @@ def _block_mean(data, origin, vox, block):
 def grid_points(density: DensityMap, contour: float, spacing_A: float) -> np.ndarray:
     """World points of a lattice anchored at the map origin, spacing `spacing_A`,
     whose trilinearly interpolated density is >= contour. (N, 3) float64."""
-    above = np.argwhere(density.data >= contour)
-    if len(above) == 0:
-        thresholded(density, contour)  # raises the clear error
-    lo_w = density.index_to_world(above.min(0)[::-1] - 1)
-    hi_w = density.index_to_world(above.max(0)[::-1] + 1)
+    lo, hi = above_box(density, contour)
+    lo_w = density.index_to_world(lo[::-1] - 1)
+    hi_w = density.index_to_world(hi[::-1])
     first = np.ceil((lo_w - density.origin_A) / spacing_A - 1e-9)
     last = np.floor((hi_w - density.origin_A) / spacing_A + 1e-9)
     axes = [density.origin_A[i] + spacing_A * np.arange(first[i], last[i] + 1) for i in range(3)]
