@@ -720,3 +720,28 @@ def test_version(capsys):
         main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out == f"cryoalign {cryoalign.__version__}\n"
+
+
+# ----------------------------------------------------------------------------- found by fuzzing
+def test_output_failure_midway_removes_what_was_written(bad, case):
+    blocked = bad.out / "dir"
+    (blocked / "source_on_target.mrc").mkdir(parents=True)        # a folder where a file must go
+    (blocked / "source_on_target.mrc").rmdir()
+    blocked.rmdir()
+    (bad.out / "dir" / "source_on_target.mrc").mkdir(parents=True)
+    msg = bad(align_argv(case, "--out-dir", bad.out / "dir", "--json", bad.out / "r.json"))
+    assert msg == f"cannot write {bad.out / 'dir' / 'source_on_target.mrc'}: Is a directory; choose a writable location"
+    assert sorted(p.name for p in (bad.out / "dir").iterdir()) == ["source_on_target.mrc"]
+    assert not (bad.out / "r.json").exists()
+
+
+def test_negative_seed(bad, case):
+    assert bad(align_argv(case, "--seed", "-1")) == "--seed must be a non-negative integer, got -1"
+
+
+def test_contour_at_the_map_minimum(bad, case):
+    argv = align_argv(case, "--json", bad.out / "r.json")
+    argv[argv.index("--source-contour") + 1] = "-1000"
+    msg = bad(argv)
+    assert re.fullmatch(r"source contour -1000 is at or below the map's minimum \S+, so every voxel of the box "
+                        r"would count as molecule; try --source-contour \S+ \(or the EMDB recommended level\)", msg)

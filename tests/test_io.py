@@ -507,8 +507,11 @@ def test_non_finite_origin(tmp_path, real_map_bytes):
 
 def test_unreadable_header(tmp_path, real_map_bytes):
     path = write_bytes(tmp_path, patched(real_map_bytes, NSYMBT, "<i", -1))
-    with pytest.raises(InputError, match=re.escape(f"{path} is not a readable MRC/CCP4 map: ")):
+    with pytest.raises(InputError) as info:
         read_map(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path} is not a readable MRC/CCP4 map (") and "\n" not in msg
+    assert msg.endswith("); check that it is a complete MRC/CCP4 file")
 
 
 @pytest.mark.parametrize("damage", ["cut_short", "deflate_block", "crc"])
@@ -626,3 +629,42 @@ def test_map_passed_as_model(tmp_path, data_dir):
     shutil.copy(data_dir / ODD_STAMP, path)
     with pytest.raises(InputError, match="cannot parse model"):
         read_model(path)
+
+
+# ----------------------------------------------------------------------------- found by fuzzing
+def test_single_section_map_reads_as_3d(tmp_path, write_mrc):
+    data = np.arange(5 * 6, dtype=np.float32).reshape(1, 5, 6)
+    m = read_map(write_mrc(tmp_path / "one.mrc", data, voxel=2.0))
+    assert m.data.shape == (1, 5, 6)
+    np.testing.assert_array_equal(m.data, data)
+
+
+def test_image_stack_space_group_reads_as_3d(tmp_path, write_mrc, real_map_bytes):
+    raw = bytearray(real_map_bytes)
+    raw[88:92] = np.int32(401).tobytes()            # ISPG 401: mrcfile would return a 4D stack
+    path = tmp_path / "stack.mrc"
+    path.write_bytes(bytes(raw))
+    m = read_map(path)
+    assert m.data.ndim == 3
+
+
+@pytest.mark.parametrize("cell", [1e-38, 1e6])
+def test_absurd_voxel_size_is_an_input_error(tmp_path, real_map_bytes, cell):
+    raw = bytearray(real_map_bytes)
+    raw[40:52] = np.array([cell] * 3, np.float32).tobytes()      # CELLA
+    path = tmp_path / "cell.mrc"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match=r"outside 0\.05-100 Å: fix the header's cell dimensions$"):
+        read_map(path)
+
+
+def test_model_parse_error_is_one_line(tmp_path, data_dir):
+    import gzip as _gzip
+
+    text = _gzip.decompress((data_dir / "3mfp.pdb.gz").read_bytes())[:42192]
+    path = tmp_path / "cut.pdb"
+    path.write_bytes(text)
+    try:
+        read_model(path)
+    except InputError as exc:
+        assert "\n" not in str(exc) and str(exc).endswith("; pass a PDB or mmCIF file")

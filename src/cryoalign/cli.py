@@ -124,8 +124,11 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
     try:
-        return {"align": _cmd_align, "fit": _cmd_fit, "simulate": _cmd_simulate,
-                "rmsd": _cmd_rmsd}[args.command](args)
+        from .io import output_journal
+
+        with output_journal():        # a failure removes whatever this command already wrote
+            return {"align": _cmd_align, "fit": _cmd_fit, "simulate": _cmd_simulate,
+                    "rmsd": _cmd_rmsd}[args.command](args)
     except InputError as exc:
         print(f"cryoalign: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -251,10 +254,18 @@ def _check_dir(path):
 
 
 def _make_dir(path):
+    from . import io
     from .errors import InputError
 
+    missing = []
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
     try:
         os.makedirs(path, exist_ok=True)
+        for created in reversed(missing):     # outermost first, so cleanup removes innermost first
+            io.made_dir(created)
     except OSError as exc:
         raise InputError(f"cannot create output folder {path}: {exc.strerror}; choose a writable location") from None
     if not os.access(path, os.W_OK):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
+
 from .errors import InputError
 
 
@@ -47,6 +49,8 @@ class AlignConfig:
     def __post_init__(self):
         if self.mode not in ("auto", "global", "local"):
             raise InputError(f"mode must be 'auto', 'global' or 'local', got {self.mode!r}")
+        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise InputError(f"--seed must be a non-negative integer, got {self.seed}")
         if self.top < 1:
             raise InputError(f"--top must be at least 1, got {self.top}")
         if self.jobs is not None and self.jobs < 1:

@@ -25,6 +25,7 @@ from .errors import InputError
 from .types import DensityMap
 
 MAP_SUFFIXES = (".mrc", ".map", ".ccp4", ".mrcs", ".rec")
+MIN_VOXEL_A, MAX_VOXEL_A = 0.05, 100.0   # outside this a header is broken, not a cryo-EM map
 MEMMAP_BYTES = 512 * 2 ** 20   # uncompressed float32 x,y,z maps above this are memory-mapped, not read
 _SUPPORTED_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
 
@@ -59,7 +60,8 @@ def read_map(path) -> DensityMap:
         try:
             mrc = mrcfile.mrcinterpreter.MrcInterpreter(_io.BytesIO(raw), permissive=True)
         except Exception as exc:  # mrcfile raises several types for corrupt headers
-            raise InputError(f"{path} is not a readable MRC/CCP4 map: {exc}") from None
+            raise InputError(f"{path} is not a readable MRC/CCP4 map ({_one_line(exc)}); "
+                             "check that it is a complete MRC/CCP4 file") from None
     h = mrc.header
     mode = int(h.mode)
     if mode not in _SUPPORTED_MODES:
@@ -69,6 +71,8 @@ def read_map(path) -> DensityMap:
     if np.any(n_crs <= 0):
         raise InputError(f"{path} has non-positive dimensions NX,NY,NZ = {tuple(n_crs.tolist())}")
     data = mrc.data
+    if data is not None and data.ndim != 3 and data.size == int(np.prod(n_crs)):
+        data = np.asarray(data).reshape(tuple(n_crs[::-1]))   # 2D images and stacks (ISPG 0/401)
     expected = int(np.prod(n_crs)) * np.dtype(_SUPPORTED_MODES[mode]).itemsize
     if data is None or data.size != int(np.prod(n_crs)):
         got = len(raw) - 1024 - int(h.nsymbt)
@@ -100,6 +104,10 @@ def _finish(path, data, h, axes) -> DensityMap:
         raise InputError(f"{path} has voxel size {tuple(np.round(voxel, 4).tolist())} Å (CELLA {tuple(cell.tolist())} / "
                          f"MX,MY,MZ {tuple(sampling.astype(int).tolist())}); it must be positive: "
                          "fix the header's cell dimensions")
+    if np.any(voxel < MIN_VOXEL_A) or np.any(voxel > MAX_VOXEL_A):
+        raise InputError(f"{path} has voxel size {tuple(float(f'{v:.4g}') for v in voxel)} Å (CELLA "
+                         f"{tuple(float(f'{c:.4g}') for c in cell)} / MX,MY,MZ {tuple(sampling.astype(int).tolist())}), "
+                         f"outside {MIN_VOXEL_A}-{MAX_VOXEL_A:g} Å: fix the header's cell dimensions")
     origin = np.array([float(h.origin.x), float(h.origin.y), float(h.origin.z)])
     if not np.all(np.isfinite(origin)):
         raise InputError(f"{path} has a non-finite ORIGIN {tuple(origin.tolist())}")
@@ -110,6 +118,12 @@ def _finish(path, data, h, axes) -> DensityMap:
             start_xyz[code - 1] = start
         origin = start_xyz * voxel
     return DensityMap(data=data, voxel_size_A=voxel, origin_A=origin, path=path)
+
+
+def _one_line(exc, limit: int = 200) -> str:
+    """A library's exception as one short line (never empty)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _count_non_finite(data, slab: int = 32) -> int:
@@ -199,11 +213,42 @@ def atomic_write(path, write_fn) -> None:
         write_fn(tmp)
         os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
+        if _JOURNAL is not None:
+            _JOURNAL.append(path)
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}; choose a writable location") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+
+
+_JOURNAL: list | None = None
+
+
+@contextlib.contextmanager
+def output_journal():
+    """Record every file (and folder, via `made_dir`) written inside the block; when the
+    block raises, remove them all, so a failed command leaves no partial set of outputs."""
+    global _JOURNAL
+    previous, _JOURNAL = _JOURNAL, []
+    try:
+        yield _JOURNAL
+    except BaseException:
+        for path in reversed(_JOURNAL):
+            with contextlib.suppress(OSError):
+                if os.path.isdir(path) and not os.path.islink(path):
+                    os.rmdir(path)            # only when empty
+                else:
+                    os.remove(path)
+        raise
+    finally:
+        _JOURNAL = previous
+
+
+def made_dir(path) -> None:
+    """Tell the journal that `path` was created by this command."""
+    if _JOURNAL is not None:
+        _JOURNAL.append(os.fspath(path))
 
 
 def _current_umask() -> int:
@@ -246,7 +291,7 @@ def read_model(path):
     try:
         st = gemmi.read_structure(path)
     except Exception as exc:  # gemmi raises RuntimeError/ValueError with a parser message
-        raise InputError(f"cannot parse model {path}: {exc}; pass a PDB or mmCIF file") from None
+        raise InputError(f"cannot parse model {path}: {_one_line(exc)}; pass a PDB or mmCIF file") from None
     if len(st) == 0 or st[0].count_atom_sites() == 0:
         raise InputError(f"model {path} contains no atoms; pass a PDB or mmCIF file with coordinates")
     st.setup_entities()

@@ -84,6 +84,12 @@ def resolve_contour(density: DensityMap, contour, name: str) -> tuple[float, boo
     if not math.isfinite(contour):
         raise InputError(f"{name} contour {contour} is not a finite number")
     top = float(density.data.max())
+    bottom = float(density.data.min())
+    if contour <= bottom:
+        suggestion = pointcloud.estimate_contour(density)
+        raise InputError(f"{name} contour {contour:g} is at or below the map's minimum {bottom:g}, so "
+                         f"every voxel of the box would count as molecule; try --{name}-contour "
+                         f"{suggestion:.4g} (or the EMDB recommended level)")
     if contour >= top:
         suggestion = pointcloud.estimate_contour(density)
         raise InputError(f"{name} contour {contour:g} is at or above the map's maximum {top:g}, so "
