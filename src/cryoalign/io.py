@@ -55,6 +55,7 @@ def read_map(path) -> DensityMap:
     if raw[208:212] not in (b"MAP ", b"MAP\x00", b"MAP\x20"):
         raise InputError(f"{path} is not an MRC/CCP4 map (no 'MAP ' tag at byte 208); "
                          "pass a .mrc/.map/.ccp4 density map")
+    _check_size_before_parsing(path, raw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -118,6 +119,23 @@ def _finish(path, data, h, axes) -> DensityMap:
             start_xyz[code - 1] = start
         origin = start_xyz * voxel
     return DensityMap(data=data, voxel_size_A=voxel, origin_A=origin, path=path)
+
+
+def _check_size_before_parsing(path, raw: bytes) -> None:
+    """Compare the size the header claims with the bytes present before any parser
+    allocates it (a damaged NX/NY/NZ can claim terabytes)."""
+    order = "<" if raw[212] in (0x44, 0x41) or raw[212] == 0 else ">"     # machine stamp
+    nx, ny, nz, mode = np.frombuffer(raw[:16], dtype=f"{order}i4")
+    nsymbt = int(np.frombuffer(raw[92:96], dtype=f"{order}i4")[0])
+    if mode not in _SUPPORTED_MODES or min(nx, ny, nz) <= 0 or nsymbt < 0:
+        return                                            # the general checks report these
+    voxels = int(nx) * int(ny) * int(nz)
+    expected = voxels * np.dtype(_SUPPORTED_MODES[int(mode)]).itemsize
+    held = len(raw) - 1024 - nsymbt
+    if held < expected:
+        raise InputError(f"{path} is truncated: header says {(int(nx), int(ny), int(nz))} voxels "
+                         f"({expected} bytes of data) but the file holds {max(held, 0)} bytes; "
+                         "download the map again")
 
 
 def _one_line(exc, limit: int = 200) -> str:

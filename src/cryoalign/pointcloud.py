@@ -53,6 +53,7 @@ class SmoothField:
         return d * (self.std_A ** 2 / safe)[:, None], g
 
 
+MAX_LATTICE_POINTS = 5e7   # candidate lattice points over the density's bounding box (~1.2 GB)
 SLAB = 32   # z-sections per pass over a whole map (bounded temporaries for big maps)
 
 
@@ -128,6 +129,13 @@ def grid_points(density: DensityMap, contour: float, spacing_A: float) -> np.nda
     hi_w = density.index_to_world(hi[::-1])
     first = np.ceil((lo_w - density.origin_A) / spacing_A - 1e-9)
     last = np.floor((hi_w - density.origin_A) / spacing_A + 1e-9)
+    count = float(np.prod(np.maximum(last - first + 1, 0)))
+    if count > MAX_LATTICE_POINTS:
+        span = " x ".join(f"{v:.0f}" for v in hi_w - lo_w)
+        raise InputError(f"the density of {density.path or 'the map'} above contour {contour:g} spans {span} Å: "
+                         f"{count:.3g} lattice points at a {spacing_A:g} Å sampling interval (limit "
+                         f"{MAX_LATTICE_POINTS:.0e}); check the voxel size in the header, the contour, or "
+                         "use a larger --voxel")
     axes = [density.origin_A[i] + spacing_A * np.arange(first[i], last[i] + 1) for i in range(3)]
     gz, gy, gx = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
     pts = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], 1)
