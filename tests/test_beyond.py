@@ -141,7 +141,10 @@ def test_map_refinement_raises_the_correlation_and_can_be_switched_off(pair0, re
     plain = cryoalign.align(source, target, source_contour=sc, target_contour=tc, map_refine=False)
     assert all(c.score.correlation is None and c.correlation_before is None for c in plain.candidates)
     assert plain.score.value == plain.score.similarity
-    assert "map refine" not in plain.timings_s
+    assert "map refine" not in plain.timings_s and "map_refine" not in plain.to_json()
+    j = result0.to_json()
+    assert j["map_refine"] == {"correlation_before": best.correlation_before,
+                               "correlation_after": best.score.correlation}
     T_expected = tf.invert(T_true)
     assert tf.rmsd(result0.T_target_source, T_expected, moved_ca) <= tf.rmsd(plain.T_target_source, T_expected,
                                                                               moved_ca) + 0.05

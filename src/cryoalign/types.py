@@ -215,6 +215,10 @@ class AlignResult:
             "params": self.params,
             "stats": self.stats,
         }
+        best = self.candidates[0] if self.candidates else None
+        if best is not None and best.correlation_before is not None:
+            out["map_refine"] = {"correlation_before": best.correlation_before,
+                                 "correlation_after": best.score.correlation}
         if self.hand is not None:
             out["hand"] = dict(self.hand)
             if self.mirrored_T is not None:
