@@ -300,87 +300,10 @@ def _refine_and_rank(src_cloud: PointCloud, tgt: Side, poses, config: AlignConfi
 
 
 def _map_refine(candidates, src: Side, tgt: Side, config: AlignConfig, timer):
-    """Score every candidate on the maps (correlation about the mean) and refine there the
-    leading ones (the first MAP_REFINE_TOP whose point score is at least MAP_REFINE_FRACTION
-    of the best's); candidates that land on an earlier one are dropped.  Best correlation first."""
-    with timer.stage("map refine"):
-        sample = maprefine.sample_source(src.density, src.contour)
-        centre = src.cloud.points_A.mean(0)
-        floor = MAP_REFINE_FRACTION * candidates[0].score.similarity
-        refine_mask = [i < MAP_REFINE_TOP and c.score.similarity >= floor for i, c in enumerate(candidates)]
-        fits = maprefine.refine_distinct([c.T_target_source for c in candidates], sample, tgt.density, centre,
-                                         want=len(candidates), max_shift_A=local.DEDUP_A,
-                                         max_angle_deg=local.DEDUP_DEG, refine_mask=refine_mask)
-        tree = cKDTree(tgt.cloud.points_A)
-        out = []
-        for i, fit in fits:
-            T = fit.T_target_source
-            s = candidates[i].score
-            if fit.evaluations:        # moved: the point score is recomputed at the new pose
-                s = score.similarity(src.cloud, tgt.cloud, T, cutoff_A=config.score_pair_cutoff_A,
-                                     cos_min=config.score_vector_cos, js_samples=config.js_samples,
-                                     rng=np.random.default_rng([config.seed, i]), target_tree=tree)
-            s = Score(similarity=s.similarity, vector_agreement=s.vector_agreement,
-                      js_divergence=s.js_divergence, overlap=s.overlap, correlation=fit.correlation)
-            out.append(Candidate(T_target_source=T, score=s,
-                                 source=candidates[i].source + (" + map" if fit.evaluations else ""),
-                                 correlation_before=fit.correlation_before))
-    return out
-
-
-def _volume_A3(density: DensityMap, contour: float) -> float:
-    """Volume (Å^3) enclosed by the contour."""
-    count = 0
-    for z in range(0, density.data.shape[0], 64):        # by slabs: no full-size boolean copy
-        count += int(np.count_nonzero(density.data[z:z + 64] >= contour))
-    return count * float(np.prod(density.voxel_size_A))
-
-
-def _refine_and_rank(src_cloud: PointCloud, tgt: Side, poses, config: AlignConfig, timer, rng):
-    """Stages 6-7 for every coarse hypothesis; candidates ranked best first, near-duplicates merged."""
-    tree_fine = cKDTree(tgt.fine.points_A)
-    tree = cKDTree(tgt.cloud.points_A)
-    refined = []
-    pts = src_cloud.points_A
-    screen = pts[:: max(1, -(-len(pts) // SCREEN_POINTS))]
-
-    def agreement(T):
-        return score.vector_agreement(src_cloud, tgt.cloud, T, cutoff_A=config.score_pair_cutoff_A,
-                                      cos_min=config.score_vector_cos, target_tree=tree)[0]
-
-    with timer.stage("fine pose"):
-        # every hypothesis on a subsample, then the best few polished on all points
-        for i, pose in enumerate(poses):
-            fine = refine.robust_icp(screen, tree_fine, pose.T_target_source, scale_A=config.voxel_A,
-                                     iterations=config.icp_iterations)
-            refined.append([agreement(fine.T_target_source), i, fine.T_target_source])
-        refined.sort(key=lambda r: (-r[0], r[1]))
-        if len(screen) < len(pts):
-            for r in refined[:POLISH_TOP]:
-                r[2] = refine.robust_icp(pts, tree_fine, r[2], scale_A=config.voxel_A,
-                                         iterations=config.icp_iterations).T_target_source
-                r[0] = agreement(r[2])
-    refined.sort(key=lambda r: (-r[0], r[1]))
-    kept = []
-    probe = src_cloud.points_A[:: max(1, len(src_cloud) // 500)]
-    for agree, i, T in refined:
-        if any(tf.rmsd(T, K, probe) < 2.0 for _, _, K in kept):
-            continue
-        kept.append((agree, i, T))
-    candidates = []
-    with timer.stage("score"):
-        for agree, i, T in kept:
-            s = score.similarity(src_cloud, tgt.cloud, T, cutoff_A=config.score_pair_cutoff_A,
-                                 cos_min=config.score_vector_cos, js_samples=config.js_samples,
-                                 rng=np.random.default_rng([config.seed, i]), target_tree=tree)
-            candidates.append(Candidate(T_target_source=T, score=s, source=f"clique {i + 1}"))
-    candidates.sort(key=lambda c: -c.score.similarity)
-    return candidates
-
-
-def _map_refine(candidates, src: Side, tgt: Side, config: AlignConfig, timer):
-    """Polish the leading candidates on the maps.  Refined ones come first (best correlation
-    first; those that land on an earlier one are dropped); the rest follow in point-score order."""
+    """Take the first MAP_REFINE_TOP distinct candidates to the maps (refined there when their
+    point score is at least MAP_REFINE_FRACTION of the best's, else only scored); they come
+    first, best correlation first (those landing on an earlier one are dropped); the rest
+    follow in point-score order, without a correlation."""
     with timer.stage("map refine"):
         sample = maprefine.sample_source(src.density, src.contour)
         centre = src.cloud.points_A.mean(0)
