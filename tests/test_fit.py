@@ -9,7 +9,6 @@ three copies, and the assembled model must use each copy once.
 from __future__ import annotations
 
 import json
-import math
 import re
 from types import SimpleNamespace
 
@@ -23,6 +22,8 @@ from cryoalign import fit, simulate
 from cryoalign import transform as tf
 from cryoalign.cli import main
 from cryoalign.types import Candidate, Score
+from _maps import ca_coords as ca_of
+from _maps import three_copies
 
 RESOLUTION_A = 6.0
 VOXEL_A = 2.0
@@ -30,25 +31,6 @@ CHAINS = ["A", "B", "C"]
 
 
 # --------------------------------------------------------------------------- helpers
-def _moved(st, T, name=None):
-    import gemmi
-
-    out = st.clone()
-    for model in out:
-        for chain in model:
-            if name is not None:
-                chain.name = name
-            for res in chain:
-                for atom in res:
-                    atom.pos = gemmi.Position(*tf.apply(T, [[atom.pos.x, atom.pos.y, atom.pos.z]])[0])
-    return out
-
-
-def ca_of(st, chain=None) -> np.ndarray:
-    return np.array([[a.pos.x, a.pos.y, a.pos.z] for ch in st[0] if chain in (None, ch.name)
-                     for res in ch for a in res if a.name == "CA" and a.element.name == "C"]).reshape(-1, 3)
-
-
 def density_at(density, xyz) -> np.ndarray:
     """Trilinear interpolation of the map at world positions (0 outside), with scipy."""
     f = (np.asarray(xyz, float) - density.origin_A) / density.voxel_size_A
@@ -64,22 +46,8 @@ def run(argv, capsys):
 @pytest.fixture(scope="module")
 def case(data_dir, tmp_path_factory):
     import gemmi
-    from scipy.spatial.transform import Rotation
 
-    mono = gemmi.read_structure(str(data_dir / "3mfp.pdb.gz"))
-    ca = ca_of(mono)
-    axis = np.array([1.0, 0.0, 0.0])
-    perp = np.cross(axis, [0.3, 0.5, 0.8])
-    point = ca.mean(0) + 35.0 * perp / np.linalg.norm(perp)
-    R = Rotation.from_rotvec(axis * 2.0 * math.pi / 3.0).as_matrix()
-    C3 = tf.make(R, point - R @ point)
-    tri = gemmi.Structure()
-    tri.cell = mono.cell
-    model = gemmi.Model("1")
-    for k, name in enumerate(CHAINS):
-        model.add_chain(_moved(mono, np.linalg.matrix_power(C3, k), name)[0][0])
-    tri.add_model(model)
-    tri.setup_entities()
+    _, tri, _, _ = three_copies(data_dir)
     folder = tmp_path_factory.mktemp("fit")
     model_path = folder / "three.pdb"
     tri.write_pdb(str(model_path))

@@ -21,61 +21,13 @@ import cryoalign
 from cryoalign import local, maprefine, simulate
 from cryoalign import transform as tf
 from cryoalign.cli import main
+from _maps import moved_structure, three_copies
 
 RESOLUTION_A = 6.0
 VOXEL_A = 2.0
-C3_AXIS_OFFSET_A = 35.0
 
 
 # --------------------------------------------------------------------------- the case
-def _moved(st, T, name=None):
-    """Copy of `st` with every atom moved by T (and its chains renamed to `name`)."""
-    import gemmi
-
-    out = st.clone()
-    R, t = T[:3, :3], T[:3, 3]
-    for model in out:
-        for chain in model:
-            if name is not None:
-                chain.name = name
-            for res in chain:
-                for atom in res:
-                    x = R @ np.array([atom.pos.x, atom.pos.y, atom.pos.z]) + t
-                    atom.pos = gemmi.Position(*x)
-    return out
-
-
-def _ca(st, chain=None) -> np.ndarray:
-    return np.array([[a.pos.x, a.pos.y, a.pos.z] for ch in st[0] if chain in (None, ch.name)
-                     for res in ch for a in res if a.name == "CA" and a.element.name == "C"])
-
-
-def three_copies(data_dir):
-    """(monomer structure, three-copy structure, C3 transform, monomer CA)."""
-    import gemmi
-    from scipy.spatial.transform import Rotation
-
-    mono = gemmi.read_structure(str(data_dir / "3mfp.pdb.gz"))
-    mono.setup_entities()
-    assert [c.name for c in mono[0]] == ["A"]
-    ca = _ca(mono)
-    axis = np.array([1.0, 0.0, 0.0])
-    perp = np.cross(axis, [0.3, 0.5, 0.8])
-    point = ca.mean(0) + C3_AXIS_OFFSET_A * perp / np.linalg.norm(perp)
-    R = Rotation.from_rotvec(axis * 2.0 * math.pi / 3.0).as_matrix()
-    C3 = tf.make(R, point - R @ point)
-    tri = gemmi.Structure()
-    tri.cell = mono.cell
-    model = gemmi.Model("1")
-    for k, name in enumerate("ABC"):
-        model.add_chain(_moved(mono, np.linalg.matrix_power(C3, k), name)[0][0])
-    tri.add_model(model)
-    tri.setup_entities()
-    copies = [_ca(tri, c) for c in "ABC"]
-    for i, j in ((0, 1), (0, 2), (1, 2)):
-        closest = cKDTree(copies[i]).query(copies[j])[0].min()
-        assert 3.0 < closest < 8.0, closest          # touching, not clashing
-    return mono, tri, C3, ca
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +37,7 @@ def case(data_dir):
     tc = simulate.contour_for(target, simulate.model_mass_Da(tri))
     rng = np.random.default_rng(7)
     M = tf.make(tf.random_rotation(rng), rng.uniform(-30.0, 30.0, 3))
-    moved = _moved(mono, M)
+    moved = moved_structure(mono, M)
     source = simulate.simulate(moved, RESOLUTION_A, voxel_A=VOXEL_A)
     sc = simulate.contour_for(source, simulate.model_mass_Da(moved))
     T_true = tf.invert(M)
@@ -191,7 +143,7 @@ def test_auto_mode_chooses_local_for_a_chain_inside_a_complex(auto_result):
 
 
 def test_auto_mode_stays_global_for_whole_maps_and_keeps_an_explicit_voxel(case):
-    whole = _moved(case.tri, case.M)
+    whole = moved_structure(case.tri, case.M)
     source = simulate.simulate(whole, RESOLUTION_A, voxel_A=VOXEL_A)
     sc = simulate.contour_for(source, simulate.model_mass_Da(whole))
     r = cryoalign.align(source, case.target, source_contour=sc, target_contour=case.tc, voxel_A=5.0)
