@@ -346,7 +346,7 @@ def _split_chains(text):
 
 
 def _cmd_fit(args) -> int:
-    from . import fit, io
+    from . import fit, io, outputs
     from .errors import InputError
 
     model_stem = os.path.basename(args.model)
@@ -375,8 +375,8 @@ def _cmd_fit(args) -> int:
         io.write_model(fit.assembled_structure(st, result), assembled)
     io.write_text(os.path.join(out, "placements.tsv"), fit.placement_table(result))
     io.write_text(os.path.join(out, "fit.json"), json.dumps(result.to_json(), indent=1) + "\n")
-    _fit_script(os.path.join(out, "fit.cxc"), args.map, result.target_contour,
-                assembled if result.assembled else None)
+    outputs.fit_script(os.path.join(out, "fit.cxc"), map_path=args.map, contour=result.target_contour,
+                       assembled=assembled if result.assembled else None)
     if not args.quiet:
         lines = ["chain  rank  score  agreement  (score = map correlation about the mean)"]
         for c in result.chains:
@@ -392,25 +392,6 @@ def _cmd_fit(args) -> int:
                      "placements.tsv, fit.json; open fit.cxc in ChimeraX)")
         print("\n".join(lines))
     return 0
-
-
-def _fit_script(path, map_path, contour, assembled):
-    from .io import write_text
-
-    folder = os.path.dirname(os.path.abspath(path))
-    lines = ["# cryoalign fit: open in ChimeraX", f"open {_rel(map_path, folder)}",
-             f"volume #1 level {contour:.6g} style mesh color #9b9b9b"]
-    if assembled:
-        lines += [f"open {_rel(assembled, folder)}", "color #2 bychain"]
-    lines.append("view")
-    write_text(path, "\n".join(lines) + "\n")
-
-
-def _rel(p, folder):
-    p = os.path.abspath(p)
-    rel = os.path.relpath(p, folder)
-    out = rel if not rel.startswith("..") else p
-    return f'"{out}"' if " " in out else out
 
 
 def _cmd_simulate(args) -> int:

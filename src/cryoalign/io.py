@@ -77,9 +77,7 @@ def read_map(path) -> DensityMap:
     expected = int(np.prod(n_crs)) * np.dtype(_SUPPORTED_MODES[mode]).itemsize
     if data is None or data.size != int(np.prod(n_crs)):
         got = len(raw) - 1024 - int(h.nsymbt)
-        raise InputError(f"{path} is truncated: header says {tuple(n_crs.tolist())} voxels "
-                         f"({expected} bytes of data) but the file holds {max(got, 0)} bytes; "
-                         "download the map again")
+        raise _truncated(path, n_crs, expected, got)
     axes = (int(h.mapc), int(h.mapr), int(h.maps))
     if sorted(axes) != [1, 2, 3]:
         raise InputError(f"{path} has invalid axis order MAPC/MAPR/MAPS = {axes}; "
@@ -133,9 +131,13 @@ def _check_size_before_parsing(path, raw: bytes) -> None:
     expected = voxels * np.dtype(_SUPPORTED_MODES[int(mode)]).itemsize
     held = len(raw) - 1024 - nsymbt
     if held < expected:
-        raise InputError(f"{path} is truncated: header says {(int(nx), int(ny), int(nz))} voxels "
-                         f"({expected} bytes of data) but the file holds {max(held, 0)} bytes; "
-                         "download the map again")
+        raise _truncated(path, (nx, ny, nz), expected, held)
+
+
+def _truncated(path, n_xyz, expected: int, held: int) -> InputError:
+    return InputError(f"{path} is truncated: header says {tuple(int(n) for n in n_xyz)} voxels "
+                      f"({expected} bytes of data) but the file holds {max(held, 0)} bytes; "
+                      "download the map again")
 
 
 def _one_line(exc, limit: int = 200) -> str:

@@ -38,11 +38,7 @@ def chimerax_script(path, *, target_map: str, target_contour: float, source_map:
     File names are written relative to the script's folder when they live in it,
     so the output folder can be moved as a whole."""
     folder = os.path.dirname(os.path.abspath(path))
-
-    def name(p):
-        p = os.path.abspath(p)
-        rel = os.path.relpath(p, folder)
-        return rel if not rel.startswith("..") else p
+    name = _relative_to(folder)
 
     T = np.asarray(T_target_source, float)
     flat = ",".join(f"{v:.6f}" for v in T[:3, :].ravel())
@@ -67,6 +63,27 @@ def chimerax_script(path, *, target_map: str, target_contour: float, source_map:
         next_id += 1
     lines += ["view"]
     write_text(path, "\n".join(lines) + "\n")
+
+
+def fit_script(path, *, map_path: str, contour: float, assembled: str | None = None) -> None:
+    """Write a .cxc that opens the map (grey mesh) and the assembled model, coloured by chain."""
+    name = _relative_to(os.path.dirname(os.path.abspath(path)))
+    lines = ["# cryoalign fit: open in ChimeraX", f"open {_q(name(map_path))}",
+             f"volume #1 level {contour:.6g} style mesh color #9b9b9b"]
+    if assembled:
+        lines += [f"open {_q(name(assembled))}", "color #2 bychain"]
+    lines.append("view")
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def _relative_to(folder):
+    """File names relative to the script's folder when they live in it, so the output
+    folder can be moved as a whole; absolute otherwise."""
+    def name(p):
+        p = os.path.abspath(p)
+        rel = os.path.relpath(p, folder)
+        return rel if not rel.startswith("..") else p
+    return name
 
 
 def _q(p: str) -> str:
