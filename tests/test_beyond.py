@@ -110,7 +110,7 @@ def test_check_hand_calls_a_mirrored_source_mirrored_and_gives_the_improper_matr
     r = cryoalign.align(flipped, target, source_contour=sc, target_contour=tc, check_hand=True)
     assert r.hand["verdict"] == "mirrored"
     assert r.hand["mirrored_score"] > r.hand["score"] * 1.1
-    M = r.mirrored_T
+    M = r.mirrored_T_target_source
     assert np.linalg.det(M[:3, :3]) == pytest.approx(-1.0, abs=1e-6)
     # the mirror-image model in the flipped map's frame goes back onto the original atoms
     original = tf.apply(tf.invert(T_true), moved_ca)
@@ -128,7 +128,7 @@ def test_check_hand_on_an_unflipped_pair_says_same(pair0):  # noqa: F811
     r = cryoalign.align(source, target, source_contour=sc, target_contour=tc, check_hand=True)
     assert r.hand["verdict"] == "same"
     assert r.hand["score"] > r.hand["mirrored_score"] * 1.1
-    assert r.mirrored_T is None and "mirrored_matrix" not in r.to_json()
+    assert r.mirrored_T_target_source is None and "mirrored_matrix" not in r.to_json()
 
 
 # --------------------------------------------------------------------------- map refinement

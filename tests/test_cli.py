@@ -215,7 +215,7 @@ def test_align_json_fields(aligned, case):
     assert timings["total"] >= max(v for k, v in timings.items() if k != "total")
 
     p = doc["params"]
-    assert p["voxel_A"] == 5.0
+    assert p["sampling_A"] == 5.0
     assert p["seed"] == 0
     assert p["source_contour"] == case.source_contour
     assert p["target_contour"] == case.target_contour
@@ -247,7 +247,7 @@ def test_align_leaves_inputs_unchanged(aligned):
 
 def test_out_dir_contents(aligned):
     names = sorted(os.listdir(aligned.out_dir))
-    assert names == ["params.json", "result.json", "source_model_on_target.pdb",
+    assert names == [".cryoalign", "params.json", "result.json", "source_model_on_target.pdb",
                      "source_on_target.mrc", "superposition.cxc"]
     assert temp_files(aligned.folder) == []
     assert json.loads((aligned.out_dir / "result.json").read_text()) == aligned.doc
@@ -316,13 +316,14 @@ def test_same_command_twice_gives_the_same_matrix(case, tmp_path, capsys):
     assert [c["matrix"] for c in docs[0]["candidates"]] == [c["matrix"] for c in docs[1]["candidates"]]
 
 
-def test_quiet_prints_nothing_on_success(case, tmp_path, capsys):
+def test_quiet_silences_progress_but_prints_the_answer(case, tmp_path, capsys):
     out_json = tmp_path / "r.json"
     code, out, err = run(align_argv(case, "--json", out_json, "--quiet"), capsys)
     assert code == 0
-    assert out == ""
     assert err == ""
-    assert json.loads(out_json.read_text())["matrix"]
+    M = json.loads(out_json.read_text())["matrix"]
+    assert out.startswith("T_target_source (source world Å -> target world Å):\n")
+    assert "  ".join(f"{v:11.5f}" for v in M[0]) in out          # the answer is never lost
 
 
 # ----------------------------------------------------------------------------- rmsd
@@ -347,7 +348,7 @@ def test_rmsd_against_ground_truth_matrices(aligned, case, tmp_path, capsys):
     assert res["rmsd_sym_A"] == pytest.approx(min(expected), abs=1e-6)
     assert res["all_references_A"] == pytest.approx(expected, abs=1e-6)
     assert res["rmsd_sym_A"] < res["rmsd_A"]
-    assert out.startswith(f"RMSD {expected[0]:.3f} Å over {len(ca)} atoms")
+    assert out.startswith(f"RMSD {expected[0]:.3f} Å over {len(ca)} CA/P atoms")
     assert f"(best over 3 equivalent references: {min(expected):.3f} Å)" in out
 
 
@@ -359,7 +360,7 @@ def test_rmsd_prints_without_json(aligned, case, tmp_path, capsys):
     assert code == 0, err
     _, ca = atoms(case.model, ca_only=True)
     M = np.array(aligned.doc["matrix"], float)
-    assert out == f"RMSD {rmsd(M, case.T_true, ca):.3f} Å over {len(ca)} atoms\n"
+    assert out == f"RMSD {rmsd(M, case.T_true, ca):.3f} Å over {len(ca)} CA/P atoms\n"
     assert os.listdir(tmp_path) == ["case.json"]
 
 
@@ -384,7 +385,8 @@ def test_rmsd_reference_model_under_the_true_transform_is_zero(case, tmp_path, c
     n = len(atoms(case.model, ca_only=atom_set == "ca")[0])
     assert res["atoms"] == n
     assert res["rmsd_A"] < 2e-3          # PDB coordinates are rounded to 0.001 Å
-    assert out == f"RMSD {res['rmsd_A']:.3f} Å over {n} paired atoms\n"
+    kind = "CA/P atoms" if atom_set == "ca" else "atoms (all)"
+    assert out == f"RMSD {res['rmsd_A']:.3f} Å over {n} paired {kind}\n"
 
 
 def test_rmsd_reference_model_under_the_estimate(aligned, case, tmp_path, capsys):
@@ -407,14 +409,14 @@ def bad(case, tmp_path, capsys):
     out.mkdir()
     inputs = [case.source, case.target, case.model, case.moved_model]
 
-    def check(argv, watch=()):
+    def check(argv, watch=(), files_before=()):
         watched = list(inputs) + [pathlib.Path(w) for w in watch]
         before = {p: sha256(p) for p in watched}
         code, stdout, stderr = run(argv, capsys)
         assert code == EXIT_INPUT, stderr
         assert stdout == ""
         assert "Traceback" not in stderr
-        assert [p for p in out.rglob("*") if p.is_file()] == []
+        assert [p for p in out.rglob("*") if p.is_file()] == list(files_before)
         assert temp_files(tmp_path, case.folder) == []
         assert {p: sha256(p) for p in watched} == before
         return error_line(stderr)
@@ -472,7 +474,7 @@ def test_contour_above_the_map_maximum(bad, case, side):
     argv = align_argv(case, "--json", bad.out / "r.json")
     argv[argv.index(f"--{side}-contour") + 1] = repr(top * 2)
     msg = bad(argv)
-    m = re.fullmatch(rf"{side} contour {top * 2:g} is at or above the map's maximum {top:g}, so "
+    m = re.fullmatch(rf"--{side}-contour {top * 2:g} is at or above the map's maximum {top:g}, so "
                      rf"nothing would be kept; try --{side}-contour (\S+) \(or the EMDB recommended level\)",
                      msg)
     assert m, msg
@@ -483,7 +485,7 @@ def test_failed_alignment_leaves_no_output_folder(bad, case):
     top = float(case.target_map.data.max())
     argv = align_argv(case, "--out-dir", bad.out / "new")
     argv[argv.index("--target-contour") + 1] = repr(top * 2)
-    assert bad(argv).startswith("target contour")
+    assert bad(argv).startswith("--target-contour")
     assert not (bad.out / "new").exists()
 
 
@@ -494,13 +496,13 @@ def test_contour_keeping_too_few_points(bad, case):
     msg = bad(argv)
     assert re.fullmatch(rf"only \d+ points of {re.escape(str(case.source))} lie above contour {level:g} at a "
                         r"[35] Å sampling interval \(at least 20 are needed\); lower the contour or use a "
-                        r"smaller --voxel", msg), msg
+                        r"smaller --sampling", msg), msg
 
 
 def test_non_finite_contour(bad, case):
     argv = align_argv(case, "--json", bad.out / "r.json")
     argv[argv.index("--source-contour") + 1] = "nan"
-    assert bad(argv) == "source contour nan is not a finite number"
+    assert bad(argv) == "--source-contour nan is not a finite number; pass the EMDB recommended level"
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -551,8 +553,7 @@ def test_out_dir_is_an_existing_file(bad, case, tmp_path):
     f = tmp_path / "a_file"
     f.write_text("keep me\n")
     msg = bad(align_argv(case, "--out-dir", f), watch=[f])
-    assert msg.startswith(f"cannot create output folder {f}: ")
-    assert msg.endswith("; choose a writable location")
+    assert msg == f"output folder {f} is a file; choose another --out-dir"
 
 
 def test_source_model_without_out_dir(bad, case):
@@ -576,7 +577,7 @@ def test_directory_as_input_map(bad, case, tmp_path):
 
 def test_voxel_out_of_range(bad, case):
     msg = bad(align_argv(case, "--json", bad.out / "r.json", "--voxel", "100"))
-    assert msg.startswith("sampling interval --voxel 100.0 Å is outside 0.5-30 Å")
+    assert msg.startswith("--sampling 100.0 Å is outside 0.5-30 Å")
 
 
 def test_rmsd_missing_matrix_file(bad, case, tmp_path):
@@ -723,25 +724,25 @@ def test_version(capsys):
 
 
 # ----------------------------------------------------------------------------- found by fuzzing
-def test_output_failure_midway_removes_what_was_written(bad, case):
-    blocked = bad.out / "dir"
-    (blocked / "source_on_target.mrc").mkdir(parents=True)        # a folder where a file must go
-    (blocked / "source_on_target.mrc").rmdir()
-    blocked.rmdir()
-    (bad.out / "dir" / "source_on_target.mrc").mkdir(parents=True)
-    msg = bad(align_argv(case, "--out-dir", bad.out / "dir", "--json", bad.out / "r.json"))
-    assert msg == f"cannot write {bad.out / 'dir' / 'source_on_target.mrc'}: Is a directory; choose a writable location"
-    assert sorted(p.name for p in (bad.out / "dir").iterdir()) == ["source_on_target.mrc"]
+def test_out_dir_holding_other_files_is_refused_and_left_alone(bad, case):
+    (bad.out / "dir" / "source_on_target.mrc").mkdir(parents=True)     # not written by cryoalign
+    notes = bad.out / "dir" / "notes.txt"
+    notes.write_text("mine\n")
+    msg = bad(align_argv(case, "--out-dir", bad.out / "dir", "--json", bad.out / "r.json"), watch=[notes],
+              files_before=[notes])
+    assert msg == (f"output folder {bad.out / 'dir'} holds files that cryoalign did not write; choose a new "
+                   "or empty folder (a run replaces the whole folder)")
+    assert sorted(p.name for p in (bad.out / "dir").iterdir()) == ["notes.txt", "source_on_target.mrc"]
     assert not (bad.out / "r.json").exists()
 
 
 def test_negative_seed(bad, case):
-    assert bad(align_argv(case, "--seed", "-1")) == "--seed must be a non-negative integer, got -1"
+    assert bad(align_argv(case, "--seed", "-1")) == "--seed -1 is not allowed: give a non-negative integer"
 
 
 def test_contour_at_the_map_minimum(bad, case):
     argv = align_argv(case, "--json", bad.out / "r.json")
     argv[argv.index("--source-contour") + 1] = "-1000"
     msg = bad(argv)
-    assert re.fullmatch(r"source contour -1000 is at or below the map's minimum \S+, so every voxel of the box "
+    assert re.fullmatch(r"--source-contour -1000 is at or below the map's minimum \S+, so every voxel of the box "
                         r"would count as molecule; try --source-contour \S+ \(or the EMDB recommended level\)", msg)

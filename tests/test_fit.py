@@ -122,7 +122,7 @@ def test_fit_result_json(fitted, case):
         assert cj["assembled_rank"] == r.assembled[c.chain] + 1
         assert cj["source_contour"] == c.source_contour > 0
     p = doc["params"]
-    assert p["mode"] == "local" and p["voxel_A"] == fit.FIT_VOXEL_A and p["top"] == 3
+    assert p["mode"] == "local" and p["sampling_A"] == 3.0 and p["top"] == 3
     assert p["chains"] == CHAINS and p["resolution_A"] == RESOLUTION_A
     assert "total" in doc["timings_s"]
     table = fit.placement_table(r).splitlines()
@@ -219,7 +219,7 @@ def test_cli_fit_writes_every_output(cli_fit):
     expected = {f"chain_{c['chain']}_rank{p['rank']}.pdb" for c in doc["chains"] for p in c["placements"]}
     assert all(1 <= len(c["placements"]) <= 2 for c in doc["chains"])
     assert {p.name for p in out.glob("chain_*_rank*.pdb")} == expected          # no chain A files
-    assert {p.name for p in out.iterdir()} == expected | {"assembled.pdb", "placements.tsv", "fit.json",
+    assert {p.name for p in out.iterdir()} == expected | {".cryoalign", "assembled.pdb", "placements.tsv", "fit.json",
                                                           "fit.cxc"}
     rows = (out / "placements.tsv").read_text().splitlines()
     assert rows[0].split("\t")[:3] == ["chain", "rank", "score"]

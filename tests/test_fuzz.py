@@ -365,7 +365,7 @@ def test_cli_reads_a_volume_stack_source(tmp_path):
     # the target's contour is above its maximum: the run stops right after reading both maps
     msg = _cli_bad_input(tmp_path, ["align", path, TARGET, "--target-contour=1e30", "--json", tmp_path / "r.json"],
                          inputs=[path])
-    assert msg.startswith("cryoalign: error: target contour 1e+30 is at or above")
+    assert msg.startswith("cryoalign: error: --target-contour 1e+30 is at or above")
 
 
 @settings(FUZZ, max_examples=20)

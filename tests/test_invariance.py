@@ -132,7 +132,7 @@ def run(pair, source=None, target=None, **overrides):
 def base(pair):
     """The reference result (default settings: auto mode -> global, voxel_A auto -> 3 Å)."""
     result = run(pair)
-    assert result.params["mode"] == "global" and result.params["voxel_A"] == 3.0
+    assert result.params["mode"] == "global" and result.params["sampling_A"] == 3.0
     return result
 
 

@@ -18,7 +18,8 @@ import pytest
 from scipy.spatial import cKDTree
 
 import cryoalign
-from cryoalign import local, maprefine, simulate
+from cryoalign import local, maprefine, rank, simulate
+from cryoalign.config import AlignConfig
 from cryoalign import transform as tf
 from cryoalign.cli import main
 from _maps import moved_structure, three_copies
@@ -128,7 +129,7 @@ def test_local_results_do_not_depend_on_the_number_of_processes(local_result, au
     for a, b in zip(local_result.candidates, auto_result.candidates):
         np.testing.assert_array_equal(a.T_target_source, b.T_target_source)
         assert a.score == b.score
-        assert a.mask_centre_A == b.mask_centre_A and a.source == b.source
+        assert a.mask_centre_A == b.mask_centre_A and a.found_by == b.found_by
     same = {k: v for k, v in local_result.stats.items() if k != "jobs"}
     assert same == {k: v for k, v in auto_result.stats.items() if k != "jobs"}
 
@@ -139,16 +140,16 @@ def test_auto_mode_chooses_local_for_a_chain_inside_a_complex(auto_result):
     assert p["mode"] == "local" and s["volume_ratio"] < 0.4
     assert s["volume_ratio"] == pytest.approx(1.0 / 3.0, abs=0.05)   # one copy of three
     assert s["source_volume_A3"] < 187_500
-    assert p["voxel_A"] == 3.0 and p["voxel_estimated"] is True
+    assert p["sampling_A"] == 3.0 and p["sampling_chosen"] is True
 
 
 def test_auto_mode_stays_global_for_whole_maps_and_keeps_an_explicit_voxel(case):
     whole = moved_structure(case.tri, case.M)
     source = simulate.simulate(whole, RESOLUTION_A, voxel_A=VOXEL_A)
     sc = simulate.contour_for(source, simulate.model_mass_Da(whole))
-    r = cryoalign.align(source, case.target, source_contour=sc, target_contour=case.tc, voxel_A=5.0)
+    r = cryoalign.align(source, case.target, source_contour=sc, target_contour=case.tc, sampling_A=5.0)
     assert r.params["mode"] == "global" and r.stats["volume_ratio"] > 0.9
-    assert r.params["voxel_A"] == 5.0 and r.params["voxel_estimated"] is False
+    assert r.params["sampling_A"] == 5.0 and r.params["sampling_chosen"] is False
     assert r.score.js_divergence is not None
     assert all(c.mask_centre_A is None for c in r.candidates)
     # the whole model is C3 symmetric: any of the three poses superimposes it
@@ -208,11 +209,11 @@ def test_distinct_merges_poses_within_tolerance_and_keeps_the_others():
              (0.5, "rot 15°", about_centre(15, [0, 0, 0])),
              (0.4, "rot 15° + 1 Å", about_centre(15, [0, 0, 1.0])),
              (0.3, "shift 2.9 Å, rot 9°", about_centre(9, [0, 2.9, 0]))]
-    kept = local.distinct(poses, probe)
+    kept = rank.distinct(poses, c, AlignConfig(), pose=lambda p: p[-1])
     assert [k[1] for k in kept] == ["base", "shift 5 Å", "rot 15°"]
     assert kept[0] is poses[0]
     # tighter tolerances keep more
-    kept = local.distinct(poses, probe, max_shift_A=0.5, max_angle_deg=3.0)
+    kept = rank.distinct(poses, c, AlignConfig(same_pose_A=0.5, same_pose_deg=3.0), pose=lambda p: p[-1])
     assert [k[1] for k in kept] == ["base", "shift 1 Å", "rot 5°", "shift 5 Å", "rot 15°",
                                     "rot 15° + 1 Å", "shift 2.9 Å, rot 9°"]
 
@@ -266,7 +267,7 @@ def test_nearest_tables_break_ties_towards_the_lower_index():
 # --------------------------------------------------------------------------- map refinement
 def test_map_refine_recovers_a_small_offset(case):
     sample = maprefine.sample_source(case.source, case.sc)
-    assert 0 < len(sample.points_A) <= maprefine.MAX_POINTS
+    assert 0 < len(sample.points_A) <= maprefine.Settings.max_points
     assert np.all(sample.values >= case.sc)
     from scipy.spatial.transform import Rotation
     centre = tf.apply(case.T_true, case.src_ca).mean(0)

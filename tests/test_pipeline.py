@@ -211,16 +211,16 @@ def test_result_object(result0):
     assert len(back["candidates"]) == len(r.candidates)
     np.testing.assert_allclose(back["candidates"][0]["matrix"], r.T_target_source)
     assert [c["score"] for c in back["candidates"]] == sims
-    assert back["params"]["seed"] == 0 and back["params"]["voxel_A"] in (3.0, 5.0)
-    assert back["params"]["voxel_estimated"] is True and back["params"]["mode"] == "global"
+    assert back["params"]["seed"] == 0 and back["params"]["sampling_A"] in (3.0, 5.0)
+    assert back["params"]["sampling_chosen"] is True and back["params"]["mode"] == "global"
     assert back["params"]["source_contour_estimated"] is False
     assert "total" in back["timings_s"]
 
 
 def test_overrides_reach_the_recorded_params(pair0):
     source, sc, target, tc, _, _ = pair0
-    r = cryoalign.align(source, target, source_contour=sc, target_contour=tc, max_hypotheses=2, voxel_A=4.0)
-    assert r.params["max_hypotheses"] == 2 and r.params["voxel_A"] == 4.0
+    r = cryoalign.align(source, target, source_contour=sc, target_contour=tc, max_hypotheses=2, sampling_A=4.0)
+    assert r.params["max_hypotheses"] == 2 and r.params["sampling_A"] == 4.0
     assert r.stats["hypotheses"] <= 2
     assert r.params["source_contour"] == sc and r.params["target_contour"] == tc
 
@@ -244,4 +244,4 @@ def test_non_finite_contour_and_bad_input_type(pair0):
     with pytest.raises(InputError, match="DensityMap"):
         cryoalign.align(np.zeros((4, 4, 4)), target)
     with pytest.raises(InputError):
-        cryoalign.align(source, target, source_contour=sc, target_contour=tc, voxel_A=-1.0)
+        cryoalign.align(source, target, source_contour=sc, target_contour=tc, sampling_A=-1.0)

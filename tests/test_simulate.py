@@ -335,7 +335,7 @@ def test_unknown_chain_names_the_available_chains(multi_chain):
 @pytest.mark.parametrize("resolution", [0, -3.0, float("nan"), float("inf"), "abc", None, True])
 def test_bad_resolution_is_an_input_error(resolution):
     st = structure([("A", "ALA", "CA", "C", (0, 0, 0))])
-    with pytest.raises(InputError, match=r"resolution .* must be a positive number of Å, e\.g\. --resolution 4"):
+    with pytest.raises(InputError, match=r"resolution .* must be a positive number of Å, e\.g\. resolution_A=4"):
         simulate(st, resolution)
 
 

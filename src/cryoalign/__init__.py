@@ -5,13 +5,32 @@
     >>> result.T_target_source          # 4x4: source world coordinates (Å) -> target's
     >>> result.score.value, result.timings_s
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from .errors import InputError
-from .io import read_map, read_model, write_map, write_model, transform_model
-from .types import AlignResult, DensityMap
-from .config import AlignConfig
-from .pipeline import align
+# Names are imported when first used (a public function never shares its name with a
+# module: importing the module would replace it), so `import cryoalign` (and the command line's
+# --help and input checks) does not pay for scipy, numba and the pipeline.
+_WHERE = {
+    "align": "pipeline", "align_prepared": "pipeline",
+    "AlignConfig": "config", "AlignResult": "types", "DensityMap": "types", "InputError": "errors",
+    "read_map": "io", "read_model": "io", "write_map": "io", "write_model": "io", "transform_model": "io",
+    "prepare_map": ("prepare", "prepare"), "PreparedMap": "prepare", "load_prepared": ("prepare", "load"),
+}
 
-__all__ = ["align", "AlignConfig", "AlignResult", "DensityMap", "InputError", "read_map",
-           "read_model", "write_map", "write_model", "transform_model", "__version__"]
+__all__ = sorted(_WHERE) + ["__version__"]
+
+
+def __getattr__(name):
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'cryoalign' has no attribute {name!r}")
+    module, attr = where if isinstance(where, tuple) else (where, name)
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -36,15 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("align", help="find T_target_source superimposing SOURCE on TARGET",
                        description="Global or local alignment of two maps (CryoAlign method, then "
                                    "refinement on the maps).")
-    a.add_argument("source", help="moving map (.mrc/.map/.ccp4, optionally .gz)")
-    a.add_argument("target", help="fixed map")
+    a.add_argument("source", help="moving map (.mrc/.map/.ccp4, optionally .gz/.bz2) or an EMDB ID (EMD-1234)")
+    a.add_argument("target", help="fixed map or EMDB ID")
     a.add_argument("--source-contour", type=float, default=None,
                    help="source contour level (EMDB recommended level); estimated if omitted")
     a.add_argument("--target-contour", type=float, default=None,
                    help="target contour level; estimated if omitted")
-    a.add_argument("--voxel", type=float, default=None,
+    a.add_argument("--sampling", "--voxel", dest="sampling", type=float, default=None,
                    help="point-cloud sampling interval in Å (default: 3 for small sources such as "
-                        "single chains, 5 otherwise)")
+                        "single chains, 5 otherwise; --voxel is the old name)")
     mode = a.add_mutually_exclusive_group()
     mode.add_argument("--local", dest="mode", action="store_const", const="local",
                       help="SOURCE is a part of TARGET: search spherical masks, report ranked placements "
@@ -73,33 +73,35 @@ def _parser() -> argparse.ArgumentParser:
                         "the moved model and a ChimeraX script here")
     a.add_argument("--source-model", default=None, help="PDB/mmCIF model in the source map's frame "
                                                         "to move onto the target (needs --out-dir)")
-    a.add_argument("--quiet", action="store_true", help="no progress messages")
+    a.add_argument("--quiet", action="store_true", help="no progress messages (the answer is still printed)")
 
     f = sub.add_parser("fit", help="place each chain of MODEL into MAP (ranked placements)",
                        description="Simulate each chain's density at the map's resolution, align it "
                                    "locally into MAP, and write the top placements of every chain, "
                                    "a score table and one assembled model without clashes.")
     f.add_argument("model", help="PDB/mmCIF model (its chains are placed one by one)")
-    f.add_argument("map", help="map to fit into")
+    f.add_argument("map", help="map to fit into (file or EMDB ID)")
     f.add_argument("--resolution", type=float, required=True, help="the map's resolution in Å")
     f.add_argument("--chains", default=None, help="comma-separated chain names (default: all)")
     f.add_argument("--top", type=int, default=5, help="placements kept per chain (default 5)")
     f.add_argument("--contour", type=float, default=None,
                    help="the map's contour level (EMDB recommended level); estimated if omitted")
     f.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    f.add_argument("--sampling", type=float, default=None,
+                   help=f"point-cloud sampling interval in Å (default {d.fit_sampling_A:g})")
     f.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (default 0)")
     f.add_argument("--out-dir", default=None, help="output folder (default: MODELNAME_fit)")
-    f.add_argument("--quiet", action="store_true", help="no progress messages")
+    f.add_argument("--quiet", action="store_true", help="no progress messages (the table is still printed)")
 
     s = sub.add_parser("simulate", help="density map of a model (molmap style)",
                        description="One Gaussian per heavy atom (sigma = 0.225 x resolution, height = "
                                    "atomic number), on a grid of resolution/3 Å.")
     s.add_argument("model", help="PDB/mmCIF model")
     s.add_argument("--resolution", type=float, required=True, help="resolution in Å")
-    s.add_argument("-o", "--output", required=True, help="map to write (.mrc)")
+    s.add_argument("-o", "--output", required=True, help="map to write (.mrc, .map, .ccp4; add .gz to compress)")
     s.add_argument("--chains", default=None, help="comma-separated chain names (default: all)")
     s.add_argument("--voxel", type=float, default=None, help="voxel size in Å (default resolution/3)")
-    s.add_argument("--quiet", action="store_true", help="no messages")
+    s.add_argument("--quiet", action="store_true", help="no progress messages")
 
     r = sub.add_parser("rmsd", help="true RMSD of a model under an estimated transform",
                        description="RMSD (Å) of MODEL moved by the estimated matrix against a reference: "
@@ -118,19 +120,66 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Library messages name parameters ("try source_contour=2.5"); each command shows them
+# as its own flags ("try --source-contour 2.5").
+FLAGS = {
+    "align": {"source_contour": "--source-contour", "target_contour": "--target-contour",
+              "sampling_A": "--sampling", "top": "--top", "jobs": "--jobs", "seed": "--seed",
+              "max_hypotheses": "--hypotheses", "mode='global'": "--global", "mode='local'": "--local",
+              "scheduler": "--scheduler"},
+    "fit": {"contour": "--contour", "target_contour": "--contour", "sampling_A": "--sampling", "top": "--top",
+            "jobs": "--jobs", "seed": "--seed", "chains": "--chains", "resolution_A": "--resolution"},
+    "simulate": {"resolution_A": "--resolution", "voxel_A": "--voxel", "chains": "--chains"},
+    "rmsd": {},
+}
+VALUE_OPTIONS = ("--source-contour", "--target-contour", "--contour", "--seed", "--top", "--jobs",
+                 "--sampling", "--voxel", "--resolution", "--hypotheses", "--density", "--components")
+
+
+def flagged(message: str, command: str) -> str:
+    """`message` with parameter names replaced by the command's flags."""
+    import re
+
+    for name, flag in sorted(FLAGS.get(command, {}).items(), key=lambda kv: -len(kv[0])):
+        if "=" in name:
+            message = message.replace(name, flag)
+            continue
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}=(\S+)", lambda m: f"{flag} {m.group(1)}", message)
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w=])", flag, message)
+    return message
+
+
+def _join_negative_values(argv):
+    """argparse reads '--source-contour -1e9' as two options: join such pairs."""
+    out = list(argv)
+    for i in range(len(out) - 1):
+        if out[i] in VALUE_OPTIONS and out[i + 1].startswith("-"):
+            try:
+                float(out[i + 1])
+            except ValueError:
+                continue
+            out[i], out[i + 1] = f"{out[i]}={out[i + 1]}", None
+    return [a for a in out if a is not None]
+
+
 def main(argv=None) -> int:
     from .errors import InputError
 
+    argv = _join_negative_values(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    _setup_logging(getattr(args, "quiet", False))
+    _setup_logging(getattr(args, "quiet", False), args.command)
     try:
+        import warnings
+
+        import numpy as np
+
         from .io import output_journal
 
-        with output_journal():        # a failure removes whatever this command already wrote
-            return {"align": _cmd_align, "fit": _cmd_fit, "simulate": _cmd_simulate,
-                    "rmsd": _cmd_rmsd}[args.command](args)
+        with output_journal(), warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)   # numeric warnings never reach the terminal
+            return COMMANDS[args.command](args)
     except InputError as exc:
-        print(f"cryoalign: error: {exc}", file=sys.stderr)
+        print(f"cryoalign: error: {flagged(str(exc), args.command)}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("cryoalign: interrupted", file=sys.stderr)
@@ -143,92 +192,80 @@ def main(argv=None) -> int:
         return EXIT_INTERNAL
 
 
-def _setup_logging(quiet: bool) -> None:
+def _setup_logging(quiet: bool, command: str) -> None:
     logger = logging.getLogger("cryoalign")
     logger.handlers[:] = []
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_ElapsedFormatter())
+    handler.setFormatter(_ElapsedFormatter(command))
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
 
 
 class _ElapsedFormatter(logging.Formatter):
-    def __init__(self):
+    """Seconds since start, and the message with parameter names shown as flags."""
+
+    def __init__(self, command: str):
         super().__init__()
         self.t0 = time.perf_counter()
+        self.command = command
 
     def format(self, record):
-        return f"[{time.perf_counter() - self.t0:6.2f}s] {record.getMessage()}"
+        return f"[{time.perf_counter() - self.t0:6.2f}s] {flagged(record.getMessage(), self.command)}"
 
 
 def _cmd_align(args) -> int:
-    from . import io, outputs
+    from . import io
     from .config import AlignConfig
+    from .emdb import load_map
     from .errors import InputError
-    from .pipeline import align
 
-    log = logging.getLogger("cryoalign")
-    config = AlignConfig(voxel_A=args.voxel, seed=args.seed, keypoints=args.keypoints,
+    config = AlignConfig(sampling_A=args.sampling, seed=args.seed, keypoints=args.keypoints,
                          mode=args.mode or "auto", top=args.top, jobs=args.jobs, map_refine=args.map_refine,
                          check_hand=args.check_hand, max_hypotheses=args.hypotheses)
     if args.flipped_out and not args.check_hand:
         raise InputError("--flipped-out needs --check-hand")
-    if args.flipped_out:
-        io.check_writable(args.flipped_out)
     if args.source_model and not args.out_dir:
         raise InputError("--source-model needs --out-dir (where the moved model is written)")
-    if args.json_out:
-        io.check_writable(args.json_out)
-    outputs_planned = [p for p in (args.json_out, args.flipped_out) if p]
+    for path in (args.json_out, args.flipped_out):
+        if path:
+            io.check_writable(path)
+    _refuse_overwriting_inputs([p for p in (args.json_out, args.flipped_out) if p],
+                               [args.source, args.target, args.source_model], folder=args.out_dir)
     if args.out_dir:
-        outputs_planned += [os.path.join(args.out_dir, n) for n in
-                            ("result.json", "params.json", "source_on_target.mrc", "superposition.cxc",
-                             "source_model_on_target.pdb", "source_model_on_target.cif")]
-    _refuse_overwriting_inputs(outputs_planned, [args.source, args.target, args.source_model])
-    source_model = io.read_model(args.source_model) if args.source_model else None
-    src_map, tgt_map = io.read_map(args.source), io.read_map(args.target)
-    if args.out_dir:
-        _check_dir(args.out_dir)
-    result = align(src_map, tgt_map, source_contour=args.source_contour,
-                   target_contour=args.target_contour, config=config)
-    if args.out_dir:
-        _make_dir(args.out_dir)          # only once there is something to put in it
-    doc = result.to_json()
-    text = json.dumps(doc, indent=1)
+        io.check_output_folder(args.out_dir)
     if args.flipped_out:
-        from .pipeline import mirror
+        io.check_map_suffix(args.flipped_out)
+    source_model = io.read_model(args.source_model) if args.source_model else None
+    t0 = time.perf_counter()
+    src_map, source_contour = load_map(args.source, args.source_contour, "source_contour", progress=True)
+    tgt_map, target_contour = load_map(args.target, args.target_contour, "target_contour", progress=True)
+    logging.getLogger("cryoalign").info("read maps in %.2f s", time.perf_counter() - t0)
 
+    from .pipeline import align, mirror
+
+    result = align(src_map, tgt_map, source_contour=source_contour, target_contour=target_contour,
+                   config=config)
+    text = json.dumps(result.to_json(), indent=1) + "\n"
+    if args.flipped_out:
         io.write_map(mirror(src_map)[0], args.flipped_out)
     if args.json_out:
-        io.write_text(args.json_out, text + "\n")
+        io.write_text(args.json_out, text)
     if args.out_dir:
-        out = args.out_dir
-        io.write_text(os.path.join(out, "result.json"), text + "\n")
-        io.write_text(os.path.join(out, "params.json"), json.dumps(doc["params"], indent=1) + "\n")
-        log.info("resampling the source map onto the target grid ...")
-        moved = outputs.resample_onto(src_map, tgt_map, result.T_target_source)
-        resampled = os.path.join(out, "source_on_target.mrc")
-        io.write_map(moved, resampled)
-        models = []
-        if source_model is not None:
-            model_out = os.path.join(out, "source_model_on_target" + io.model_suffix(args.source_model))
-            io.write_model(io.transform_model(source_model, result.T_target_source), model_out)
-            models.append(model_out)
-            if result.params["mode"] == "local":      # the other ranked placements too
-                for k, cand in enumerate(result.candidates[1:], 2):
-                    extra = os.path.join(out, f"source_model_rank{k}" + io.model_suffix(args.source_model))
-                    io.write_model(io.transform_model(source_model, cand.T_target_source), extra)
-        outputs.chimerax_script(os.path.join(out, "superposition.cxc"), target_map=args.target,
-                                target_contour=doc["params"]["target_contour"], source_map=args.source,
-                                source_contour=doc["params"]["source_contour"],
-                                T_target_source=result.T_target_source, resampled_map=resampled,
-                                models=tuple(models))
+        from . import outputs
+
+        logging.getLogger("cryoalign").info("writing %s/ ...", args.out_dir)
+        with io.output_folder(args.out_dir, "cryoalign align") as tmp:
+            outputs.write_align_folder(tmp, result, src_map, tgt_map, source_path=src_map.path,
+                                       target_path=tgt_map.path, source_model=source_model,
+                                       model_suffix=io.model_suffix(args.source_model or ".pdb"),
+                                       final_folder=os.path.abspath(args.out_dir))
     _print_summary(result, args)
     return 0
 
 
-def _refuse_overwriting_inputs(outputs, inputs):
+def _refuse_overwriting_inputs(outputs, inputs, folder=None):
+    """Outputs never overwrite inputs; an output folder (replaced whole) never holds one."""
     from .errors import InputError
 
     real_inputs = {os.path.realpath(p): p for p in inputs if p}
@@ -237,53 +274,23 @@ def _refuse_overwriting_inputs(outputs, inputs):
         if hit:
             raise InputError(f"output {out} is the input file {hit}; choose another output name "
                              "(inputs are never overwritten)")
-
-
-def _check_dir(path):
-    """Fail before any work when the output folder could not be created or written."""
-    from .errors import InputError
-
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise InputError(f"cannot create output folder {path}: {probe} is a file; choose a writable location")
-    if not os.access(probe, os.W_OK):
-        raise InputError(f"cannot create output folder {path}: {probe} is not writable; "
-                         "choose a writable location")
-
-
-def _make_dir(path):
-    from . import io
-    from .errors import InputError
-
-    missing = []
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        missing.append(probe)
-        probe = os.path.dirname(probe)
-    try:
-        os.makedirs(path, exist_ok=True)
-        for created in reversed(missing):     # outermost first, so cleanup removes innermost first
-            io.made_dir(created)
-    except OSError as exc:
-        raise InputError(f"cannot create output folder {path}: {exc.strerror}; choose a writable location") from None
-    if not os.access(path, os.W_OK):
-        raise InputError(f"output folder {path} is not writable; choose a writable location")
+    if folder:
+        inside = os.path.realpath(folder) + os.sep
+        for real, given in real_inputs.items():
+            if real.startswith(inside):
+                raise InputError(f"the input {given} is inside the output folder {folder}, which a run "
+                                 "replaces whole; choose another --out-dir")
 
 
 def _print_summary(result, args) -> None:
     from . import transform as tf
-    from .pipeline import SYMMETRY_MARGIN
 
     T = result.T_target_source
     p = result.params
     s = result.score
     lines = ["T_target_source (source world Å -> target world Å):"]
     lines += ["  " + "  ".join(f"{v:11.5f}" for v in row) for row in T]
-    axis = tf.rotation_axis(T)
-    lines.append(f"rotation {tf.rotation_angle_deg(T):.2f} deg about ({axis[0]:.3f}, {axis[1]:.3f}, "
-                 f"{axis[2]:.3f}); translation ({T[0, 3]:.2f}, {T[1, 3]:.2f}, {T[2, 3]:.2f}) Å")
+    lines.append(f"{_rotation_text(T)}; translation ({T[0, 3]:.2f}, {T[1, 3]:.2f}, {T[2, 3]:.2f}) Å")
     lines.append(_score_line(s, p["mode"]) + f"; {len(result.candidates)} candidate(s)")
     if p["mode"] == "local":
         lines.append("rank  score  agreement  rotation  translation (Å)            mask centre (Å)")
@@ -295,7 +302,7 @@ def _print_summary(result, args) -> None:
                          f"  ({centre})")
     if result.ambiguous:
         lines.append(f"ambiguous: {len(result.equivalent)} other pose(s) score within "
-                     f"{100 * SYMMETRY_MARGIN:.0f}% of the best (symmetric assembly or identical copies):")
+                     f"{100 * p['symmetry_margin']:.0f}% of the best (symmetric assembly or identical copies):")
         for k in result.equivalent:
             rel = result.relation_to_best(result.candidates[k - 1])
             ax = rel["axis"]
@@ -311,15 +318,24 @@ def _print_summary(result, args) -> None:
     for side in ("source", "target"):
         est = " (estimated; pass the EMDB recommended level if known)" if p[f"{side}_contour_estimated"] else ""
         lines.append(f"{side} contour {p[f'{side}_contour']:.5g}{est}")
-    lines.append(f"mode {p['mode']}, sampling interval {p['voxel_A']:g} Å"
-                 + (" (chosen from the source's size)" if p.get("voxel_estimated") else ""))
+    lines.append(f"mode {p['mode']}, sampling interval {p['sampling_A']:g} Å"
+                 + (" (chosen from the source's size)" if p.get("sampling_chosen") else ""))
     lines.append(f"time {result.timings_s['total']:.2f} s")
     if args.json_out:
         lines.append(f"wrote {args.json_out}")
     if args.out_dir:
         lines.append(f"wrote {args.out_dir}/ (open superposition.cxc in ChimeraX)")
-    if not args.quiet:
-        print("\n".join(lines))
+    print("\n".join(lines))
+
+
+def _rotation_text(T) -> str:
+    from . import transform as tf
+
+    angle = tf.rotation_angle_deg(T)
+    if angle < 0.005:
+        return "no rotation"
+    axis = tf.rotation_axis(T)
+    return f"rotation {angle:.2f} deg about ({axis[0]:.3f}, {axis[1]:.3f}, {axis[2]:.3f})"
 
 
 def _score_line(s, mode) -> str:
@@ -346,51 +362,53 @@ def _split_chains(text):
 
 
 def _cmd_fit(args) -> int:
-    from . import fit, io, outputs
-    from .errors import InputError
+    from . import io
+    from .config import AlignConfig
+    from .emdb import load_map
 
     model_stem = os.path.basename(args.model)
     for ext in (".gz", ".pdb", ".ent", ".cif", ".mmcif"):
         if model_stem.lower().endswith(ext):
             model_stem = model_stem[: -len(ext)]
     out = args.out_dir or f"{model_stem}_fit"
-    if args.top < 1:
-        raise InputError(f"--top must be at least 1, got {args.top}")
-    _refuse_overwriting_inputs([out], [args.model, args.map])
+    config = AlignConfig(top=args.top, jobs=args.jobs, seed=args.seed, sampling_A=args.sampling)
+    _refuse_overwriting_inputs([out], [args.model, args.map], folder=out)
+    io.check_output_folder(out)
     st = io.read_model(args.model)
-    density = io.read_map(args.map)
-    _check_dir(out)
+    density, contour = load_map(args.map, args.contour, "contour", progress=True)
+
+    from . import fit, outputs
+
     result = fit.fit_model(st, density, resolution_A=args.resolution, chains=_split_chains(args.chains),
-                           top=args.top, contour=args.contour, jobs=args.jobs, seed=args.seed)
-    _make_dir(out)
+                           contour=contour, config=config)
     suffix = io.model_suffix(args.model)
     written = []
-    for c in result.chains:
-        for k, cand in enumerate(c.placements, 1):
-            path = os.path.join(out, f"chain_{c.chain}_rank{k}{suffix}")
-            io.write_model(fit.chain_structure(st, c.chain, cand.T_target_source), path)
-            written.append(path)
-    assembled = os.path.join(out, f"assembled{suffix}")
-    if result.assembled:
-        io.write_model(fit.assembled_structure(st, result), assembled)
-    io.write_text(os.path.join(out, "placements.tsv"), fit.placement_table(result))
-    io.write_text(os.path.join(out, "fit.json"), json.dumps(result.to_json(), indent=1) + "\n")
-    outputs.fit_script(os.path.join(out, "fit.cxc"), map_path=args.map, contour=result.target_contour,
-                       assembled=assembled if result.assembled else None)
-    if not args.quiet:
-        lines = ["chain  rank  score  agreement  (score = map correlation about the mean)"]
+    with io.output_folder(out, "cryoalign fit") as tmp:
         for c in result.chains:
             for k, cand in enumerate(c.placements, 1):
-                mark = "  <- assembled" if result.assembled.get(c.chain) == k - 1 else ""
-                lines.append(f"{c.chain:>5}  {k:4d}  {cand.score.value:5.3f}  "
-                             f"{cand.score.vector_agreement:9.3f}{mark}")
-        if result.left_out:
-            lines.append(f"left out of the assembled model (every placement clashes): "
-                         f"{', '.join(result.left_out)}")
-        lines.append(f"time {result.timings_s['total']:.2f} s")
-        lines.append(f"wrote {out}/ ({len(written)} placed chain models, assembled{suffix}, "
-                     "placements.tsv, fit.json; open fit.cxc in ChimeraX)")
-        print("\n".join(lines))
+                path = os.path.join(tmp, f"chain_{c.chain}_rank{k}{suffix}")
+                io.write_model(fit.chain_structure(st, c.chain, cand.T_target_source), path)
+                written.append(path)
+        assembled = f"assembled{suffix}"
+        if result.assembled:
+            io.write_model(fit.assembled_structure(st, result), os.path.join(tmp, assembled))
+        io.write_text(os.path.join(tmp, "placements.tsv"), fit.placement_table(result))
+        io.write_text(os.path.join(tmp, "fit.json"), json.dumps(result.to_json(), indent=1) + "\n")
+        final = os.path.abspath(out)
+        outputs.fit_script(os.path.join(tmp, "fit.cxc"), map_path=density.path, contour=result.target_contour,
+                           assembled=os.path.join(final, assembled) if result.assembled else None, folder=final)
+    lines = ["chain  rank  score  agreement  (score = map correlation about the mean)"]
+    for c in result.chains:
+        for k, cand in enumerate(c.placements, 1):
+            mark = "  <- assembled" if result.assembled.get(c.chain) == k - 1 else ""
+            lines.append(f"{c.chain:>5}  {k:4d}  {cand.score.value:5.3f}  "
+                         f"{cand.score.vector_agreement:9.3f}{mark}")
+    if result.left_out:
+        lines.append(f"left out of the assembled model (every placement clashes): {', '.join(result.left_out)}")
+    lines.append(f"time {result.timings_s['total']:.2f} s")
+    lines.append(f"wrote {out}/ ({len(written)} placed chain models, assembled{suffix}, "
+                 "placements.tsv, fit.json; open fit.cxc in ChimeraX)")
+    print("\n".join(lines))
     return 0
 
 
@@ -398,17 +416,17 @@ def _cmd_simulate(args) -> int:
     from . import io, simulate
 
     _refuse_overwriting_inputs([args.output], [args.model])
+    io.check_map_suffix(args.output)
     io.check_writable(args.output)
     st = io.read_model(args.model)
     chains = _split_chains(args.chains)
     density = simulate.simulate(st, args.resolution, chains=chains, voxel_A=args.voxel)
     level = simulate.contour_for(density, simulate.model_mass_Da(st, chains=chains))
     io.write_map(density, args.output)
-    if not args.quiet:
-        nx, ny, nz = density.shape_xyz
-        print(f"wrote {args.output}: {nx}x{ny}x{nz} voxels of {density.voxel_size_A[0]:.3g} Å, "
-              f"resolution {args.resolution:g} Å; suggested contour {level:.5g} (encloses the model's "
-              "volume at 1.21 Å^3/Da)")
+    nx, ny, nz = density.shape_xyz
+    print(f"wrote {args.output}: {nx}x{ny}x{nz} voxels of {density.voxel_size_A[0]:.3g} Å, "
+          f"resolution {args.resolution:g} Å; suggested contour {level:.5g} (encloses the model's "
+          "volume at 1.21 Å^3/Da)")
     return 0
 
 
@@ -423,15 +441,30 @@ def _cmd_rmsd(args) -> int:
     T_est = load_matrices(args.matrix)[0]
     if args.reference:
         res = rmsd_to_matrices(args.model, T_est, load_matrices(args.reference), atoms=args.atoms)
-        print(f"RMSD {res['rmsd_A']:.3f} Å over {res['atoms']} atoms"
+        print(f"RMSD {res['rmsd_A']:.3f} Å over {res['atoms']} {_atom_words(res['atom_kind'])}"
               + (f" (best over {len(res['all_references_A'])} equivalent references: {res['rmsd_sym_A']:.3f} Å)"
                  if len(res["all_references_A"]) > 1 else ""))
     else:
         res = rmsd_to_model(args.model, T_est, args.reference_model, atoms=args.atoms)
-        print(f"RMSD {res['rmsd_A']:.3f} Å over {res['atoms']} paired atoms")
+        log = logging.getLogger("cryoalign")
+        if res["paired_fraction"] < 0.95:
+            log.warning("warning: the reference model pairs only %d of the model's %d %s atoms (%.0f%%) by "
+                        "chain, residue number and atom name; the RMSD covers those only",
+                        res["atoms"], res["model_atoms"], res["atom_kind"], 100 * res["paired_fraction"])
+        if res["residue_name_mismatches"]:
+            log.warning("warning: %d paired atoms belong to residues whose names differ between the two "
+                        "models; check that the reference is the same model", res["residue_name_mismatches"])
+        print(f"RMSD {res['rmsd_A']:.3f} Å over {res['atoms']} paired {_atom_words(res['atom_kind'])}")
     if args.json_out:
         io.write_text(args.json_out, json.dumps(res, indent=1) + "\n")
     return 0
+
+
+def _atom_words(kind: str) -> str:
+    return "CA/P atoms" if kind == "CA/P" else "atoms (all)"
+
+
+COMMANDS = {"align": _cmd_align, "fit": _cmd_fit, "simulate": _cmd_simulate, "rmsd": _cmd_rmsd}
 
 
 if __name__ == "__main__":

@@ -54,8 +54,7 @@ def _two_bins(u, n, circular):
 
 
 @njit(cache=True)
-def _describe_kernel(keypoints, points, vectors, volume, origin, h, radius, min_neighbours, out,
-                     frames, valid):
+def _describe_kernel(keypoints, points, vectors, volume, origin, h, radius, min_neighbours, out, valid):
     nx, ny, nz = volume.shape
     reach = int(math.ceil(radius / h))
     r2max = radius * radius
@@ -116,9 +115,6 @@ def _describe_kernel(keypoints, points, vectors, volume, origin, h, radius, min_
             za = -za
         ya = np.array([za[1] * xa[2] - za[2] * xa[1], za[2] * xa[0] - za[0] * xa[2],
                        za[0] * xa[1] - za[1] * xa[0]])
-        frames[k, 0] = xa
-        frames[k, 1] = ya
-        frames[k, 2] = za
         for q in range(cnt):
             p = nbr[q]
             dx = points[p, 0] - kp[0]
@@ -154,10 +150,9 @@ def describe(keypoints_A: np.ndarray, cloud: PointCloud, radius_A: float) -> Fea
     if K == 0:
         return Features(keypoints_A, out)
     volume, origin, h = lattice_index(cloud)
-    frames = np.zeros((K, 3, 3))
     valid = np.zeros(K, np.bool_)
     _describe_kernel(keypoints_A, np.ascontiguousarray(cloud.points_A), np.ascontiguousarray(cloud.vectors),
-                     volume, origin, float(h), float(radius_A), MIN_NEIGHBOURS, out, frames, valid)
+                     volume, origin, float(h), float(radius_A), MIN_NEIGHBOURS, out, valid)
     norm = np.linalg.norm(out, axis=1)
     valid &= norm > 0
     return Features(keypoints_A[valid], out[valid] / norm[valid, None])

@@ -19,13 +19,12 @@ from . import io, local, simulate
 from . import transform as tf
 from .config import AlignConfig
 from .errors import InputError
-from .pipeline import Side, Timer, as_map, resolve_contour
+from .pipeline import as_map
+from .prepare import prepare, resolve_contour
+from .rank import rank
+from .timing import Timer
 
 log = logging.getLogger(__name__)
-
-FIT_VOXEL_A = 3.0          # the published method's sampling interval for chains
-CLASH_DISTANCE_A = 3.0     # trace atoms (CA/P) closer than this to a placed chain's ...
-CLASH_FRACTION = 0.1       # ... in more than this fraction of the chain's trace: a clash
 
 
 @dataclass
@@ -64,10 +63,20 @@ class FitResult:
         }
 
 
-def fit_model(model, density, *, resolution_A: float, chains=None, top: int = 5,
-              contour: float | None = None, jobs: int | None = None, seed: int = 0) -> FitResult:
+def fit_config(config: AlignConfig | None = None, **overrides) -> AlignConfig:
+    """The configuration of a fit: local mode, `fit_sampling_A` unless `sampling_A` is set,
+    5 placements per chain unless `top` is given."""
+    base = config or AlignConfig(top=5)
+    base = base.replace(**overrides)
+    return base.replace(mode="local", sampling_A=base.sampling_A or base.fit_sampling_A)
+
+
+def fit_model(model, density, *, resolution_A: float, chains=None, contour: float | None = None,
+              config: AlignConfig | None = None, **overrides) -> FitResult:
     """Fit every chain (or the named `chains`) of `model` (path or gemmi.Structure) into
-    `density` (path or DensityMap).  Placements map the model's coordinates onto the map's."""
+    `density` (path or DensityMap).  Placements map the model's coordinates onto the map's.
+    config / overrides: `AlignConfig` fields (top, jobs, seed, ...; see `fit_config`)."""
+    config = fit_config(config, **overrides)
     timer = Timer()
     st = io.read_model(model) if not hasattr(model, "setup_entities") else model
     target = as_map(density)
@@ -76,9 +85,17 @@ def fit_model(model, density, *, resolution_A: float, chains=None, top: int = 5,
     unknown = [c for c in names if c not in available]
     if unknown:
         raise InputError(f"chain(s) {', '.join(unknown)} not in the model; it has {', '.join(available)}")
-    tc, tc_est = resolve_contour(target, contour, "target")
-    config = AlignConfig(mode="local", voxel_A=FIT_VOXEL_A, top=top, jobs=jobs, seed=seed)
-    tgt = Side(target, tc, config, timer, "map", fine_target=True)
+    ligand_only = [c for c in names if not _has_polymer(st, c)]
+    if ligand_only and len(ligand_only) == len(names):
+        raise InputError(f"chain(s) {', '.join(ligand_only)} hold only ligands or waters (no protein or "
+                         "nucleic-acid residue), too small to fit on their own; name polymer chains with chains=")
+    for c in ligand_only:
+        log.warning("chain %s holds only ligands or waters (no protein or nucleic-acid residue): skipped", c)
+    names = [c for c in names if c not in ligand_only]
+    region, tc_est = resolve_contour(target, contour, "contour")
+    tc = region.contour
+    tgt = prepare(target, tc, config, region=region, name="map", contour_estimated=tc_est, fine=True,
+                  timer=timer)
     fits = []
     for n, name in enumerate(names, 1):
         with timer.stage("simulate"):
@@ -87,23 +104,28 @@ def fit_model(model, density, *, resolution_A: float, chains=None, top: int = 5,
         log.info("chain %s (%d of %d): simulated at %.3g Å, aligning into the map ...",
                  name, n, len(names), resolution_A)
         try:
-            src = Side(sim, sc, config, timer, f"chain {name}")
+            src = prepare(sim, sc, config, name=f"chain {name}", timer=timer)
         except InputError as exc:
             log.warning("chain %s skipped: %s", name, exc)
             continue
-        placements, _ = local.search(src, tgt, config=config, timer=timer)
+        hypotheses, _ = local.coarse_hypotheses(src, tgt, config, timer)
+        placements = rank(src, tgt, hypotheses, config, with_js=False, timer=timer) if hypotheses else []
         trace = _trace(st, name)
         fits.append(ChainFit(chain=name, placements=placements, atoms=len(trace), source_contour=sc))
         if placements:
             log.info("chain %s: best score %.3f", name, placements[0].score.value)
-    assembled, left_out = assemble(st, fits)
+    assembled, left_out = assemble(st, fits, config)
     timer.timings["total"] = timer.total()
     params = dict(config.as_dict(), resolution_A=resolution_A, target_contour=tc,
-                  target_contour_estimated=tc_est, chains=names,
-                  clash_distance_A=CLASH_DISTANCE_A, clash_fraction=CLASH_FRACTION)
+                  target_contour_estimated=tc_est, chains=names)
     return FitResult(chains=fits, assembled=assembled, left_out=left_out, target_contour=tc,
                      target_contour_estimated=tc_est, resolution_A=float(resolution_A),
                      timings_s=dict(timer.timings), params=params)
+
+
+def _has_polymer(st, chain_name) -> bool:
+    return any(io.is_trace_atom(res, atom) for chain in st[0] if chain.name == chain_name
+               for res in chain for atom in res)
 
 
 def _trace(st, chain_name) -> np.ndarray:
@@ -120,7 +142,7 @@ def _trace(st, chain_name) -> np.ndarray:
     return np.array(pts or all_pts, float).reshape(-1, 3)
 
 
-def assemble(st, fits: list) -> tuple[dict, list]:
+def assemble(st, fits: list, config: AlignConfig = AlignConfig()) -> tuple[dict, list]:
     """For each chain, best-scoring chain first: the index of its best placement whose
     trace atoms do not clash with those already placed.  Returns ({chain: index}, left_out)."""
     order = sorted(range(len(fits)), key=lambda i: (-(fits[i].placements[0].score.value
@@ -133,8 +155,8 @@ def assemble(st, fits: list) -> tuple[dict, list]:
         for k, cand in enumerate(fit.placements):
             moved = tf.apply(cand.T_target_source, trace)
             if len(placed):
-                d, _ = cKDTree(placed).query(moved, distance_upper_bound=CLASH_DISTANCE_A)
-                if np.isfinite(d).mean() > CLASH_FRACTION:
+                d, _ = cKDTree(placed).query(moved, distance_upper_bound=config.clash_distance_A)
+                if np.isfinite(d).mean() > config.clash_fraction:
                     continue
             chosen[fit.chain] = k
             placed = np.vstack([placed, moved])

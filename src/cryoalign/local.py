@@ -17,47 +17,37 @@ solved as a small global problem.  What is done once rather than per mask:
 
 Masks that cannot hold the source (fewer sampled points than a fraction of the
 source's, or too few key points) are skipped.  Each kept mask gives a few
-coarse poses (consistency-graph cliques, GNC-TLS), each pulled in by a short
-ICP on a subsample and scored; the best distinct poses over all masks are then
-refined on all points and ranked by vector agreement (no JS term: the target
-holds more than the source).  Masks run in worker processes; each mask's work
-depends only on its index, so the results do not depend on how many run.
+coarse poses (consistency-graph cliques, GNC-TLS), scored on a subsample of the
+source by vector agreement; the best distinct ones over all masks are the
+hypotheses handed to the ranking path (`rank.rank`, as for global alignment).
+Masks run in worker processes; each mask's work depends only on its index, so
+the results do not depend on how many run.  All parameters come from the
+configuration (`mask_*`, `min_mask_*`, `descriptor_top_k`, `local_refine_min`).
 """
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
 
-from . import maprefine, refine, register, score
-from . import transform as tf
-from .types import Candidate, Features, Matches, PointCloud, Score
+from . import register, score
+from .config import AlignConfig
+from .executor import resolve_jobs
+from .prepare import PreparedMap
+from .rank import Hypothesis, distinct, subsample
+from .timing import Timer
+from .types import Features, Matches, PointCloud
 
 log = logging.getLogger(__name__)
 
-RADIUS_FACTOR = 1.1           # mask radius = factor x source diameter / 2 (paper)
-MIN_MASK_POINTS = 100         # paper's code skips masks with <= 100 points ...
-MIN_MASK_KEYPOINTS = 10       # ... or <= 10 key points
-MIN_MASK_FRACTION = 0.3       # and we skip masks holding < 30% of the source's point count
-MASK_HYPOTHESES = 3           # coarse poses per mask
-SCREEN_POINTS = 600           # source points for scoring each mask's coarse poses
-FINAL_SCREEN_POINTS = 2000    # source points for refining the best distinct poses ...
-POLISH_TOP = 2                # ... of which the leaders are then refined on all points
-MAP_REFINE_FRACTION = 0.8     # placements refined on the maps: agreement >= this x the best's,
-MAP_REFINE_MAX = 5            # at most this many (the others are scored on the maps where they are)
-DEDUP_A = 3.0                 # poses closer than this (centroid shift) ...
-DEDUP_DEG = 10.0              # ... and this (rotation angle) are merged
-TOP_K = 64                    # most similar target descriptors kept per source descriptor
 _BLOCK = 2048
 
 
 def source_diameter(points_A: np.ndarray, max_points: int = 3000) -> float:
     """Largest distance between two of the source's points (on a subsample)."""
-    pts = points_A[:: max(1, -(-len(points_A) // max_points))]
+    pts = subsample(points_A, max_points)
     centre = pts.mean(0)
     far = pts[np.argmax(((pts - centre) ** 2).sum(1))]
     far2 = pts[np.argmax(((pts - far) ** 2).sum(1))]
@@ -75,8 +65,7 @@ def mask_centres(target_points_A: np.ndarray, radius_A: float, step_A: float) ->
     n = np.maximum(1, np.ceil((hi - lo) / step_A).astype(int) + 1)
     start = (lo + hi) / 2.0 - (n - 1) * step_A / 2.0     # grid centred on the box
     axes = [start[a] + step_A * np.arange(n[a]) for a in range(3)]
-    g = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    return g
+    return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
 
 
 @dataclass(frozen=True)
@@ -88,21 +77,23 @@ class MaskPlan:
     considered: int              # masks on the grid before skipping
 
 
-def plan_masks(src_cloud: PointCloud, tgt_cloud: PointCloud, tgt_features: Features) -> MaskPlan:
+def plan_masks(src: PreparedMap, tgt: PreparedMap, config: AlignConfig) -> MaskPlan:
     """Mask radius and step from the source's size; keep the masks that could hold it."""
-    radius = RADIUS_FACTOR * source_diameter(src_cloud.points_A) / 2.0
+    from scipy.spatial import cKDTree
+
+    radius = config.mask_radius_factor * source_diameter(src.cloud.points_A) / 2.0
     step = radius / 2.0
-    centres = mask_centres(tgt_cloud.points_A, radius, step)
-    counts = cKDTree(tgt_cloud.points_A).query_ball_point(centres, radius, return_length=True)
-    need = max(MIN_MASK_POINTS, MIN_MASK_FRACTION * len(src_cloud))
+    centres = mask_centres(tgt.cloud.points_A, radius, step)
+    counts = tgt.tree.query_ball_point(centres, radius, return_length=True)
+    need = max(config.min_mask_points, config.min_mask_fraction * len(src.cloud))
     # a mask smaller than needed everywhere (tiny target): keep its fullest masks
     need = min(need, 0.9 * counts.max())
     ok = counts > need
-    kp_tree = cKDTree(tgt_features.keypoints_A)
+    kp_tree = cKDTree(tgt.features.keypoints_A)
     kept_c, kept_i = [], []
     for c in centres[ok]:
         idx = np.array(sorted(kp_tree.query_ball_point(c, radius)), dtype=np.int64)
-        if len(idx) > MIN_MASK_KEYPOINTS:
+        if len(idx) > config.min_mask_keypoints:
             kept_c.append(c)
             kept_i.append(idx)
     return MaskPlan(radius_A=radius, step_A=step, centres_A=np.array(kept_c).reshape(-1, 3),
@@ -116,28 +107,24 @@ class _Shared:
     src_features: Features
     tgt_cloud: PointCloud
     tgt_features: Features
-    tgt_fine_tree: cKDTree
-    tgt_tree: cKDTree
+    tgt_tree: object                  # cKDTree of the target's points
     top_index: np.ndarray             # (Ns, K) target descriptors by decreasing similarity
     top_similarity: np.ndarray        # (Ns, K) their similarities
     best_source_of_target: np.ndarray  # (Nt,) argmax over source descriptors
     plan: MaskPlan
-    noise_A: float
-    voxel_A: float
-    cutoff_A: float
-    cos_min: float
-    screen: np.ndarray                # indices of source points used per mask
+    config: AlignConfig
+    screen: np.ndarray                # indices of source points scoring each mask's poses
 
 
 _SHARED: _Shared | None = None
 
 
-def _init_worker(shared: _Shared) -> None:
+def _init_worker(shared: _Shared | None) -> None:
     global _SHARED
     _SHARED = shared
 
 
-def nearest_tables(a: np.ndarray, b: np.ndarray, k: int = TOP_K):
+def nearest_tables(a: np.ndarray, b: np.ndarray, k: int):
     """For unit descriptors a (Ns, D), b (Nt, D): each row of a's k most similar rows of b
     (sorted by decreasing similarity, ties to the lower index) with the similarities,
     and each row of b's most similar row of a."""
@@ -191,21 +178,20 @@ def _mask_matches(sh: _Shared, k: int) -> Matches:
     return Matches(sh.src_features.keypoints_A[i[order]], sh.tgt_features.keypoints_A[j[order]], d[order])
 
 
-def _agreement(sh: _Shared, T: np.ndarray, idx=None) -> float:
-    cloud = sh.src_cloud
-    if idx is not None:
-        cloud = PointCloud(cloud.points_A[idx], cloud.vectors[idx], cloud.density[idx], cloud.spacing_A)
-    return score.vector_agreement(cloud, sh.tgt_cloud, T, cutoff_A=sh.cutoff_A, cos_min=sh.cos_min,
-                                  target_tree=sh.tgt_tree)[0]
-
-
 def _search_mask(k: int) -> list[tuple[float, int, int, np.ndarray]]:
     """Coarse poses of mask k scored on a subsample: [(agreement, k, h, T)].  (A short ICP
     per pose here gave the same placements on the public sets at twice the cost.)"""
     sh = _SHARED
     matches = _mask_matches(sh, k)
-    return [(_agreement(sh, pose.T_target_source, sh.screen), k, h, pose.T_target_source)
-            for h, pose in enumerate(register.coarse_poses(matches, sh.noise_A, count=MASK_HYPOTHESES))]
+    c = sh.src_cloud
+    screen = PointCloud(c.points_A[sh.screen], c.vectors[sh.screen], c.density[sh.screen], c.spacing_A)
+    out = []
+    for h, pose in enumerate(register.coarse_poses(matches, sh.config.noise_A, count=sh.config.mask_hypotheses)):
+        agree = score.vector_agreement(screen, sh.tgt_cloud, pose.T_target_source,
+                                       cutoff_A=sh.config.score_pair_cutoff_A,
+                                       cos_min=sh.config.score_vector_cos, target_tree=sh.tgt_tree)[0]
+        out.append((agree, k, h, pose.T_target_source))
+    return out
 
 
 def _search_chunk(ks) -> list:
@@ -215,100 +201,36 @@ def _search_chunk(ks) -> list:
     return out
 
 
-def default_jobs() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def distinct(poses, probe_A: np.ndarray, *, max_shift_A: float = DEDUP_A, max_angle_deg: float = DEDUP_DEG):
-    """Keep poses (sorted best first; items (..., T) with T last) that differ from every
-    kept one by more than `max_shift_A` at the probe centroid or `max_angle_deg`."""
-    centre = probe_A.mean(0)
-    kept = []
-    for item in poses:
-        if not any(tf.same_pose(item[-1], other[-1], centre, max_shift_A=max_shift_A,
-                                max_angle_deg=max_angle_deg) for other in kept):
-            kept.append(item)
-    return kept
-
-
-def search(src, tgt, *, config, timer) -> tuple[list[Candidate], dict]:
-    """Ranked local placements of side `src` inside side `tgt` (pipeline.Side objects:
-    cloud, features, density, contour; tgt also its fine cloud).  At most `config.top`
-    candidates, best first, and search statistics."""
-    top, jobs = config.top, config.jobs
-    src_cloud, tgt_cloud = src.cloud, tgt.cloud
+def coarse_hypotheses(src: PreparedMap, tgt: PreparedMap, config: AlignConfig,
+                      timer: Timer | None = None) -> tuple[list[Hypothesis], dict]:
+    """The best distinct coarse placements of `src` over all masks of `tgt` (at most
+    max(local_refine_min, 2 x top)), best first, and the search statistics."""
+    timer = timer or Timer()
     with timer.stage("mask plan"):
-        plan = plan_masks(src_cloud, tgt_cloud, tgt.features)
+        plan = plan_masks(src, tgt, config)
         log.info("local search: mask radius %.1f Å, step %.1f Å, %d of %d masks can hold the source",
                  plan.radius_A, plan.step_A, len(plan.centres_A), plan.considered)
-        top_i, top_s, best_src = nearest_tables(src.features.descriptors, tgt.features.descriptors)
-        n = len(src_cloud)
-        screen = np.arange(0, n, max(1, -(-n // SCREEN_POINTS)))
-        shared = _Shared(src_cloud=src_cloud, src_features=src.features, tgt_cloud=tgt_cloud,
-                         tgt_features=tgt.features, tgt_fine_tree=cKDTree(tgt.fine.points_A),
-                         tgt_tree=cKDTree(tgt_cloud.points_A), top_index=top_i, top_similarity=top_s,
-                         best_source_of_target=best_src,
-                         plan=plan, noise_A=config.noise_A, voxel_A=config.voxel_A,
-                         cutoff_A=config.score_pair_cutoff_A, cos_min=config.score_vector_cos, screen=screen)
-
+        top_i, top_s, best_src = nearest_tables(src.features.descriptors, tgt.features.descriptors,
+                                                config.descriptor_top_k)
+        n = len(src.cloud)
+        screen = np.arange(0, n, max(1, -(-n // config.mask_screen_points)))
+        shared = _Shared(src_cloud=src.cloud, src_features=src.features, tgt_cloud=tgt.cloud,
+                         tgt_features=tgt.features, tgt_tree=tgt.tree, top_index=top_i, top_similarity=top_s,
+                         best_source_of_target=best_src, plan=plan, config=config, screen=screen)
     m = len(plan.centres_A)
-    jobs = max(1, min(jobs or default_jobs(), max(m, 1)))
+    jobs = max(1, min(resolve_jobs(config.jobs), max(m, 1)))
     with timer.stage("mask search"):
         results = _run_masks(shared, m, jobs)
     results.sort(key=lambda r: (-r[0], r[1], r[2]))
-    probe = src_cloud.points_A[screen]
-    coarse = distinct(results, probe)
-    n_refine = max(2 * top, 20)
-    with timer.stage("fine pose"):
-        _init_worker(shared)
-        pts = src_cloud.points_A
-        final_screen = pts[:: max(1, -(-len(pts) // FINAL_SCREEN_POINTS))]
-        refined = []
-        for agree, k, h, T in coarse[:n_refine]:
-            T = refine.robust_icp(final_screen, shared.tgt_fine_tree, T, scale_A=config.voxel_A,
-                                  iterations=config.icp_iterations).T_target_source
-            refined.append([_agreement(shared, T), k, h, T])
-        refined.sort(key=lambda r: (-r[0], r[1], r[2]))
-        if not config.map_refine and len(final_screen) < len(pts):   # polish the leaders on all points
-            for r in refined[:POLISH_TOP]:
-                r[3] = refine.robust_icp(pts, shared.tgt_fine_tree, r[3], scale_A=config.voxel_A,
-                                         iterations=config.icp_iterations).T_target_source
-                r[0] = _agreement(shared, r[3])
-            refined.sort(key=lambda r: (-r[0], r[1], r[2]))
-        refined = distinct(refined, probe)
-    # [agreement, k, h, correlation before, correlation, T]
-    ranked = [[agree, k, h, None, None, T] for agree, k, h, T in refined]
-    if config.map_refine and ranked:
-        with timer.stage("map refine"):
-            sample = maprefine.sample_source(src.density, src.contour)
-            floor = MAP_REFINE_FRACTION * ranked[0][0]
-            fits = maprefine.refine_distinct([r[-1] for r in ranked], sample, tgt.density, probe.mean(0),
-                                             want=top, max_shift_A=DEDUP_A, max_angle_deg=DEDUP_DEG,
-                                             refine_mask=[r[0] >= floor for r in ranked],
-                                             max_refined=MAP_REFINE_MAX)
-            ranked = [ranked[i][:3] + [f.correlation_before, f.correlation, f.T_target_source]
-                      for i, f in fits]
-            for r in ranked:
-                r[0] = _agreement(shared, r[-1])
-    ranked = ranked[:top]
-    candidates = []
-    with timer.stage("score"):
-        for agree, k, h, before, corr, T in ranked:
-            _, overlap = score.vector_agreement(src_cloud, tgt_cloud, T, cutoff_A=config.score_pair_cutoff_A,
-                                                cos_min=config.score_vector_cos, target_tree=shared.tgt_tree)
-            s = Score(similarity=agree, vector_agreement=agree, js_divergence=None, overlap=overlap,
-                      correlation=corr)
-            candidates.append(Candidate(T_target_source=T, score=s, source=f"mask {k + 1} clique {h + 1}",
-                                        mask_centre_A=tuple(float(v) for v in plan.centres_A[k]),
-                                        correlation_before=before))
-    _init_worker(None)
+    coarse = distinct(results, src.cloud.points_A[screen].mean(0), config, pose=lambda r: r[3])
+    count = max(config.local_refine_min, 2 * config.top)
+    hypotheses = [Hypothesis(T_target_source=T, found_by=f"mask {k + 1} clique {h + 1}", key=(k, h),
+                             mask_centre_A=tuple(float(v) for v in plan.centres_A[k]))
+                  for _, k, h, T in coarse[:count]]
     stats = dict(mask_radius_A=plan.radius_A, mask_step_A=plan.step_A, masks_considered=plan.considered,
                  masks_searched=m, coarse_poses=len(results), distinct_coarse_poses=len(coarse),
-                 refined_poses=min(n_refine, len(coarse)), jobs=jobs)
-    return candidates, stats
+                 refined_poses=len(hypotheses), jobs=jobs)
+    return hypotheses, stats
 
 
 def _run_masks(shared: _Shared, m: int, jobs: int) -> list:
@@ -322,12 +244,16 @@ def _run_masks(shared: _Shared, m: int, jobs: int) -> list:
             _init_worker(None)
     import multiprocessing as mp
 
+    from .executor import _stop_pool
+
     method = "fork" if "fork" in mp.get_all_start_methods() else None
-    ctx = mp.get_context(method)
     # interleaved chunks balance the load (neighbouring masks cost alike); order is restored below
     chunks = [list(range(s, m, jobs * 4)) for s in range(jobs * 4)]
     chunks = [c for c in chunks if c]
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                             initargs=(shared,)) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context(method), initializer=_init_worker,
+                               initargs=(shared,))
+    try:
         parts = list(pool.map(_search_chunk, chunks))
+    finally:
+        _stop_pool(pool)         # an interrupt ends the workers at once, not after their chunk
     return [r for part in parts for r in part]

@@ -1,7 +1,7 @@
 """Map-level refinement: polish a pose on the densities themselves (like ChimeraX fitmap).
 
 The point stages stop at the precision of their sampling lattice.  Here the
-source map's voxels above its contour (at most `MAX_POINTS` of them) are moved by the pose, the target density is read there by
+source map's voxels above its contour (at most `Settings.max_points` of them) are moved by the pose, the target density is read there by
 trilinear interpolation, and the pose is changed to maximise the correlation
 about the mean (Pearson) between the source values and those target values:
 
@@ -32,15 +32,28 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; keep working without it
     njit = None
 
-MAX_POINTS = 20000
 _SLAB = 32
-OUTER_ROUNDS = 4
-INNER_ITERATIONS = 40
-COARSE_POINTS = 2000     # refine_distinct: first pass on this many points ...
-COMPETITIVE = 0.8        # ... then all points when within this fraction of the best kept
-NEAR_FACTOR = 2.5        # refine_distinct: poses this close to a refined one are dropped
+OUTER_ROUNDS = 4         # L-BFGS restarts from the new pose (the small-angle gradient is exact there) ...
+INNER_ITERATIONS = 40    # ... of at most this many iterations
 FTOL = 1e-7              # stop when the correlation improves by less than this (relative) ...
 GTOL = 1e-6              # ... or its gradient (per Å of motion) is this flat
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The map-refinement part of the configuration (`settings(config)`)."""
+    max_points: int = 20000      # source voxels above contour used
+    coarse_points: int = 2000    # refine_distinct: first pass on this many points ...
+    competitive: float = 0.8     # ... then all points when within this fraction of the best kept
+    near_factor: float = 2.5     # poses this x the same-pose tolerances from a refined one are dropped
+    same_pose_A: float = 3.0     # results closer than this at the centre ...
+    same_pose_deg: float = 10.0  # ... and this in rotation are one optimum
+
+
+def settings(config) -> Settings:
+    return Settings(max_points=config.map_points, coarse_points=config.map_coarse_points,
+                    competitive=config.map_competitive, near_factor=config.map_near_factor,
+                    same_pose_A=config.same_pose_A, same_pose_deg=config.same_pose_deg)
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +74,7 @@ class MapSample:
         return MapSample(points_A=self.points_A[::k], values=self.values[::k])
 
 
-def sample_source(density: DensityMap, contour: float, max_points: int = MAX_POINTS) -> MapSample:
+def sample_source(density: DensityMap, contour: float, max_points: int = Settings.max_points) -> MapSample:
     """Voxels of `density` at or above `contour`; when there are more than `max_points`,
     every k-th of them in storage order (an even spread, and deterministic)."""
     data = density.data
@@ -231,13 +244,13 @@ def refine(sample: MapSample, target: DensityMap, T_init: np.ndarray, *, rounds:
                   evaluations=evaluations)
 
 
-def _refine_coarse_to_fine(sample, target, T, kept) -> MapFit:
+def _refine_coarse_to_fine(sample, target, T, kept, s: Settings) -> MapFit:
     """Refine on a thinned sample first; polish on the whole sample only when the result
     can compete with what is already kept (a poor placement is not worth the full cost)."""
-    coarse = refine(sample.thinned(COARSE_POINTS), target, T, rounds=2, iterations=30)
+    coarse = refine(sample.thinned(s.coarse_points), target, T, rounds=2, iterations=30)
     best = max((f.correlation for _, f in kept), default=-1.0)
     fine_before = correlation(sample, target, T)
-    if coarse.correlation < COMPETITIVE * best:
+    if coarse.correlation < s.competitive * best:
         c = correlation(sample, target, coarse.T_target_source)
         if c < fine_before:
             return MapFit(T_target_source=np.array(T, float), correlation_before=fine_before,
@@ -253,30 +266,32 @@ def _refine_coarse_to_fine(sample, target, T, kept) -> MapFit:
 
 
 def refine_distinct(poses, sample: MapSample, target: DensityMap, centre_A: np.ndarray, *, want: int,
-                    max_shift_A: float, max_angle_deg: float, refine_mask=None,
+                    settings: Settings = Settings(), refine_mask=None,
                     max_refined: int | None = None) -> list[tuple[int, MapFit]]:
     """Refine `poses` (best first by the point score) one by one until `want` distinct
     results; a result that lands on an earlier one (same pose within the tolerances at
-    `centre_A`) is dropped, so near-identical optima never compete on noise.  Poses
+    `centre_A`: `settings.same_pose_*`) is dropped, so near-identical optima never compete on noise.  Poses
     whose `refine_mask` entry is False (weak point scores), and all after the first
-    `max_refined` refinements, are not refined, only scored where they are.  Poses that start within NEAR_FACTOR x the tolerances of a
+    `max_refined` refinements, are not refined, only scored where they are.  Poses that start within
+    `settings.near_factor` x the tolerances of a
     pose already refined are shoulders of the same optimum (refining them mostly lands
     on it) and are dropped without refinement.  Returns (index into poses, fit), best
     correlation first (ties: earlier pose first)."""
+    s = settings
     kept = []
     for i, T in enumerate(poses):
         if any(f.evaluations and tf.same_pose(T, f.T_target_source, centre_A,
-                                              max_shift_A=NEAR_FACTOR * max_shift_A,
-                                              max_angle_deg=NEAR_FACTOR * max_angle_deg) for _, f in kept):
+                                              max_shift_A=s.near_factor * s.same_pose_A,
+                                              max_angle_deg=s.near_factor * s.same_pose_deg) for _, f in kept):
             continue
         refined = sum(1 for _, f in kept if f.evaluations)
         if (refine_mask is None or refine_mask[i]) and (max_refined is None or refined < max_refined):
-            fit = _refine_coarse_to_fine(sample, target, T, kept)
+            fit = _refine_coarse_to_fine(sample, target, T, kept, s)
         else:
             c = correlation(sample, target, T)
             fit = MapFit(T_target_source=np.array(T, float), correlation_before=c, correlation=c, evaluations=0)
         if not any(tf.same_pose(fit.T_target_source, other.T_target_source, centre_A,
-                                max_shift_A=max_shift_A, max_angle_deg=max_angle_deg) for _, other in kept):
+                                max_shift_A=s.same_pose_A, max_angle_deg=s.same_pose_deg) for _, other in kept):
             kept.append((i, fit))
             if len(kept) >= want:
                 break

@@ -32,18 +32,20 @@ def resample_onto(source: DensityMap, target: DensityMap, T_target_source: np.nd
 
 def chimerax_script(path, *, target_map: str, target_contour: float, source_map: str,
                     source_contour: float, T_target_source: np.ndarray, resampled_map: str | None = None,
-                    models: tuple = ()) -> None:
+                    models: tuple = (), folder: str | None = None) -> None:
     """Write a .cxc that opens the target and the source placed by T (and moved models).
 
-    File names are written relative to the script's folder when they live in it,
-    so the output folder can be moved as a whole."""
-    folder = os.path.dirname(os.path.abspath(path))
-    name = _relative_to(folder)
+    File names are written relative to the script's folder (`folder`, default the one
+    it is written to) when they live in it, so the output folder can be moved as a whole."""
+    name = _relative_to(folder or os.path.dirname(os.path.abspath(path)))
 
     T = np.asarray(T_target_source, float)
     flat = ",".join(f"{v:.6f}" for v in T[:3, :].ravel())
     lines = [
         "# cryoalign superposition: open in ChimeraX (File > Open, or 'open superposition.cxc')",
+        "# The models below are numbered #1, #2, ... so the script starts from an empty session:",
+        "# it closes whatever is open. Save your session first if you need it.",
+        "close session",
         f"open {_q(name(target_map))}",
         f"volume #1 level {target_contour:.6g} style mesh color #9b9b9b",
         f"open {_q(name(source_map))}",
@@ -65,10 +67,14 @@ def chimerax_script(path, *, target_map: str, target_contour: float, source_map:
     write_text(path, "\n".join(lines) + "\n")
 
 
-def fit_script(path, *, map_path: str, contour: float, assembled: str | None = None) -> None:
+def fit_script(path, *, map_path: str, contour: float, assembled: str | None = None,
+               folder: str | None = None) -> None:
     """Write a .cxc that opens the map (grey mesh) and the assembled model, coloured by chain."""
-    name = _relative_to(os.path.dirname(os.path.abspath(path)))
-    lines = ["# cryoalign fit: open in ChimeraX", f"open {_q(name(map_path))}",
+    name = _relative_to(folder or os.path.dirname(os.path.abspath(path)))
+    lines = ["# cryoalign fit: open in ChimeraX",
+             "# The models below are numbered #1, #2 so the script starts from an empty session:",
+             "# it closes whatever is open. Save your session first if you need it.",
+             "close session", f"open {_q(name(map_path))}",
              f"volume #1 level {contour:.6g} style mesh color #9b9b9b"]
     if assembled:
         lines += [f"open {_q(name(assembled))}", "color #2 bychain"]
@@ -88,3 +94,44 @@ def _relative_to(folder):
 
 def _q(p: str) -> str:
     return f'"{p}"' if " " in p else p
+
+
+def write_align_folder(folder, result, src_map: DensityMap, tgt_map: DensityMap, *, source_path: str,
+                       target_path: str, source_model=None, model_suffix: str = ".pdb",
+                       final_folder: str | None = None) -> list[str]:
+    """Write an `align` output folder and return the files written: result.json,
+    params.json, source_on_target.mrc, the moved model(s), superposition.cxc.
+
+    folder: where to write now; final_folder: where the folder will live (the ChimeraX
+    script names the input maps relative to it when they are inside it)."""
+    import json
+
+    from . import io
+
+    final = final_folder or folder
+    doc = result.to_json()
+    written = []
+
+    def out(name):
+        path = os.path.join(folder, name)
+        written.append(path)
+        return path
+
+    io.write_text(out("result.json"), json.dumps(doc, indent=1) + "\n")
+    io.write_text(out("params.json"), json.dumps(doc["params"], indent=1) + "\n")
+    io.write_map(resample_onto(src_map, tgt_map, result.T_target_source), out("source_on_target.mrc"))
+    models = []
+    if source_model is not None:
+        io.write_model(io.transform_model(source_model, result.T_target_source),
+                       out("source_model_on_target" + model_suffix))
+        models.append(os.path.join(final, "source_model_on_target" + model_suffix))
+        if result.params["mode"] == "local":      # the other ranked placements too
+            for k, cand in enumerate(result.candidates[1:], 2):
+                io.write_model(io.transform_model(source_model, cand.T_target_source),
+                               out(f"source_model_rank{k}{model_suffix}"))
+    chimerax_script(out("superposition.cxc"), target_map=target_path,
+                    target_contour=doc["params"]["target_contour"], source_map=source_path,
+                    source_contour=doc["params"]["source_contour"], T_target_source=result.T_target_source,
+                    resampled_map=os.path.join(final, "source_on_target.mrc"), models=tuple(models),
+                    folder=final)
+    return written

@@ -57,28 +57,70 @@ MAX_LATTICE_POINTS = 5e7   # candidate lattice points over the density's boundin
 SLAB = 32   # z-sections per pass over a whole map (bounded temporaries for big maps)
 
 
-def above_box(density: DensityMap, contour: float) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) [z, y, x] index bounds (hi exclusive) of the voxels at or above `contour`,
-    found slab by slab; raises the clear error when there are none."""
+@dataclass(frozen=True, eq=False)
+class ContourRegion:
+    """What one pass over a map finds at a contour level: the box of voxels at or above
+    it, their count, and the map's range.  `crop()` is the map cut to that box plus one
+    voxel of margin (everything the point stages read), so the whole map is swept once.
+
+    lo, hi: [z, y, x] index bounds of the voxels above contour (hi exclusive)."""
+
+    density: DensityMap
+    contour: float
+    lo: np.ndarray
+    hi: np.ndarray
+    count: int
+    minimum: float
+    maximum: float
+
+    @property
+    def volume_A3(self) -> float:
+        return self.count * float(np.prod(self.density.voxel_size_A))
+
+    def crop(self) -> DensityMap:
+        d = self.density
+        lo = np.maximum(self.lo - 1, 0)
+        hi = np.minimum(self.hi + 1, d.data.shape)
+        data = np.asarray(d.data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
+        return DensityMap(data=data, voxel_size_A=d.voxel_size_A, origin_A=d.index_to_world(lo[::-1]),
+                          path=d.path)
+
+
+def scan(density: DensityMap, contour: float, param: str = "contour", *, require: bool = True) -> ContourRegion:
+    """One slab-by-slab pass: the box and count of the voxels at or above `contour` and the
+    map's minimum and maximum.  Raises the clear error (naming `param`) when no voxel
+    reaches the contour."""
     lo = np.array([np.iinfo(np.int64).max] * 3)
     hi = np.array([-1] * 3)
+    count, minimum, maximum = 0, np.inf, -np.inf
     data = density.data
     for z0 in range(0, data.shape[0], SLAB):
-        above = data[z0:z0 + SLAB] >= contour
-        if not above.any():
+        slab = data[z0:z0 + SLAB]
+        minimum = min(minimum, float(slab.min()))
+        maximum = max(maximum, float(slab.max()))
+        above = slab >= contour
+        n = int(np.count_nonzero(above))
+        if not n:
             continue
+        count += n
         for axis in range(3):
             other = tuple(a for a in range(3) if a != axis)
             hit = np.flatnonzero(above.any(axis=other))
             offset = z0 if axis == 0 else 0
             lo[axis] = min(lo[axis], hit[0] + offset)
             hi[axis] = max(hi[axis], hit[-1] + offset + 1)
-    if hi[0] < 0:
+    if count == 0 and require:
         raise InputError(
             f"no voxel of {density.path or 'the map'} reaches the contour level {contour:g} "
-            f"(map maximum {float(density.data.max()):g}); pass a lower --contour, "
-            "for example the EMDB recommended level")
-    return lo, hi
+            f"(map maximum {maximum:g}); pass a lower {param}, for example the EMDB recommended level")
+    return ContourRegion(density=density, contour=float(contour), lo=lo, hi=hi, count=count,
+                         minimum=minimum, maximum=maximum)
+
+
+def above_box(density: DensityMap, contour: float) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) [z, y, x] index bounds (hi exclusive) of the voxels at or above `contour`."""
+    region = scan(density, contour)
+    return region.lo, region.hi
 
 
 def thresholded(density: DensityMap, contour: float) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +177,7 @@ def grid_points(density: DensityMap, contour: float, spacing_A: float) -> np.nda
         raise InputError(f"the density of {density.path or 'the map'} above contour {contour:g} spans {span} Å: "
                          f"{count:.3g} lattice points at a {spacing_A:g} Å sampling interval (limit "
                          f"{MAX_LATTICE_POINTS:.0e}); check the voxel size in the header, the contour, or "
-                         "use a larger --voxel")
+                         "use a larger sampling_A")
     axes = [density.origin_A[i] + spacing_A * np.arange(first[i], last[i] + 1) for i in range(3)]
     gz, gy, gx = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
     pts = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], 1)
@@ -152,7 +194,7 @@ def sample_points(density: DensityMap, contour: float, spacing_A: float, vector_
         raise InputError(
             f"only {len(pts)} points of {density.path or 'the map'} lie above contour {contour:g} at a "
             f"{spacing_A:g} Å sampling interval (at least {MIN_POINTS} are needed); lower the contour "
-            f"or use a smaller --voxel")
+            f"or use a smaller sampling_A")
     if field is None:
         field = smooth_field(density, contour, vector_sigma_A * KERNEL_TO_STD)
     shift, g = field.shift(pts)

@@ -79,9 +79,9 @@ def _as_4x4(m, path) -> np.ndarray:
 
 def rmsd_to_matrices(model_path, T_est: np.ndarray, references: list[np.ndarray], *, atoms: str = "ca") -> dict:
     """RMSD between the model moved by T_est and by each reference transform."""
-    X = _coords(model_path, atoms)
+    X, kind = _coords(model_path, atoms)
     values = [tf.rmsd(T_est, R, X) for R in references]
-    return {"rmsd_A": values[0], "rmsd_sym_A": min(values), "atoms": len(X),
+    return {"rmsd_A": values[0], "rmsd_sym_A": min(values), "atoms": len(X), "atom_kind": kind,
             "all_references_A": values}
 
 
@@ -92,19 +92,24 @@ def rmsd_to_model(model_path, T_est: np.ndarray, reference_model_path, *, atoms:
     keys = sorted(set(a) & set(b))
     if len(keys) < 3:
         raise InputError(f"only {len(keys)} atoms of {model_path} match {reference_model_path} by chain, "
-                         "residue and atom name; the reference must be the same model fitted in the target")
-    X = np.array([a[k] for k in keys])
-    Y = np.array([b[k] for k in keys])
+                         "residue number and atom name; the reference must be the same model fitted in the target")
+    X = np.array([a[k][0] for k in keys])
+    Y = np.array([b[k][0] for k in keys])
+    renamed = sum(1 for k in keys if a[k][1] != b[k][1])
     d = tf.apply(T_est, X) - Y
-    return {"rmsd_A": float(np.sqrt((d ** 2).sum(1).mean())), "atoms": len(keys)}
+    return {"rmsd_A": float(np.sqrt((d ** 2).sum(1).mean())), "atoms": len(keys),
+            "atom_kind": "CA/P" if atoms == "ca" else "all", "model_atoms": len(a),
+            "paired_fraction": len(keys) / len(a), "residue_name_mismatches": renamed}
 
 
 def _coords(path, atoms):
+    """Coordinates and what they are: CA/P trace atoms (all atoms when the model has none)."""
     st = read_model(path)
-    X = model_coordinates(st, selection=atoms)
-    if len(X) == 0:
-        X = model_coordinates(st, selection="all")
-    return X
+    if atoms == "ca":
+        X = model_coordinates(st, selection="ca")
+        if len(X):
+            return X, "CA/P"
+    return model_coordinates(st, selection="all"), "all"
 
 
 def _keyed(st, atoms):
@@ -115,5 +120,5 @@ def _keyed(st, atoms):
                 if atoms == "ca" and not is_trace_atom(res, atom):
                     continue
                 out[(chain.name, res.seqid.num, res.seqid.icode, atom.name, atom.altloc)] = \
-                    (atom.pos.x, atom.pos.y, atom.pos.z)
+                    ((atom.pos.x, atom.pos.y, atom.pos.z), res.name)
     return out

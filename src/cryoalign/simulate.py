@@ -109,7 +109,7 @@ def simulate(st, resolution_A: float, *, chains=None, voxel_A: float | None = No
         Non-positive resolution, voxel or negative padding, unknown chain, no
         atoms selected, or a grid larger than 512**3 voxels.
     """
-    resolution = _positive(resolution_A, "resolution", "Å, e.g. --resolution 4")
+    resolution = _positive(resolution_A, "resolution", "Å, e.g. resolution_A=4")
     xyz, z_numbers, _ = _select_atoms(st, chains)
     sigma = SIGMA_PER_RESOLUTION * resolution
     if voxel_A is None:

@@ -148,15 +148,18 @@ class Score:
 
 @dataclass(frozen=True)
 class Candidate:
+    """A ranked pose.  found_by: the search that produced it ("clique 2 + map refinement",
+    "mask 14 clique 1"); hypothesis: the coarse pose it was refined from."""
     T_target_source: np.ndarray
     score: Score
-    source: str = ""
+    found_by: str = ""
     mask_centre_A: tuple | None = None   # local alignment: centre of the mask it came from
     correlation_before: float | None = None  # map correlation before map refinement
+    hypothesis: object = field(default=None, repr=False, compare=False)
 
     def as_dict(self):
         out = {"matrix": np.asarray(self.T_target_source).tolist(), "score": self.score.value,
-               "score_terms": self.score.as_dict(), "origin": self.source}
+               "score_terms": self.score.as_dict(), "found_by": self.found_by}
         if self.correlation_before is not None:
             out["correlation_before"] = self.correlation_before
         if self.mask_centre_A is not None:
@@ -175,8 +178,8 @@ class AlignResult:
     params: dict
     stats: dict = field(default_factory=dict)
     equivalent: tuple = ()       # ranks (1-based) of candidates scoring within the margin of the best
-    hand: dict | None = None     # --check-hand: verdict, score, mirrored_score
-    mirrored_T: np.ndarray | None = None   # improper source -> target transform of the mirrored fit
+    hand: dict | None = None     # check_hand: verdict, score, mirrored_score
+    mirrored_T_target_source: np.ndarray | None = None   # improper: source -> target when the mirror image fits
 
     @property
     def ambiguous(self) -> bool:
@@ -221,8 +224,8 @@ class AlignResult:
                                  "correlation_after": best.score.correlation}
         if self.hand is not None:
             out["hand"] = dict(self.hand)
-            if self.mirrored_T is not None:
-                out["mirrored_matrix"] = np.asarray(self.mirrored_T).tolist()
+            if self.mirrored_T_target_source is not None:
+                out["mirrored_matrix"] = np.asarray(self.mirrored_T_target_source).tolist()
         return out
 
     def __repr__(self):

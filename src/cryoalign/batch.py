@@ -1,0 +1,296 @@
+"""Many alignments from a table: one result line per pair, appended as each pair finishes.
+
+    summary = batch("pairs.tsv", "results.tsv", jobs=2)    # or scheduler="tcp://host:8786"
+    summary.ok, summary.errors, summary.skipped
+
+PAIRS.tsv is tab-separated with a header line naming its columns: `source` and `target`
+(map paths, relative to the table's folder, or EMDB IDs such as EMD-1234) and optionally
+`source_contour`, `target_contour` (blank: the EMDB header's recommended level for an
+EMDB ID, else estimated). Other columns are ignored; blank lines and lines starting with
+`#` are skipped. The whole table is checked before any work starts.
+
+RESULTS.tsv gets one line per pair (columns: RESULT_COLUMNS), written with a single write
+and fsync as the pair finishes, so a killed run leaves only whole lines. A rerun repairs a
+cut last line, skips the pairs already listed (ok or error; `retry_errors=True` runs the
+errors again) and appends the rest. A failing pair is recorded as status `error` with its
+message and never stops the others. What a line holds depends only on its pair and the
+configuration, never on the executor or the worker count (except `time_s`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import emdb
+from .config import AlignConfig
+from .errors import InputError
+from .executor import run_tasks
+from .io import write_text
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("source", "target")
+CONTOUR_COLUMNS = ("source_contour", "target_contour")
+RESULT_COLUMNS = (
+    "source", "target", "source_contour", "target_contour",   # the pair as written in PAIRS.tsv (the key)
+    "status",                                                  # ok / error
+    "score", "correlation", "confidence", "ambiguous", "mode",
+    "source_contour_used", "target_contour_used",              # given, from the EMDB header, or estimated
+    "matrix",                                                  # T_target_source, 16 numbers row-major
+    "time_s", "error",
+)
+MAX_LISTED_PROBLEMS = 10
+
+
+@dataclass(frozen=True)
+class Pair:
+    line: int                       # line number in PAIRS.tsv (1-based)
+    source: str                     # as written in the table
+    target: str
+    source_contour: float | None
+    target_contour: float | None
+    source_spec: str                # what is aligned: an absolute path or an EMDB ID
+    target_spec: str
+
+    @property
+    def key(self) -> tuple:
+        return (self.source, self.target, _cell(self.source_contour), _cell(self.target_contour))
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    pairs: int                      # distinct pairs in the table
+    ran: int                        # aligned in this run ...
+    ok: int                         # ... of which succeeded
+    errors: int                     # ... of which failed (status error)
+    skipped: int                    # already in RESULTS.tsv
+    out_path: str
+    time_s: float
+
+    def __repr__(self):
+        return (f"<BatchSummary pairs={self.pairs} ran={self.ran} ok={self.ok} errors={self.errors} "
+                f"skipped={self.skipped} {self.time_s:.1f}s>")
+
+
+def batch(pairs_tsv, out_tsv, *, jobs: int | None = None, scheduler: str | None = None,
+          config: AlignConfig | None = None, retry_errors: bool = False, progress: bool = False) -> BatchSummary:
+    """Align every pair of `pairs_tsv`, appending one line per pair to `out_tsv`.
+
+    jobs: local worker processes (None: all cores); scheduler: a Dask distributed
+    scheduler address instead (the workers must see the same file paths). Each
+    alignment runs single-process inside its worker (`config.jobs` is set to 1)."""
+    started = time.perf_counter()
+    pairs = _unique(read_pairs(pairs_tsv))
+    config = (config or AlignConfig()).replace(jobs=1)
+    out_tsv = os.fspath(out_tsv)
+    finished = prepare_results(out_tsv, retry_errors=retry_errors)
+    todo = [pair for pair in pairs if pair.key not in finished]
+    if len(todo) < len(pairs):
+        log.info("%d of %d pairs already in %s: skipped", len(pairs) - len(todo), len(pairs), out_tsv)
+    settings = dataclasses.asdict(config)
+    tasks = [dict(source=p.source_spec, target=p.target_spec, source_contour=p.source_contour,
+                  target_contour=p.target_contour, config=settings) for p in todo]
+    ok = errors = 0
+    fd = os.open(out_tsv, os.O_WRONLY | os.O_APPEND)
+    try:
+        for index, outcome in run_tasks(align_pair, tasks, jobs=jobs, scheduler=scheduler,
+                                        progress=progress, desc="pairs"):
+            pair = todo[index]
+            _append_line(fd, format_row(pair, outcome))
+            if outcome["status"] == "ok":
+                ok += 1
+                log.info("line %d: %s -> %s: score %.3f (%.1f s)", pair.line, pair.source, pair.target,
+                         outcome["score"], outcome["time_s"])
+            else:
+                errors += 1
+                log.warning("line %d: %s -> %s failed: %s", pair.line, pair.source, pair.target, outcome["error"])
+    finally:
+        os.close(fd)
+    return BatchSummary(pairs=len(pairs), ran=ok + errors, ok=ok, errors=errors, skipped=len(pairs) - len(todo),
+                        out_path=out_tsv, time_s=time.perf_counter() - started)
+
+
+# ----------------------------------------------------------------------------- the task
+def align_pair(task: dict) -> dict:
+    """Align one pair (runs in a worker): task = {source, target, source_contour,
+    target_contour, config (AlignConfig fields)} -> a small dict of plain values.
+    Every exception becomes status "error" with a one-line message."""
+    from .pipeline import align
+
+    started = time.perf_counter()
+    try:
+        result = align(task["source"], task["target"], source_contour=task["source_contour"],
+                       target_contour=task["target_contour"], config=AlignConfig(**task["config"]))
+        record = result.to_json()
+        return dict(status="ok", score=float(result.score.value),
+                    correlation=_optional_float(result.score.correlation),
+                    confidence=record.get("confidence"), ambiguous=bool(result.ambiguous),
+                    mode=record.get("params", {}).get("mode"),
+                    source_contour_used=_optional_float(record.get("params", {}).get("source_contour")),
+                    target_contour_used=_optional_float(record.get("params", {}).get("target_contour")),
+                    matrix=[float(v) for row in result.T_target_source for v in row],
+                    time_s=round(time.perf_counter() - started, 3), error=None)
+    except Exception as exc:   # recorded on the pair's line; the other pairs go on
+        message = " ".join(str(exc).split())
+        if not isinstance(exc, InputError):
+            message = f"{type(exc).__name__}: {message}"
+        return dict(status="error", time_s=round(time.perf_counter() - started, 3), error=message)
+
+
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)
+
+
+# ----------------------------------------------------------------------------- the pairs table
+def read_pairs(pairs_tsv) -> list[Pair]:
+    """Read and check PAIRS.tsv; every problem (missing columns, unknown files, bad
+    contours) is reported at once, with its line number, in one InputError."""
+    path = Path(pairs_tsv)
+    if not path.is_file():
+        raise InputError(f"pairs table not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the pairs table {path} ({exc}); give a tab-separated text file") from None
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip() and not line.lstrip().startswith("#")]
+    if not numbered:
+        raise InputError(f"{path} is empty; its first line must name the tab-separated columns source and target")
+    columns = [name.strip() for name in numbered[0][1].split("\t")]
+    missing = [name for name in REQUIRED_COLUMNS if name not in columns]
+    if missing:
+        raise InputError(f"{path}: the header line lacks the column(s) {', '.join(missing)} (found: "
+                         f"{', '.join(columns)}); the first line must name the tab-separated columns source "
+                         "and target, optionally source_contour and target_contour")
+    folder = path.resolve().parent
+    pairs, problems = [], []
+    for n, line in numbered[1:]:
+        fields = [value.strip() for value in line.split("\t")]
+        if len(fields) > len(columns):
+            problems.append(f"line {n}: {len(fields)} tab-separated fields, the header names {len(columns)}")
+            continue
+        row = dict(zip(columns, fields + [""] * (len(columns) - len(fields))))
+        specs = {name: _map_spec(row[name], name, n, folder, problems) for name in REQUIRED_COLUMNS}
+        contours = {name: _contour(row.get(name, ""), name, n, problems) for name in CONTOUR_COLUMNS}
+        pairs.append(Pair(line=n, source=row["source"], target=row["target"], source_spec=specs["source"],
+                          target_spec=specs["target"], **contours))
+    if problems:
+        listed = "; ".join(problems[:MAX_LISTED_PROBLEMS])
+        more = f"; and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
+        raise InputError(f"{path} has {len(problems)} problem(s): {listed}{more}; fix the table and rerun")
+    if not pairs:
+        raise InputError(f"{path} lists no pairs below its header line")
+    return pairs
+
+
+def _map_spec(text: str, column: str, line: int, folder: Path, problems: list) -> str:
+    if not text:
+        problems.append(f"line {line}: no {column}")
+        return ""
+    if emdb.is_emdb_id(text) and not (folder / text).exists():
+        return text
+    path = folder / text
+    if not path.exists():
+        problems.append(f"line {line}: {column} file not found: {text}")
+    elif path.is_dir():
+        problems.append(f"line {line}: {column} {text} is a folder, not a map file")
+    return str(path)
+
+
+def _contour(text: str, column: str, line: int, problems: list) -> float | None:
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        problems.append(f"line {line}: {column} {text!r} is not a number")
+        return None
+    return value
+
+
+def _unique(pairs: list[Pair]) -> list[Pair]:
+    first_line, unique = {}, []
+    for pair in pairs:
+        if pair.key in first_line:
+            log.info("line %d repeats the pair on line %d: aligned once", pair.line, first_line[pair.key])
+            continue
+        first_line[pair.key] = pair.line
+        unique.append(pair)
+    return unique
+
+
+# ----------------------------------------------------------------------------- the results table
+def prepare_results(out_tsv: str, *, retry_errors: bool = False) -> set:
+    """Make `out_tsv` ready for appending and return the keys of the pairs it already holds.
+
+    Creates it with the header line; cuts away a last line without its newline (a
+    run killed while writing); with `retry_errors` drops the error lines so those
+    pairs run again."""
+    folder = os.path.dirname(os.path.abspath(out_tsv))
+    if not os.path.isdir(folder):
+        raise InputError(f"cannot write {out_tsv}: folder {folder} does not exist; create it first")
+    header = "\t".join(RESULT_COLUMNS) + "\n"
+    if not os.path.exists(out_tsv) or os.path.getsize(out_tsv) == 0:
+        write_text(out_tsv, header)
+        return set()
+    with open(out_tsv, "rb") as fh:
+        raw = fh.read()
+    if not raw.endswith(b"\n"):
+        keep = raw.rfind(b"\n") + 1
+        log.warning("%s ends with an incomplete line (a run stopped while writing it): removed", out_tsv)
+        os.truncate(out_tsv, keep)
+        raw = raw[:keep]
+        if not raw:
+            write_text(out_tsv, header)
+            return set()
+    lines = raw.decode("utf-8", errors="replace").splitlines()
+    if lines[0] + "\n" != header:
+        raise InputError(f"{out_tsv} is not a cryoalign batch results table (its first line is not the expected "
+                         "header); give another output file or move it away")
+    rows = [dict(zip(RESULT_COLUMNS, line.split("\t"))) for line in lines[1:] if line]
+    if retry_errors and any(row.get("status") != "ok" for row in rows):
+        kept = [line for line, row in zip(lines[1:], rows) if row.get("status") == "ok"]
+        log.info("%d error line(s) removed from %s: those pairs run again", len(rows) - len(kept), out_tsv)
+        write_text(out_tsv, header + "".join(line + "\n" for line in kept))
+        rows = [row for row in rows if row.get("status") == "ok"]
+    return {(row.get("source"), row.get("target"), row.get("source_contour", ""), row.get("target_contour", ""))
+            for row in rows}
+
+
+def format_row(pair: Pair, outcome: dict) -> str:
+    """One RESULTS.tsv line (with its newline) for a pair and its task's outcome."""
+    values = dict(outcome, source=pair.source, target=pair.target,
+                  source_contour=pair.source_contour, target_contour=pair.target_contour)
+    return "\t".join(_cell(values.get(name)) for name in RESULT_COLUMNS) + "\n"
+
+
+def _cell(value) -> str:
+    """Text of one field: floats with repr (round-trips exactly), lists comma-separated."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(float(value))           # numpy floats too, without their type name
+    if isinstance(value, (list, tuple)):
+        return ",".join(_cell(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return " ".join(str(value).split())     # no tab or newline may break the line
+
+
+def _append_line(fd: int, line: str) -> None:
+    """One write, then fsync: a run killed at any moment leaves only whole lines
+    (at worst a last line without its newline, cut away by the next run)."""
+    data = line.encode("utf-8")
+    written = os.write(fd, data)
+    if written != len(data):
+        raise OSError(f"short write to the results table ({written} of {len(data)} bytes)")
+    os.fsync(fd)

@@ -1,0 +1,251 @@
+"""cryoalign.batch: a table of pairs in, one RESULTS.tsv line per pair, resumable.
+
+Tiny real maps from tests/data (the EMD-5168 actin monomer against a copy of itself moved
+by a known motion, EMD-3695 against EMD-3696) and one broken map that must give an
+error line without stopping the others."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from _maps import resampled_map
+from cryoalign import AlignConfig, InputError, read_map, write_map
+from cryoalign import transform as tf
+from cryoalign.batch import RESULT_COLUMNS, batch
+from test_emdb import V3_HEADER, archive, map_gz  # noqa: F401  (local EMDB server fixtures)
+
+T_KNOWN = tf.make(Rotation.from_rotvec(np.deg2rad(25.0) * np.array([0.6, -0.48, 0.64])).as_matrix(),
+                  np.array([12.0, -7.0, 5.0]))
+MAP_COLUMNS = [c for c in RESULT_COLUMNS if c != "time_s"]   # everything but the time is reproducible
+
+
+def fast_config() -> AlignConfig:
+    """Whole-map alignment at a 5 Å sampling interval (the field is being renamed voxel_A ->
+    sampling_A). Auto mode would align EMD-3695 locally in EMD-3696, several times slower."""
+    names = {f.name for f in dataclasses.fields(AlignConfig)}
+    return AlignConfig(mode="global", **{"sampling_A" if "sampling_A" in names else "voxel_A": 5.0})
+
+
+@pytest.fixture(scope="module")
+def maps(tmp_path_factory, data_dir):
+    """maps/ with the monomer, the monomer moved by T_KNOWN, the two 5 Å maps and a broken map."""
+    folder = tmp_path_factory.mktemp("batch") / "maps"
+    folder.mkdir()
+    for name in ("emd_5168_monomer.mrc.gz", "emd_3695_5A.mrc.gz", "emd_3696_5A.mrc.gz"):
+        shutil.copy(data_dir / name, folder / name)
+    monomer = read_map(data_dir / "emd_5168_monomer.mrc.gz")
+    write_map(resampled_map(monomer, T_KNOWN, 1.742, np.random.default_rng(0)), folder / "moved.mrc")
+    (folder / "broken.mrc").write_bytes(b"this is not a map\n" * 100)
+    return folder
+
+
+def _table(folder, rows, header="source\ttarget\tsource_contour\ttarget_contour"):
+    path = folder / "pairs.tsv"
+    path.write_text(header + "\n" + "".join("\t".join(r) + "\n" for r in rows))
+    return path
+
+
+PAIRS = [("maps/emd_5168_monomer.mrc.gz", "maps/moved.mrc", "", ""),
+         ("maps/emd_3695_5A.mrc.gz", "maps/emd_3696_5A.mrc.gz", "1.25", "0.69"),
+         ("maps/broken.mrc", "maps/emd_5168_monomer.mrc.gz", "", "")]
+
+
+@pytest.fixture
+def work(tmp_path, maps):
+    """A fresh folder holding maps/ (linked) and pairs.tsv."""
+    (tmp_path / "maps").symlink_to(maps, target_is_directory=True)
+    return tmp_path
+
+
+def _rows(path) -> list[dict]:
+    lines = path.read_text().splitlines()
+    assert lines[0].split("\t") == list(RESULT_COLUMNS)
+    return [dict(zip(RESULT_COLUMNS, line.split("\t"))) for line in lines[1:]]
+
+
+def _matrix(row) -> np.ndarray:
+    return np.array([float(v) for v in row["matrix"].split(",")]).reshape(4, 4)
+
+
+def test_one_line_per_pair_with_known_motion_recovered_and_errors_recorded(work):
+    out = work / "results.tsv"
+    summary = batch(_table(work, PAIRS), out, jobs=1, config=fast_config())
+    assert (summary.pairs, summary.ran, summary.ok, summary.errors, summary.skipped) == (3, 3, 2, 1, 0)
+    rows = {(r["source"], r["target"]): r for r in _rows(out)}
+    assert len(rows) == 3
+
+    moved = rows[PAIRS[0][:2]]
+    assert moved["status"] == "ok" and moved["error"] == ""
+    angle_err, shift_err = tf.pose_error(_matrix(moved), T_KNOWN, read_map(work / PAIRS[0][0]).origin_A)
+    assert angle_err < 2.0 and shift_err < 1.5, (angle_err, shift_err)
+    assert float(moved["score"]) > 0.9
+    assert moved["source_contour"] == "" and float(moved["source_contour_used"]) > 0   # estimated
+
+    real = rows[PAIRS[1][:2]]
+    assert real["status"] == "ok"
+    assert (real["source_contour"], real["target_contour"]) == ("1.25", "0.69")
+    assert (real["source_contour_used"], real["target_contour_used"]) == ("1.25", "0.69")
+    assert float(real["correlation"]) == float(real["score"]) > 0.5
+    assert len(real["matrix"].split(",")) == 16 and _matrix(real)[3].tolist() == [0, 0, 0, 1]
+
+    broken = rows[PAIRS[2][:2]]
+    assert broken["status"] == "error" and broken["matrix"] == "" and broken["score"] == ""
+    assert "is not an MRC/CCP4 map" in broken["error"] and "broken.mrc" in broken["error"]
+
+    before = out.read_bytes()
+    again = batch(work / "pairs.tsv", out, jobs=1, config=fast_config())
+    assert (again.ran, again.skipped) == (0, 3)
+    assert out.read_bytes() == before
+
+
+def test_rerun_cuts_a_partial_last_line_and_finishes_the_rest(work):
+    out = work / "results.tsv"
+    pairs = _table(work, [PAIRS[0], PAIRS[2]])
+    batch(pairs, out, jobs=1, config=fast_config())
+    header, first, second = out.read_text().splitlines()
+    out.write_text(header + "\n" + first + "\n" + second[:25])      # killed while writing the second line
+    summary = batch(pairs, out, jobs=1, config=fast_config())
+    assert (summary.ran, summary.skipped) == (1, 1)
+    rows = _rows(out)
+    assert sorted((r["source"], r["status"]) for r in rows) == [("maps/broken.mrc", "error"),
+                                                               ("maps/emd_5168_monomer.mrc.gz", "ok")]
+    assert out.read_text().endswith("\n")
+
+
+def test_retry_errors_runs_failed_pairs_again_keeping_one_line_each(work):
+    out = work / "results.tsv"
+    pairs = _table(work, [PAIRS[0], PAIRS[2]])
+    batch(pairs, out, jobs=1, config=fast_config())
+    summary = batch(pairs, out, jobs=1, config=fast_config(), retry_errors=True)
+    assert (summary.ran, summary.errors, summary.skipped) == (1, 1, 1)
+    assert sorted(r["status"] for r in _rows(out)) == ["error", "ok"]
+
+
+def test_killed_run_resumes_without_repeating_a_pair(work):
+    # a quick pair first (its line is the signal to kill), then a slower one (killed in flight)
+    rows = [PAIRS[0], PAIRS[1], ("maps/moved.mrc", "maps/emd_5168_monomer.mrc.gz", "", ""),
+            ("maps/emd_5168_monomer.mrc.gz", "maps/emd_5168_monomer.mrc.gz", "", "")]
+    pairs, out = _table(work, rows), work / "results.tsv"
+    settings = json.dumps(dataclasses.asdict(fast_config()))
+    code = textwrap.dedent("""
+        import json, sys
+        from cryoalign import AlignConfig
+        from cryoalign.batch import batch
+        batch(sys.argv[1], sys.argv[2], jobs=1, config=AlignConfig(**json.loads(sys.argv[3])))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(pairs), str(out), settings])
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.exists() and out.read_text().count("\n") >= 2):   # header and one result
+            assert proc.poll() is None, "the batch ended before it could be killed"
+            assert time.monotonic() < deadline, "no result line within 60 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    done_before = len(_rows(out))
+    assert 1 <= done_before < 4
+    summary = batch(pairs, out, jobs=1, config=fast_config())
+    assert summary.skipped == done_before and summary.ran == 4 - done_before
+    keys = [(r["source"], r["target"]) for r in _rows(out)]
+    assert sorted(keys) == sorted(r[:2] for r in rows)            # every pair exactly once
+    assert all(r["status"] == "ok" for r in _rows(out))
+
+
+# ----------------------------------------------------------------------------- bad tables
+def test_missing_column_is_named(work):
+    path = _table(work, [("maps/moved.mrc", "1.0")], header="source\tsource_contour")
+    with pytest.raises(InputError) as err:
+        batch(path, work / "results.tsv")
+    assert str(err.value) == (
+        f"{path}: the header line lacks the column(s) target (found: source, source_contour); the first "
+        "line must name the tab-separated columns source and target, optionally source_contour and target_contour")
+    assert not (work / "results.tsv").exists()
+
+
+def test_every_bad_row_is_listed_with_its_line_number(work):
+    path = work / "pairs.tsv"
+    path.write_text("# a comment line\nsource\ttarget\tsource_contour\n"
+                    "maps/moved.mrc\tmaps/missing.mrc\t\n"
+                    "\n"
+                    "maps/nowhere.mrc\tmaps/moved.mrc\tabc\n"
+                    "maps/moved.mrc\tEMD-1234\tnan\n"
+                    "maps\tmaps/moved.mrc\t1\textra\n"
+                    "\tmaps/moved.mrc\n")
+    with pytest.raises(InputError) as err:
+        batch(path, work / "results.tsv")
+    assert str(err.value) == (
+        f"{path} has 6 problem(s): line 3: target file not found: maps/missing.mrc; "
+        "line 5: source file not found: maps/nowhere.mrc; line 5: source_contour 'abc' is not a number; "
+        "line 6: source_contour 'nan' is not a number; line 7: 4 tab-separated fields, the header names 3; "
+        "line 8: no source; fix the table and rerun")
+
+
+def test_long_problem_lists_are_cut_after_ten(work):
+    path = _table(work, [(f"maps/missing_{k}.mrc", "maps/moved.mrc", "", "") for k in range(13)])
+    with pytest.raises(InputError, match=r"has 13 problem\(s\): line 2: .* line 11: source file not found: "
+                                         r"maps/missing_9.mrc; and 3 more; fix the table and rerun$"):
+        batch(path, work / "results.tsv")
+
+
+def test_a_results_file_of_another_kind_is_refused(work):
+    out = work / "results.tsv"
+    out.write_text("something\telse\n")
+    with pytest.raises(InputError, match="is not a cryoalign batch results table"):
+        batch(_table(work, [PAIRS[0]]), out)
+    assert out.read_text() == "something\telse\n"
+
+
+# ----------------------------------------------------------------------------- executors
+def test_dask_cluster_gives_the_same_lines_as_local_processes(work):
+    distributed = pytest.importorskip("distributed")
+    pairs = _table(work, [PAIRS[0], PAIRS[2], ("maps/moved.mrc", "maps/emd_5168_monomer.mrc.gz", "", "")])
+    local_out, dask_out = work / "local.tsv", work / "dask.tsv"
+    batch(pairs, local_out, jobs=2, config=fast_config())
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        summary = batch(pairs, dask_out, scheduler=cluster.scheduler_address, config=fast_config())
+    assert (summary.ran, summary.ok, summary.errors) == (3, 2, 1)
+
+    def key(row):
+        return row["source"], row["target"]
+    local_rows = sorted(({c: r[c] for c in MAP_COLUMNS} for r in _rows(local_out)), key=key)
+    dask_rows = sorted(({c: r[c] for c in MAP_COLUMNS} for r in _rows(dask_out)), key=key)
+    assert dask_rows == local_rows                  # matrices identical to the last digit
+
+
+def test_unreachable_scheduler_is_an_input_error(work):
+    pytest.importorskip("distributed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(InputError, match=f"cannot reach the Dask scheduler at {address}"):
+        batch(_table(work, [PAIRS[0]]), work / "results.tsv", scheduler=address, config=fast_config())
+
+
+# ----------------------------------------------------------------------------- EMDB IDs
+def test_emdb_ids_in_the_table_use_the_header_contour(work, archive, map_gz, monkeypatch):  # noqa: F811
+    archive.add(1234, map_bytes=map_gz, header=V3_HEADER.replace("0.0123", "0.1"))
+    monkeypatch.setenv("CRYOALIGN_EMDB_SERVER", archive.url)
+    monkeypatch.setenv("CRYOALIGN_CACHE", str(work / "cache"))
+    out = work / "results.tsv"
+    summary = batch(_table(work, [("EMD-1234", "EMD-1234", "", ""), ("emd:1234", "EMD-1234", "0.15", "")]),
+                    out, jobs=1, config=fast_config())
+    assert (summary.ok, summary.errors) == (2, 0), _rows(out)
+    rows = {r["source"]: r for r in _rows(out)}
+    assert (rows["EMD-1234"]["source_contour"], rows["EMD-1234"]["source_contour_used"]) == ("", "0.1")
+    assert (rows["emd:1234"]["source_contour"], rows["emd:1234"]["source_contour_used"]) == ("0.15", "0.15")
+    assert rows["emd:1234"]["target_contour_used"] == "0.1"
+    assert os.path.exists(work / "cache" / "emdb" / "EMD-1234" / "emd_1234.map.gz")
