@@ -23,7 +23,7 @@ from scipy.spatial.transform import Rotation
 from _maps import resampled_map
 from cryoalign import AlignConfig, InputError, read_map, write_map
 from cryoalign import transform as tf
-from cryoalign.batch import RESULT_COLUMNS, batch
+from cryoalign.batching import RESULT_COLUMNS, batch
 from test_emdb import V3_HEADER, archive, map_gz  # noqa: F401  (local EMDB server fixtures)
 
 T_KNOWN = tf.make(Rotation.from_rotvec(np.deg2rad(25.0) * np.array([0.6, -0.48, 0.64])).as_matrix(),
@@ -142,7 +142,7 @@ def test_killed_run_resumes_without_repeating_a_pair(work):
     code = textwrap.dedent("""
         import json, sys
         from cryoalign import AlignConfig
-        from cryoalign.batch import batch
+        from cryoalign.batching import batch
         batch(sys.argv[1], sys.argv[2], jobs=1, config=AlignConfig(**json.loads(sys.argv[3])))
     """)
     proc = subprocess.Popen([sys.executable, "-c", code, str(pairs), str(out), settings])

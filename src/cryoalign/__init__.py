@@ -15,6 +15,9 @@ _WHERE = {
     "AlignConfig": "config", "AlignResult": "types", "DensityMap": "types", "InputError": "errors",
     "read_map": "io", "read_model": "io", "write_map": "io", "write_model": "io", "transform_model": "io",
     "prepare_map": ("prepare", "prepare"), "PreparedMap": "prepare", "load_prepared": ("prepare", "load"),
+    "compare": ("comparison", "compare"), "variance": ("variation", "variance"),
+    "batch": ("batching", "batch"), "index": ("catalogue", "index"), "search": ("catalogue", "search"),
+    "fit_model": ("fit", "fit_model"),
 }
 
 __all__ = sorted(_WHERE) + ["__version__"]

@@ -103,6 +103,71 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--voxel", type=float, default=None, help="voxel size in Å (default resolution/3)")
     s.add_argument("--quiet", action="store_true", help="no progress messages")
 
+    _alignment_options = [("--local", dict(dest="mode", action="store_const", const="local",
+                                            help="SOURCE is a part of TARGET (local alignment)")),
+                          ("--global", dict(dest="mode", action="store_const", const="global",
+                                             help="whole-map alignment"))]
+
+    def add_alignment_options(parser, default_mode=None):
+        group = parser.add_mutually_exclusive_group()
+        for flag, kwargs in _alignment_options:
+            group.add_argument(flag, **kwargs)
+        parser.set_defaults(mode=default_mode)
+        parser.add_argument("--sampling", type=float, default=None,
+                            help="point-cloud sampling interval in Å (default: chosen from the source's size)")
+        parser.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (default 0)")
+
+    c = sub.add_parser("compare", help="difference maps (kDa per blob), FSC and correlation of two maps",
+                       description="Superimpose SOURCE on TARGET (or take --matrix), put both on one density "
+                                   "scale, and report the differences both ways (volume, mass, blobs), the "
+                                   "FSC and the correlation; pictures and report.html with --out-dir.")
+    c.add_argument("source", help="map (file or EMDB ID)")
+    c.add_argument("target", help="map (file or EMDB ID); differences are on its grid")
+    c.add_argument("--source-contour", type=float, default=None, help="source contour (estimated if omitted)")
+    c.add_argument("--target-contour", type=float, default=None, help="target contour (estimated if omitted)")
+    c.add_argument("--matrix", default=None, help="use this transform (a result JSON, or 12/16 numbers) "
+                                                  "instead of aligning")
+    c.add_argument("--density", type=float, default=0.81,
+                   help="Da per Å^3 of difference volume (default 0.81, protein; use a higher value "
+                        "for RNA-rich maps)")
+    c.add_argument("--min-blob", type=float, default=None, help="smallest difference blob kept, Å^3 (default 1000)")
+    c.add_argument("--no-fsc-mask", dest="fsc_mask", action="store_false", help="FSC without the soft mask")
+    add_alignment_options(c)
+    c.add_argument("--jobs", type=int, default=None, help="worker processes for a local alignment")
+    c.add_argument("--json", dest="json_out", default=None, help="write compare.json here")
+    c.add_argument("--out-dir", default=None, help="write compare.json, the difference maps, pictures and "
+                                                   "report.html here")
+    c.add_argument("--quiet", action="store_true", help="no progress messages (the summary is still printed)")
+
+    v = sub.add_parser("variance", help="mean, variance and principal components over many aligned maps",
+                       description="Align every MAP to REFERENCE, resample and scale it onto the reference's "
+                                   "grid, and accumulate the mean and variance (streaming, float64). "
+                                   "Interrupted runs continue where they stopped.")
+    v.add_argument("reference", help="reference map (its grid and frame are used)")
+    v.add_argument("maps", nargs="+", help="the series of maps (at least two)")
+    v.add_argument("--reference-contour", type=float, default=None, help="reference contour (estimated if omitted)")
+    v.add_argument("--contour-table", default=None, help="TSV of map<TAB>contour lines (others are estimated)")
+    v.add_argument("--out-dir", default="variance_out", help="output folder (default variance_out)")
+    v.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    v.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786)")
+    v.add_argument("--keep-all", action="store_true", help="keep maps whose alignment score is an outlier")
+    v.add_argument("--components", type=int, default=0, help="principal components to write (default 0)")
+    add_alignment_options(v, "global")
+    v.add_argument("--quiet", action="store_true", help="no progress messages (the summary is still printed)")
+
+    b = sub.add_parser("batch", help="align many pairs from a table; resumable",
+                       description="PAIRS.tsv has columns source, target and optional source_contour, "
+                                   "target_contour; one line per pair is appended to RESULTS.tsv as it "
+                                   "finishes, and a rerun skips finished pairs.")
+    b.add_argument("pairs", help="PAIRS.tsv")
+    b.add_argument("--out", required=True, help="RESULTS.tsv (appended to; a rerun skips finished pairs)")
+    b.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    b.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786)")
+    b.add_argument("--retry-errors", action="store_true", help="run the pairs that failed before again")
+    add_alignment_options(b)
+    b.add_argument("--top", type=int, default=d.top, help=f"candidates per pair (default {d.top})")
+    b.add_argument("--quiet", action="store_true", help="no progress messages (the summary is still printed)")
+
     r = sub.add_parser("rmsd", help="true RMSD of a model under an estimated transform",
                        description="RMSD (Å) of MODEL moved by the estimated matrix against a reference: "
                                    "ground-truth matrices (the best over alternatives is also "
@@ -127,13 +192,25 @@ FLAGS = {
               "sampling_A": "--sampling", "top": "--top", "jobs": "--jobs", "seed": "--seed",
               "max_hypotheses": "--hypotheses", "mode='global'": "--global", "mode='local'": "--local",
               "scheduler": "--scheduler"},
-    "fit": {"contour": "--contour", "target_contour": "--contour", "sampling_A": "--sampling", "top": "--top",
+    "fit": {"contour=": "--contour", "target_contour": "--contour", "sampling_A": "--sampling", "top": "--top",
             "jobs": "--jobs", "seed": "--seed", "chains": "--chains", "resolution_A": "--resolution"},
     "simulate": {"resolution_A": "--resolution", "voxel_A": "--voxel", "chains": "--chains"},
     "rmsd": {},
+    "compare": {"source_contour": "--source-contour", "target_contour": "--target-contour",
+                "sampling_A": "--sampling", "jobs": "--jobs", "seed": "--seed", "matrix": "--matrix",
+                "density_Da_per_A3": "--density", "min_blob_A3": "--min-blob",
+                "mode='global'": "--global", "mode='local'": "--local"},
+    "variance": {"reference_contour": "--reference-contour", "contours": "--contour-table",
+                 "keep_all": "--keep-all", "components": "--components", "jobs": "--jobs",
+                 "scheduler": "--scheduler", "sampling_A": "--sampling", "seed": "--seed",
+                 "mode='global'": "--global", "mode='local'": "--local"},
+    "batch": {"jobs": "--jobs", "scheduler": "--scheduler", "retry_errors": "--retry-errors",
+              "sampling_A": "--sampling", "seed": "--seed", "top": "--top",
+              "mode='global'": "--global", "mode='local'": "--local"},
 }
-VALUE_OPTIONS = ("--source-contour", "--target-contour", "--contour", "--seed", "--top", "--jobs",
-                 "--sampling", "--voxel", "--resolution", "--hypotheses", "--density", "--components")
+VALUE_OPTIONS = ("--source-contour", "--target-contour", "--contour", "--reference-contour", "--seed", "--top",
+                 "--jobs", "--sampling", "--voxel", "--resolution", "--hypotheses", "--density", "--components",
+                 "--min-blob")
 
 
 def flagged(message: str, command: str) -> str:
@@ -141,6 +218,9 @@ def flagged(message: str, command: str) -> str:
     import re
 
     for name, flag in sorted(FLAGS.get(command, {}).items(), key=lambda kv: -len(kv[0])):
+        if name.endswith("="):          # a plain word ("contour"): only where it is set to a value
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}(\S+)", lambda m: f"{flag} {m.group(1)}", message)
+            continue
         if "=" in name:
             message = message.replace(name, flag)
             continue
@@ -460,11 +540,100 @@ def _cmd_rmsd(args) -> int:
     return 0
 
 
+def _alignment_config(args, **extra):
+    from .config import AlignConfig
+
+    return AlignConfig(mode=args.mode or "auto", sampling_A=args.sampling, seed=args.seed, **extra)
+
+
+def _cmd_compare(args) -> int:
+    from . import io
+    from .emdb import load_map
+
+    config = _alignment_config(args, jobs=args.jobs)
+    if args.json_out:
+        io.check_writable(args.json_out)
+    _refuse_overwriting_inputs([p for p in (args.json_out,) if p], [args.source, args.target, args.matrix],
+                               folder=args.out_dir)
+    if args.out_dir:
+        io.check_output_folder(args.out_dir)
+    src_map, source_contour = load_map(args.source, args.source_contour, "source_contour", progress=True)
+    tgt_map, target_contour = load_map(args.target, args.target_contour, "target_contour", progress=True)
+
+    from .comparison import compare, write_compare_outputs
+
+    result = compare(src_map, tgt_map, source_contour=source_contour, target_contour=target_contour,
+                     matrix=args.matrix, config=config, density_Da_per_A3=args.density, min_blob_A3=args.min_blob,
+                     fsc_mask=args.fsc_mask)
+    text = json.dumps(result.to_json(), indent=1) + "\n"
+    if args.json_out:
+        io.write_text(args.json_out, text)
+    if args.out_dir:
+        with io.output_folder(args.out_dir, "cryoalign compare") as tmp:
+            write_compare_outputs(result, tmp, target_map_path=tgt_map.path)
+    lines = [f"scale: source x {result.scale.factor:.4g} + {result.scale.offset:.4g} ({result.scale.method}); "
+             f"correlation {result.correlation:.3f}"]
+    f = result.fsc
+    lines.append("FSC: 0.5 at " + (f"{f.resolution_at_05_A:.1f} Å" if f.resolution_at_05_A else "-")
+                 + ", 0.143 at " + (f"{f.resolution_at_0143_A:.1f} Å" if f.resolution_at_0143_A else "-")
+                 + (" (masked)" if f.masked else ""))
+    for name, d in result.difference.items():
+        lines.append(f"{name.replace('_', ' ')}: {d.mass_kDa:.1f} kDa ({d.volume_A3:.0f} Å^3) in "
+                     f"{len(d.blobs)} blob(s) above {d.level:.4g}")
+        for k, blob in enumerate(d.blobs[:5], 1):
+            c = blob.centre_A
+            lines.append(f"  {k}: {blob.mass_kDa:7.1f} kDa at ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}) Å")
+    if args.json_out:
+        lines.append(f"wrote {args.json_out}")
+    if args.out_dir:
+        lines.append(f"wrote {args.out_dir}/ (open report.html)")
+    print("\n".join(lines))
+    return 0
+
+
+def _cmd_variance(args) -> int:
+    from . import io
+    from .variation import read_contour_table, variance
+
+    config = _alignment_config(args, jobs=1)
+    contours = read_contour_table(args.contour_table) if args.contour_table else None
+    _refuse_overwriting_inputs([], [args.reference, *args.maps, args.contour_table], folder=args.out_dir)
+    if os.path.isdir(args.out_dir) and os.listdir(args.out_dir) and \
+            not os.path.exists(os.path.join(args.out_dir, io.FOLDER_MARK)):
+        io.check_output_folder(args.out_dir)        # refuses a folder of someone else's files
+    result = variance(args.reference, args.maps, contours=contours, reference_contour=args.reference_contour,
+                      out_dir=args.out_dir, jobs=args.jobs, scheduler=args.scheduler, keep_all=args.keep_all,
+                      components=args.components, config=config, progress=not args.quiet)
+    io.write_text(os.path.join(args.out_dir, io.FOLDER_MARK), "written by cryoalign variance\n", journal=False)
+    kept = [r for r in result.records if not r.get("excluded")]
+    lines = [f"{len(kept)} of {len(result.records)} maps in the variance"]
+    for r in result.records:
+        if r.get("excluded"):
+            lines.append(f"  left out: {r['map']} ({r.get('reason')})")
+    for comp in getattr(result, "components", []) or []:
+        lines.append(f"  component {comp['index']}: {100 * comp['share']:.1f}% of the variance")
+    lines.append(f"wrote {args.out_dir}/ (mean.mrc, variance.mrc, alignments.tsv; open report.html)")
+    print("\n".join(lines))
+    return 0
+
+
+def _cmd_batch(args) -> int:
+    from .batching import batch
+
+    config = _alignment_config(args, top=args.top)
+    summary = batch(args.pairs, args.out, jobs=args.jobs, scheduler=args.scheduler, config=config,
+                    retry_errors=args.retry_errors, progress=not args.quiet)
+    print(f"{summary.pairs} pair(s): {summary.ran} run now ({summary.ok} ok, {summary.errors} error), "
+          f"{summary.skipped} finished earlier; results in {args.out}")
+    return 0
+
+
 def _atom_words(kind: str) -> str:
     return "CA/P atoms" if kind == "CA/P" else "atoms (all)"
 
 
-COMMANDS = {"align": _cmd_align, "fit": _cmd_fit, "simulate": _cmd_simulate, "rmsd": _cmd_rmsd}
+COMMANDS = {"align": _cmd_align, "fit": _cmd_fit, "simulate": _cmd_simulate, "rmsd": _cmd_rmsd,
+            "compare": _cmd_compare, "variance": _cmd_variance, "batch": _cmd_batch}
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from .errors import InputError
 from .pipeline import as_map
 from .prepare import prepare, resolve_contour
 from .rank import rank
+from .robust import without_outliers
 from .timing import Timer
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def fit_model(model, density, *, resolution_A: float, chains=None, contour: floa
     config = fit_config(config, **overrides)
     timer = Timer()
     st = io.read_model(model) if not hasattr(model, "setup_entities") else model
-    target = as_map(density)
+    target = without_outliers(as_map(density))
     names = list(dict.fromkeys(chains)) if chains else simulate.chain_ids(st)   # each chain once
     available = simulate.chain_ids(st)
     unknown = [c for c in names if c not in available]
@@ -94,7 +95,7 @@ def fit_model(model, density, *, resolution_A: float, chains=None, contour: floa
     names = [c for c in names if c not in ligand_only]
     region, tc_est = resolve_contour(target, contour, "contour")
     tc = region.contour
-    tgt = prepare(target, tc, config, region=region, name="map", contour_estimated=tc_est, fine=True,
+    tgt = prepare(target, tc, config, region=region, name="the map", contour_estimated=tc_est, fine=True,
                   timer=timer)
     fits = []
     for n, name in enumerate(names, 1):
@@ -104,7 +105,7 @@ def fit_model(model, density, *, resolution_A: float, chains=None, contour: floa
         log.info("chain %s (%d of %d): simulated at %.3g Å, aligning into the map ...",
                  name, n, len(names), resolution_A)
         try:
-            src = prepare(sim, sc, config, name=f"chain {name}", timer=timer)
+            src = prepare(sim, sc, config, name=f"chain {name}'s simulated map", timer=timer)
         except InputError as exc:
             log.warning("chain %s skipped: %s", name, exc)
             continue

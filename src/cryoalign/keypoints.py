@@ -17,9 +17,6 @@ min_samples = 1) become one key point at their mean.
 from __future__ import annotations
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
 
 from .pointcloud import SmoothField
 
@@ -47,6 +44,10 @@ def merge(points_A: np.ndarray, eps_A: float) -> np.ndarray:
     """Single-linkage clusters within eps_A -> cluster means, in a deterministic order."""
     if len(points_A) == 0:
         return points_A.reshape(0, 3)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
     pairs = cKDTree(points_A).query_pairs(eps_A, output_type="ndarray")
     n = len(points_A)
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))

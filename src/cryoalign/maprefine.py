@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize
 from scipy.spatial.transform import Rotation
 
 from . import transform as tf
@@ -196,6 +195,8 @@ class MapFit:
 def refine(sample: MapSample, target: DensityMap, T_init: np.ndarray, *, rounds: int = OUTER_ROUNDS,
            iterations: int = INNER_ITERATIONS, tol_A: float = 0.01) -> MapFit:
     """Maximise the correlation about the mean over rigid motions, starting from T_init."""
+    from scipy import optimize
+
     T = np.array(T_init, float)
     u = sample.centred
     u_norm = float(np.sqrt((u * u).sum()))

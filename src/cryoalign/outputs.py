@@ -98,9 +98,10 @@ def _q(p: str) -> str:
 
 def write_align_folder(folder, result, src_map: DensityMap, tgt_map: DensityMap, *, source_path: str,
                        target_path: str, source_model=None, model_suffix: str = ".pdb",
-                       final_folder: str | None = None) -> list[str]:
+                       final_folder: str | None = None, pictures: bool = True) -> list[str]:
     """Write an `align` output folder and return the files written: result.json,
-    params.json, source_on_target.mrc, the moved model(s), superposition.cxc.
+    params.json, source_on_target.mrc, the moved model(s), superposition.cxc, and with
+    `pictures` align_projections.png and report.html.
 
     folder: where to write now; final_folder: where the folder will live (the ChimeraX
     script names the input maps relative to it when they are inside it)."""
@@ -134,4 +135,11 @@ def write_align_folder(folder, result, src_map: DensityMap, tgt_map: DensityMap,
                     source_contour=doc["params"]["source_contour"], T_target_source=result.T_target_source,
                     resampled_map=os.path.join(final, "source_on_target.mrc"), models=tuple(models),
                     folder=final)
+    if pictures:
+        from . import pictures as pics
+        from .report import align_sections, write_report
+
+        images = pics.align_pictures(src_map, tgt_map, result.T_target_source, folder)
+        written += images
+        write_report(out("report.html"), "cryoalign superposition", align_sections(result, images))
     return written

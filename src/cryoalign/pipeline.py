@@ -22,6 +22,7 @@ from .config import AlignConfig
 from .errors import InputError
 from .prepare import PreparedMap, prepare, resolve_contour
 from .rank import Hypothesis, rank
+from .robust import without_outliers
 from .timing import Timer
 from .types import AlignResult, DensityMap
 
@@ -48,6 +49,7 @@ def align(source, target, *, source_contour: float | None = None, target_contour
         with timer.stage("read maps"):
             src_map, source_contour = load_map(_checked(source), source_contour, "source_contour")
             tgt_map, target_contour = load_map(_checked(target), target_contour, "target_contour")
+    src_map, tgt_map = without_outliers(src_map), without_outliers(tgt_map)
     src_region, sc_estimated = resolve_contour(src_map, source_contour, "source_contour")
     tgt_region, tc_estimated = resolve_contour(tgt_map, target_contour, "target_contour")
     config, chosen = choose_mode_and_sampling(src_region.volume_A3, tgt_region.volume_A3, config)

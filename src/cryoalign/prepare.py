@@ -220,8 +220,9 @@ def prepare(density: DensityMap, contour: float, config: AlignConfig, *, fine: b
         feats = features.describe(kps, cloud, config.descriptor_radius_A)
         feats = Features(feats.keypoints_A, feats.descriptors.astype(np.float32))
     if len(feats) < 3:
+        label = name if "map" in name else f"the {name} map"
         raise InputError(
-            f"only {len(feats)} key points found in the {name} map above its contour "
+            f"only {len(feats)} key points found in {label} above its contour "
             f"({len(cloud)} sampled points); lower the contour or use a smaller sampling_A")
     return PreparedMap(name=name, contour=float(contour), contour_estimated=contour_estimated,
                        volume_A3=region.volume_A3, sampling_A=sampling, cloud=cloud, fine=fine_cloud,

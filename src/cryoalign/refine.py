@@ -14,6 +14,8 @@ from scipy.spatial import cKDTree
 from . import transform as tf
 from .types import Pose
 
+QUERY_WORKERS = -1     # nearest-neighbour queries on all cores (each point's answer is the same)
+
 
 def robust_icp(source_A: np.ndarray, target_tree: cKDTree, T_init: np.ndarray, *, scale_A: float,
                iterations: int = 60, tol_A: float = 1e-3, source_weights=None) -> Pose:
@@ -25,7 +27,7 @@ def robust_icp(source_A: np.ndarray, target_tree: cKDTree, T_init: np.ndarray, *
     converged = False
     for _ in range(iterations):
         moved = tf.apply(T, source_A)
-        d, j = target_tree.query(moved, distance_upper_bound=3.0 * nu)
+        d, j = target_tree.query(moved, distance_upper_bound=3.0 * nu, workers=QUERY_WORKERS)
         found = np.isfinite(d)
         if found.sum() < 3:
             break

@@ -29,6 +29,7 @@ Definitions (all computed without a full-size temporary, memory-mapped maps incl
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import NamedTuple
 
@@ -106,6 +107,17 @@ def clip_outliers(density: DensityMap) -> tuple[DensityMap, int]:
             slab[high] = np.float32(s.robust.high)
             slab[low] = np.float32(s.robust.low)
     return dataclasses.replace(density, data=data), s.n
+
+
+def without_outliers(density: DensityMap) -> DensityMap:
+    """`clip_outliers`, logged: what every alignment starts from (one extreme voxel would
+    otherwise dominate the smoothed density vectors and the map correlation)."""
+    clipped, n = clip_outliers(density)
+    if n:
+        logging.getLogger("cryoalign").warning(
+            "%s: %d outlier voxel(s) set to the map's robust range for the alignment",
+            density.path or "map", n)
+    return clipped
 
 
 # ----------------------------------------------------------------------------- internals

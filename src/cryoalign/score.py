@@ -45,9 +45,10 @@ def _gmm_log_density(tree: cKDTree, n: int, x: np.ndarray, var: float) -> np.nda
 
 
 def js_divergence(a_A: np.ndarray, b_A: np.ndarray, *, samples: int, rng: np.random.Generator,
-                  variance_A2: float = GMM_VARIANCE_A2) -> float:
-    """Monte Carlo Jensen-Shannon divergence (bits) between two equal-weight isotropic GMMs."""
-    ta, tb = cKDTree(a_A), cKDTree(b_A)
+                  variance_A2: float = GMM_VARIANCE_A2, b_tree: cKDTree | None = None) -> float:
+    """Monte Carlo Jensen-Shannon divergence (bits) between two equal-weight isotropic GMMs
+    (b_tree: a k-d tree of b_A when the caller has one)."""
+    ta, tb = cKDTree(a_A), (b_tree if b_tree is not None else cKDTree(b_A))
     sd = np.sqrt(variance_A2)
     total = 0.0
     for pts, own in ((a_A, 0), (b_A, 1)):
@@ -72,6 +73,7 @@ def similarity(source: PointCloud, target: PointCloud, T: np.ndarray, *, cutoff_
     js = 0.0
     if use_js:
         rng = rng if rng is not None else np.random.default_rng(0)
-        js = js_divergence(tf.apply(T, source.points_A), target.points_A, samples=js_samples, rng=rng)
+        js = js_divergence(tf.apply(T, source.points_A), target.points_A, samples=js_samples, rng=rng,
+                           b_tree=target_tree)
     return Score(similarity=(1.0 - js) * agreement, vector_agreement=agreement, js_divergence=js,
                  overlap=overlap)

@@ -1,0 +1,606 @@
+"""A catalogue of prepared maps, and search: which stored maps are the query's molecule?
+
+    summary = index(["a.mrc", "b.mrc", "EMD-1234"], "db", contours={"a.mrc": 0.3}, jobs=2)
+    result = search("query.mrc", "db", contour=0.5, top=10)
+    result.hits[0].map, result.hits[0].T_query_entry, format_table(result)
+
+index: each map is prepared once (stages 1-3, `prepare.prepare`, fine=True, at the
+catalogue's fixed sampling interval: `sampling_A`, else `default_sampling_A`) and
+stored.  An entry is keyed by the map FILE's content hash (SHA-256 of its bytes) and
+`params_hash`: the hash of the parameters that shaped it (`AlignConfig.prepare_params()`)
+and of the contour asked for (a number, or null: the EMDB header's / estimated).  A
+changed parameter therefore makes a new entry, never reuses a stale one.
+
+Layout of the catalogue folder DB:
+
+    DB/catalogue.sqlite                    table `entries` (one row per prepared map) and
+                                           table `meta` (format, schema_version, signature)
+    DB/features/<filehash>-<paramshash>.npz  the prepared map (`PreparedMap.save`)
+
+An entry is written in two steps: the worker writes its .npz (temporary file, then
+rename), then the main process inserts the row in one transaction; so a row exists only
+when its file is complete, SQLite has one writer, and a rerun skips the maps whose
+(file hash, params hash) row exists: a killed run continues where it stopped.
+
+The signature (`signature`, version SIGNATURE_VERSION) is global and rotation-invariant,
+computed from the sampled point cloud above contour (at most SIGNATURE_POINTS points, a
+seeded subset): the volume above contour, the radius of gyration, the three principal
+semi-axes (square roots of the eigenvalues of the points' covariance, largest first),
+and the distributions of the point-to-centroid distances (16 quantiles) and of the
+pairwise distances (D2 shape distribution, 32 quantiles).  `signature_distance` (a
+dimensionless number, 0 for identical signatures):
+
+    |ln V_q - ln V_e| + mean_i |ln a_q,i - ln a_e,i|
+      + (mean_k |D2_q,k - D2_e,k| + mean_k |R_q,k - R_e,k|) / ((Rg_q + Rg_e) / 2)
+
+The quantile terms are the 1-D earth mover's distances between the distributions (Å),
+divided by the mean radius of gyration.
+
+search: the query is prepared once (as a target, fine=True), the entries prepared with
+the same parameters are ranked by signature distance, the `prefilter` closest are
+aligned onto the query (`pipeline.align_prepared`, entry = source, query = target, in
+GLOBAL mode at the catalogue's sampling interval; entries are read from their .npz, no
+entry map is read again) and ranked by the alignment score (map correlation after map
+refinement).  Global mode because the question is "which entries are the query's
+molecule": the signature pre-filter compares whole shapes, so an entry that merely
+contains the query would not pass it anyway; to place a query inside a larger entry,
+align the two with `cryoalign.align(..., mode="local")`.
+
+Bad input raises `InputError` (the messages are tested one by one):
+1. index: a map file that does not exist (all are listed, before any work starts).
+2. DB is a folder that is not a catalogue: it holds files but no catalogue.sqlite.
+3. DB/catalogue.sqlite is not an SQLite file, or not a cryoalign catalogue (wrong
+   format or schema version).
+4. search: DB does not exist, or holds no entries.
+5. search: the entries were prepared with other parameters than the search's (the
+   parameter and both values are named): index again or search with the same ones.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import AlignConfig
+from .errors import InputError
+from .executor import run_tasks
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "catalogue.sqlite"
+FEATURES_DIR = "features"
+FORMAT = "cryoalign-catalogue"
+SCHEMA_VERSION = "1"
+SIGNATURE_VERSION = "shape-1"
+SIGNATURE_POINTS = 2000          # points of the cloud used for the signature (seeded subset)
+RADIAL_QUANTILES = 16
+D2_QUANTILES = 32
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE entries (
+    id INTEGER PRIMARY KEY,
+    map TEXT NOT NULL,              -- the map as given to index (path or EMDB ID)
+    path TEXT NOT NULL,             -- absolute path of the file that was read
+    file_hash TEXT NOT NULL,        -- SHA-256 of the file's bytes
+    params TEXT NOT NULL,           -- JSON: AlignConfig.prepare_params() (sampling resolved)
+    params_hash TEXT NOT NULL,      -- SHA-256 of params + the contour asked for
+    contour REAL NOT NULL,          -- the contour used
+    contour_source TEXT NOT NULL,   -- given / emdb / estimated
+    volume_A3 REAL NOT NULL,
+    n_points INTEGER NOT NULL,
+    signature TEXT NOT NULL,        -- JSON (see `signature`)
+    features TEXT NOT NULL,         -- file name in DB/features/
+    created TEXT NOT NULL,          -- UTC, ISO 8601
+    version TEXT NOT NULL,          -- cryoalign version
+    UNIQUE (file_hash, params_hash)
+);
+"""
+_ENTRY_COLUMNS = ("id", "map", "path", "file_hash", "params", "params_hash", "contour", "contour_source",
+                  "volume_A3", "n_points", "signature", "features", "created", "version")
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class IndexSummary:
+    """What `index` returns. errors: [(map, message)] of maps that could not be prepared
+    (no row written: a rerun tries them again)."""
+
+    maps: int                   # distinct maps asked for
+    indexed: int                # prepared and stored in this run
+    skipped: int                # already in the catalogue with these parameters
+    errors: list
+    entries: int                # rows in the catalogue afterwards
+    db: str
+    time_s: float
+    prepare_s: list = field(default_factory=list, repr=False)   # per indexed map, worker time
+
+    def __repr__(self):
+        return (f"<IndexSummary maps={self.maps} indexed={self.indexed} skipped={self.skipped} "
+                f"errors={len(self.errors)} entries={self.entries} {self.time_s:.1f}s>")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One aligned entry. T_query_entry: 4x4, entry world (Å) -> query world."""
+
+    map: str
+    path: str
+    score: float
+    correlation: float | None
+    T_query_entry: np.ndarray
+    signature_distance: float
+    contour: float
+    entry_id: int
+
+    def as_dict(self, rank: int) -> dict:
+        return {"rank": rank, "map": self.map, "score": self.score, "correlation": self.correlation,
+                "matrix": np.asarray(self.T_query_entry).tolist(), "signature_distance": self.signature_distance,
+                "path": self.path, "contour": self.contour, "entry_id": self.entry_id}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What `search` returns: hits best first (at most `top`), how many entries were aligned
+    (`searched`) and stored (`entries`), the query's contour and the parameters."""
+
+    query: str
+    hits: list
+    searched: int
+    entries: int
+    params: dict
+    timings_s: dict
+    errors: list = field(default_factory=list)   # [(map, message)] of entries whose alignment failed
+
+    def to_json(self) -> dict:
+        from . import __version__
+        return {"version": __version__, "query": self.query,
+                "hits": [h.as_dict(k) for k, h in enumerate(self.hits, 1)],
+                "searched": self.searched, "entries": self.entries, "params": self.params,
+                "errors": [{"map": m, "error": e} for m, e in self.errors],
+                "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()}}
+
+    def __repr__(self):
+        best = f" best={self.hits[0].map} score={self.hits[0].score:.3f}" if self.hits else ""
+        return f"<SearchResult hits={len(self.hits)} searched={self.searched} entries={self.entries}{best}>"
+
+
+def format_table(result: SearchResult) -> str:
+    """The hits as a short text table (for the terminal)."""
+    from . import transform as tf
+
+    lines = [f"query {result.query}: {result.searched} of {result.entries} entries aligned",
+             "rank  score  correlation  sig.dist  rotation  translation (Å)             map"]
+    for k, h in enumerate(result.hits, 1):
+        T = np.asarray(h.T_query_entry)
+        corr = "       -" if h.correlation is None else f"{h.correlation:8.3f}"
+        t = T[:3, 3]
+        lines.append(f"{k:4d}  {h.score:5.3f}     {corr}  {h.signature_distance:8.3f}  "
+                     f"{tf.rotation_angle_deg(T[:3, :3]):7.2f}°  ({t[0]:8.2f}, {t[1]:8.2f}, {t[2]:8.2f})  {h.map}")
+    if not result.hits:
+        lines.append("(no entry could be aligned)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the signature
+def signature(prepared) -> dict:
+    """The rotation-invariant shape signature of a `PreparedMap` (see the module docstring).
+    points: the sampled cloud above contour, at most SIGNATURE_POINTS of them."""
+    from scipy.spatial.distance import pdist
+
+    points = np.asarray(prepared.cloud.points_A, float)
+    if len(points) > SIGNATURE_POINTS:
+        keep = np.random.default_rng(0).choice(len(points), SIGNATURE_POINTS, replace=False)
+        points = points[np.sort(keep)]
+    centred = points - points.mean(0)
+    eigenvalues = np.sort(np.linalg.eigvalsh(centred.T @ centred / len(centred)))[::-1]
+    axes = np.sqrt(np.maximum(eigenvalues, 1e-6))
+    radial = np.linalg.norm(centred, axis=1)
+    pairs = pdist(points) if len(points) > 1 else np.zeros(1)
+    return {"version": SIGNATURE_VERSION, "volume_A3": float(prepared.volume_A3),
+            "rg_A": float(math.sqrt(max(eigenvalues.sum(), 1e-6))),
+            "axes_A": [float(v) for v in axes],
+            "radial_A": [float(v) for v in np.quantile(radial, _levels(RADIAL_QUANTILES))],
+            "d2_A": [float(v) for v in np.quantile(pairs, _levels(D2_QUANTILES))]}
+
+
+def _levels(n: int) -> np.ndarray:
+    return (np.arange(n) + 0.5) / n
+
+
+def signature_distance(query: dict, entries: list) -> np.ndarray:
+    """Distances (module docstring formula) from the `query` signature to each of `entries`."""
+    if not entries:
+        return np.zeros(0)
+
+    def stack(key):
+        return np.array([e[key] for e in entries], float)
+
+    volume, rg = stack("volume_A3"), stack("rg_A")
+    axes, radial, d2 = stack("axes_A"), stack("radial_A"), stack("d2_A")
+    scale = (query["rg_A"] + rg) / 2.0
+    return (np.abs(np.log(query["volume_A3"]) - np.log(volume))
+            + np.abs(np.log(query["axes_A"]) - np.log(axes)).mean(1)
+            + (np.abs(np.asarray(query["d2_A"]) - d2).mean(1)
+               + np.abs(np.asarray(query["radial_A"]) - radial).mean(1)) / scale)
+
+
+# ----------------------------------------------------------------------------- the database
+def catalogue_config(config: AlignConfig | None) -> AlignConfig:
+    """The configuration entries are prepared with: the sampling interval fixed
+    (`sampling_A`, else `default_sampling_A`), whatever the map's size."""
+    config = config or AlignConfig()
+    return config.replace(sampling_A=float(config.sampling_A or config.default_sampling_A), jobs=1)
+
+
+def stored_params(config: AlignConfig) -> dict:
+    """prepare_params() as stored (JSON types)."""
+    return json.loads(json.dumps(config.prepare_params()))
+
+
+def params_hash(params: dict, contour: float | None) -> str:
+    text = json.dumps({"params": params, "contour": contour}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_hash(path, chunk: int = 2 ** 22) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _index_hint(db: str) -> str:
+    return f"build one with `cryoalign index MAP... --db {db}` (cryoalign.index(maps, {db!r}))"
+
+
+def open_db(db, *, create: bool) -> sqlite3.Connection:
+    """Open (with create: make when absent or empty) the catalogue in folder `db`, checked."""
+    db = os.fspath(db)
+    path = os.path.join(db, DB_FILE)
+    if not os.path.exists(db):
+        if not create:
+            raise InputError(f"catalogue not found: {db} does not exist; {_index_hint(db)}")
+        parent = os.path.dirname(os.path.abspath(db))
+        if not os.path.isdir(parent):
+            raise InputError(f"cannot create the catalogue {db}: folder {parent} does not exist; create it first")
+        os.makedirs(db)
+    elif not os.path.isdir(db):
+        raise InputError(f"{db} is a file, not a catalogue folder; give a folder (new, empty, or made by index)")
+    if not os.path.exists(path):
+        if set(os.listdir(db)) - {FEATURES_DIR, DB_FILE + ".new"}:
+            raise InputError(f"{db} is not a cryoalign catalogue (it holds files but no {DB_FILE}); give the folder "
+                             "index wrote, or a new or empty folder to build one")
+        if not create:
+            raise InputError(f"the catalogue {db} is empty; {_index_hint(db)}")
+        return _create(path)
+    return _checked(path)
+
+
+def _create(path: str) -> sqlite3.Connection:
+    tmp = path + ".new"
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    conn = sqlite3.connect(tmp)
+    with conn:
+        conn.executescript(_SCHEMA)
+        conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                         [("format", FORMAT), ("schema_version", SCHEMA_VERSION), ("signature", SIGNATURE_VERSION)])
+    conn.close()
+    os.replace(tmp, path)          # a catalogue file exists only with its schema
+    os.makedirs(os.path.join(os.path.dirname(path), FEATURES_DIR), exist_ok=True)
+    return _checked(path)
+
+
+def _checked(path: str) -> sqlite3.Connection:
+    fix = "give the folder index wrote, or move the file away and index again"
+    try:
+        conn = sqlite3.connect(path, timeout=60)
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(entries)")]
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"{path} is not a cryoalign catalogue ({exc}); {fix}") from None
+    if meta.get("format") != FORMAT or tuple(columns) != _ENTRY_COLUMNS:
+        conn.close()
+        raise InputError(f"{path} is not a cryoalign catalogue (format {meta.get('format')!r}, expected "
+                         f"{FORMAT!r}); {fix}")
+    if meta.get("schema_version") != SCHEMA_VERSION or meta.get("signature") != SIGNATURE_VERSION:
+        conn.close()
+        raise InputError(f"{path} was written by another cryoalign version (schema {meta.get('schema_version')}, "
+                         f"signature {meta.get('signature')}; this version reads schema {SCHEMA_VERSION}, signature "
+                         f"{SIGNATURE_VERSION}); index the maps again into a new folder")
+    return conn
+
+
+def read_entries(db) -> list[dict]:
+    """Every row of the catalogue in `db`, as dicts (params and signature decoded), by id."""
+    conn = open_db(db, create=False)
+    try:
+        rows = conn.execute(f"SELECT {', '.join(_ENTRY_COLUMNS)} FROM entries ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    out = []
+    for row in rows:
+        entry = dict(zip(_ENTRY_COLUMNS, row))
+        entry["params"] = json.loads(entry["params"])
+        entry["signature"] = json.loads(entry["signature"])
+        out.append(entry)
+    return out
+
+
+# ----------------------------------------------------------------------------- index
+def index(maps, db, *, contours: dict | None = None, config: AlignConfig | None = None, jobs: int | None = None,
+          scheduler: str | None = None, progress: bool = False) -> IndexSummary:
+    """Prepare every map of `maps` (paths or EMDB IDs) and store it in the catalogue folder
+    `db` (created when missing).  contours: {map: contour} (keys as given, or absolute
+    paths as `read_contour_table` gives them); a map without one gets the EMDB header's
+    level (EMDB IDs), else an estimate.  Maps already stored with these parameters are
+    skipped.  jobs / scheduler: see `executor.run_tasks` (Dask workers must see the same
+    paths, the catalogue folder included)."""
+    started = time.perf_counter()
+    config = catalogue_config(config)
+    params = stored_params(config)
+    contours = {os.fspath(k): v for k, v in (contours or {}).items()}
+    specs = _resolve_maps([os.fspath(m) for m in maps], contours)
+    db = os.fspath(db)
+    conn = open_db(db, create=True)
+    try:
+        _fill_hashes(specs, jobs, scheduler, progress)
+        for spec in specs:
+            spec["params_hash"] = params_hash(params, spec["contour"])
+        done = {tuple(row) for row in conn.execute("SELECT file_hash, params_hash FROM entries")}
+        todo, seen = [], set()
+        for spec in specs:
+            key = (spec["file_hash"], spec["params_hash"])
+            if key in done or key in seen:
+                continue
+            seen.add(key)
+            todo.append(spec)
+        skipped = len(specs) - len(todo)
+        if skipped:
+            log.info("%d of %d maps already in the catalogue with these parameters: skipped", skipped, len(specs))
+        features = os.path.abspath(os.path.join(db, FEATURES_DIR))
+        settings = config.as_dict()
+        tasks = [dict(path=s["path"], name=s["map"], contour=s["contour"], contour_source=s["contour_source"],
+                      config=settings, features=os.path.join(features, f"{s['file_hash']}-{s['params_hash']}.npz"))
+                 for s in todo]
+        indexed, errors, prepare_s = 0, [], []
+        for i, outcome in run_tasks(prepare_entry, tasks, jobs=jobs, scheduler=scheduler, progress=progress,
+                                    desc="maps"):
+            spec = todo[i]
+            if outcome["status"] != "ok":
+                errors.append((spec["map"], outcome["error"]))
+                log.warning("%s: not indexed: %s", spec["map"], outcome["error"])
+                continue
+            _insert(conn, spec, outcome, params)
+            indexed += 1
+            prepare_s.append(outcome["time_s"])
+            log.info("%s: indexed (contour %g, %s; %.1f s)", spec["map"], outcome["contour"],
+                     outcome["contour_source"], outcome["time_s"])
+        entries = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    finally:
+        conn.close()
+    return IndexSummary(maps=len(specs), indexed=indexed, skipped=skipped, errors=errors, entries=entries,
+                        db=db, time_s=time.perf_counter() - started, prepare_s=prepare_s)
+
+
+def _resolve_maps(maps: list, contours: dict) -> list[dict]:
+    """Each distinct map -> {map, path, contour, contour_source}; every missing file in one error."""
+    from . import emdb
+
+    if not maps:
+        raise InputError("no maps to index; give at least one map file or EMDB ID")
+    specs, missing, seen = [], [], set()
+    for name in maps:
+        if name in seen:
+            continue
+        seen.add(name)
+        given = contours.get(name, contours.get(os.path.abspath(name)))
+        if emdb.is_emdb_id(name) and not os.path.exists(name):
+            path, recommended, _ = emdb.resolve_map(name)
+        elif not os.path.isfile(name):
+            missing.append(name)
+            continue
+        else:
+            path, recommended = name, None
+        if given is not None:
+            contour, source = float(given), "given"
+        elif recommended is not None:
+            contour, source = float(recommended), "emdb"
+        else:
+            contour, source = None, "estimated"
+        specs.append(dict(map=name, path=os.path.abspath(path), contour=contour, contour_source=source))
+    if missing:
+        listed = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise InputError(f"map file(s) not found: {listed}; check the path(s) (nothing was indexed)")
+    return specs
+
+
+def _fill_hashes(specs: list, jobs, scheduler, progress) -> None:
+    """The file hash of every map, computed by the workers (reading 30,000 maps is the
+    cost; the main process only collects)."""
+    paths = [s["path"] for s in specs]
+    for i, digest in run_tasks(file_hash, paths, jobs=jobs, scheduler=scheduler, progress=progress,
+                               desc="hashing"):
+        specs[i]["file_hash"] = digest
+
+
+def _insert(conn: sqlite3.Connection, spec: dict, outcome: dict, params: dict) -> None:
+    from . import __version__
+
+    row = dict(map=spec["map"], path=spec["path"], file_hash=spec["file_hash"],
+               params=json.dumps(params, sort_keys=True), params_hash=spec["params_hash"],
+               contour=outcome["contour"], contour_source=outcome["contour_source"],
+               volume_A3=outcome["volume_A3"], n_points=outcome["n_points"],
+               signature=json.dumps(outcome["signature"]), features=outcome["features"],
+               created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               version=__version__)
+    names = list(row)
+    with conn:       # one transaction per entry: the row appears whole, after its file
+        conn.execute(f"INSERT OR IGNORE INTO entries ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                     [row[n] for n in names])
+
+
+def prepare_entry(task: dict) -> dict:
+    """Prepare one map and write its .npz (runs in a worker): task = {path, name, contour
+    (None: estimate), contour_source, config (AlignConfig fields), features (npz path)}
+    -> a small dict.  A bad map becomes status "error" with a one-line message."""
+    from .io import read_map
+    from .prepare import prepare, resolve_contour
+
+    started = time.perf_counter()
+    try:
+        config = AlignConfig(**task["config"])
+        density = read_map(task["path"])
+        region, estimated = resolve_contour(density, task["contour"], "contour")
+        prepared = prepare(density, region.contour, config, fine=True, region=region, name=task["name"],
+                           contour_estimated=estimated, with_hash=True)
+        prepared.save(task["features"])
+        return dict(status="ok", contour=float(region.contour),
+                    contour_source="estimated" if estimated else task["contour_source"],
+                    volume_A3=float(prepared.volume_A3), n_points=len(prepared.cloud),
+                    signature=signature(prepared), features=os.path.basename(task["features"]),
+                    time_s=round(time.perf_counter() - started, 3))
+    except InputError as exc:
+        return dict(status="error", error=" ".join(str(exc).split()))
+
+
+# ----------------------------------------------------------------------------- search
+def search(query, db, *, contour: float | None = None, top: int = 10, prefilter: int | None = 50,
+           config: AlignConfig | None = None, jobs: int | None = None, scheduler: str | None = None,
+           progress: bool = False) -> SearchResult:
+    """Rank the catalogue's entries by how well they superimpose on `query` (a map path or
+    EMDB ID; contour: given, else the EMDB header's, else estimated).  The `prefilter`
+    entries closest by signature (None: all) are aligned onto the query in global mode;
+    the `top` best are returned.  jobs / scheduler: see `executor.run_tasks`."""
+    from . import emdb
+    from .io import read_map
+    from .prepare import prepare, resolve_contour
+
+    timings = {}
+    started = time.perf_counter()
+    if top < 1:
+        raise InputError(f"top={top} is not allowed: give a whole number of at least 1")
+    if prefilter is not None and prefilter < 1:
+        raise InputError(f"prefilter={prefilter} is not allowed: give at least 1 (or None to align every entry)")
+    db = os.fspath(db)
+    config = catalogue_config(config)
+    params = stored_params(config)
+    entries = read_entries(db)
+    if not entries:
+        raise InputError(f"the catalogue {db} holds no entries; {_index_hint(db)}")
+    usable = [e for e in entries if e["params"] == params]
+    if not usable:
+        raise InputError(_params_mismatch(db, entries, params))
+    if len(usable) < len(entries):
+        log.warning("%d of %d entries were prepared with other parameters: not searched (index the maps again "
+                    "with these parameters to include them)", len(entries) - len(usable), len(entries))
+
+    spec = os.fspath(query)
+    if not emdb.is_emdb_id(spec) and not os.path.isfile(spec):
+        raise InputError(f"query map not found: {spec}; check the path")
+    path, recommended, note = emdb.resolve_map(spec)
+    contour_source = "given" if contour is not None else "emdb" if recommended is not None else "estimated"
+    contour = contour if contour is not None else recommended
+    density = read_map(path)
+    region, _ = resolve_contour(density, contour, "contour")
+    query_prepared = prepare(density, region.contour, config, fine=True, region=region, name="query")
+    query_signature = signature(query_prepared)
+    timings["prepare query"] = time.perf_counter() - started
+
+    distances = signature_distance(query_signature, [e["signature"] for e in usable])
+    order = sorted(range(len(usable)), key=lambda i: (distances[i], usable[i]["id"]))
+    chosen = order if prefilter is None else order[:prefilter]
+
+    align_config = config.replace(mode="global").as_dict()
+    features = os.path.abspath(os.path.join(db, FEATURES_DIR))
+    tmp = tempfile.mkdtemp(prefix=".search-", dir=db if os.access(db, os.W_OK) else None)
+    try:
+        query_npz = os.path.join(os.path.abspath(tmp), "query.npz")
+        query_prepared.save(query_npz)
+        tasks = [dict(entry=os.path.join(features, usable[i]["features"]), query=query_npz,
+                      query_map=os.path.abspath(path), config=align_config) for i in chosen]
+        outcomes = [None] * len(tasks)
+        aligning = time.perf_counter()
+        for k, outcome in run_tasks(align_entry, tasks, jobs=jobs, scheduler=scheduler, progress=progress,
+                                    desc="entries"):
+            outcomes[k] = outcome
+        timings["align"] = time.perf_counter() - aligning
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    hits, errors = [], []
+    for k, i in enumerate(chosen):
+        entry, outcome = usable[i], outcomes[k]
+        if outcome["status"] != "ok":
+            errors.append((entry["map"], outcome["error"]))
+            log.warning("%s: alignment failed: %s", entry["map"], outcome["error"])
+            continue
+        hits.append(Hit(map=entry["map"], path=entry["path"], score=outcome["score"],
+                        correlation=outcome["correlation"], T_query_entry=np.array(outcome["matrix"]).reshape(4, 4),
+                        signature_distance=float(distances[i]), contour=entry["contour"], entry_id=entry["id"]))
+    hits.sort(key=lambda h: (-h.score, h.signature_distance, h.entry_id))
+    timings["total"] = time.perf_counter() - started
+    run_params = dict(params, mode="global", contour=float(region.contour), contour_source=contour_source,
+                      top=top, prefilter=prefilter, seed=config.seed, map_refine=config.map_refine,
+                      signature=SIGNATURE_VERSION)
+    return SearchResult(query=spec, hits=hits[:top], searched=len(chosen), entries=len(entries),
+                        params=run_params, timings_s=timings, errors=errors)
+
+
+def _params_mismatch(db: str, entries: list, params: dict) -> str:
+    """The message for a search whose parameters no entry was prepared with."""
+    counts = {}
+    for e in entries:
+        key = json.dumps(e["params"], sort_keys=True)
+        counts[key] = counts.get(key, 0) + 1
+    stored = json.loads(max(counts, key=counts.get))
+    diff = ", ".join(f"{k}={stored.get(k)!r} (the search uses {v!r})" for k, v in params.items() if stored.get(k) != v)
+    return (f"the catalogue {db} was built with other parameters: {diff}; search with the same parameters, or "
+            "index the maps again with these ones")
+
+
+_QUERY_CACHE: dict = {}
+
+
+def _query(npz: str, map_path: str, config: AlignConfig):
+    """The query's prepared map with its density (loaded once per worker process)."""
+    from .io import read_map
+    from .prepare import load
+
+    key = (npz, map_path)
+    if key not in _QUERY_CACHE:
+        _QUERY_CACHE.clear()
+        _QUERY_CACHE[key] = load(npz, config, density=read_map(map_path))
+    return _QUERY_CACHE[key]
+
+
+def align_entry(task: dict) -> dict:
+    """Align one stored entry onto the query (runs in a worker): task = {entry (npz),
+    query (npz), query_map (path), config (AlignConfig fields, mode global)} -> a small
+    dict with the score, the correlation and T_query_entry (16 numbers)."""
+    from .pipeline import align_prepared
+    from .prepare import load
+
+    try:
+        config = AlignConfig(**task["config"])
+        query = _query(task["query"], task["query_map"], config)
+        entry = load(task["entry"], config)
+        result = align_prepared(entry, query, config)
+        return dict(status="ok", score=float(result.score.value),
+                    correlation=None if result.score.correlation is None else float(result.score.correlation),
+                    matrix=[float(v) for v in np.asarray(result.T_target_source).ravel()])
+    except InputError as exc:
+        return dict(status="error", error=" ".join(str(exc).split()))

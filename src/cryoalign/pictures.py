@@ -1,0 +1,228 @@
+"""PNG pictures of superpositions and comparisons (matplotlib, Agg backend, no display).
+
+    align_pictures(source_map, target_map, T, out_dir)     -> [align_projections.png]
+    compare_pictures(compare_result, out_dir)              -> projections, FSC, blobs
+    variance_slices(variance_map, path, mean=, contour=)   -> [path]
+
+Projections are maximum-intensity projections of maps on the target's grid along z, y
+and x, drawn in world Å: the target in blue, the source in orange, added on black (where
+both have density the picture turns white).  Each map is normalised by its 99.5th
+percentile of projected intensity, so different density scales look alike.
+Every file is written through `io.atomic_write`.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .types import DensityMap
+
+TARGET_RGB = np.array([0.25, 0.55, 1.0])
+SOURCE_RGB = np.array([1.0, 0.55, 0.1])
+BLOB_COLOURS = ("#39d353", "#ff4fd8")       # target_minus_source, source_minus_target
+AXES = (("z", 0, ("x", "y")), ("y", 1, ("x", "z")), ("x", 2, ("y", "z")))   # axis dropped, array axis, shown
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path) -> str:
+    from .io import atomic_write
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    _pyplot().close(fig)
+    return os.fspath(path)
+
+
+def _extent(grid: DensityMap, shown) -> list:
+    """imshow extent (left, right, bottom, top) in world Å for the two shown axes."""
+    i, j = "xyz".index(shown[0]), "xyz".index(shown[1])
+    o, v, n = grid.origin_A, grid.voxel_size_A, grid.shape_xyz
+    return [o[i] - v[i] / 2, o[i] + (n[i] - 0.5) * v[i], o[j] - v[j] / 2, o[j] + (n[j] - 0.5) * v[j]]
+
+
+def _mip(data: np.ndarray, array_axis: int) -> np.ndarray:
+    """Projection as an image: (y, x), (z, x) or (z, y), rows along the second shown axis."""
+    return data.max(axis=array_axis)
+
+
+def _normalised(p: np.ndarray) -> np.ndarray:
+    """0 at the projection's background (median), 1 at its 99.5th percentile; all 0 when flat."""
+    low, top = float(np.median(p)), float(np.percentile(p, 99.5))
+    if not top > low + 1e-6 * max(abs(top), 1e-30):
+        return np.zeros(p.shape)
+    return np.clip((p - low) / (top - low), 0.0, 1.0)
+
+
+def _overlay(target_p, source_p) -> np.ndarray:
+    rgb = _normalised(target_p)[..., None] * TARGET_RGB + _normalised(source_p)[..., None] * SOURCE_RGB
+    return np.clip(rgb, 0.0, 1.0)
+
+
+def projections(target: DensityMap, rows: list, path, *, title: str | None = None) -> str:
+    """One row of three projections per (label, source-on-target data) in `rows`, the
+    target overlaid in blue and the source in orange."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), 3, figsize=(12, 4.1 * len(rows)), squeeze=False)
+    for r, (label, source_data) in enumerate(rows):
+        for c, (dropped, axis, shown) in enumerate(AXES):
+            ax = axes[r][c]
+            img = _overlay(_mip(target.data, axis), _mip(source_data, axis))
+            ax.imshow(img, origin="lower", extent=_extent(target, shown), interpolation="nearest")
+            ax.set_xlabel(f"{shown[0]} (Å)")
+            ax.set_ylabel(f"{shown[1]} (Å)")
+            empty = " (source outside this box)" if not np.any(source_data > np.median(source_data)) else ""
+            ax.set_title(f"{label}: projection along {dropped}{empty}", fontsize=10)
+    _legend(fig)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.97 if title else 1))
+    return _save(fig, path)
+
+
+def _legend(fig):
+    from matplotlib.patches import Patch
+    fig.legend(handles=[Patch(color=TARGET_RGB, label="target"), Patch(color=SOURCE_RGB, label="source"),
+                        Patch(color=(1, 1, 1), label="both", ec="black")],
+               loc="lower center", ncol=3, frameon=False)
+
+
+def align_pictures(src_map, tgt_map, T_target_source, out_dir) -> list:
+    """Before/after projections of a superposition (before = the source in its own world
+    coordinates, i.e. moved by the identity) on the target's grid; returns [png path]."""
+    from .outputs import resample_onto
+    from .comparison import as_map
+
+    src_map, tgt_map = as_map(src_map), as_map(tgt_map)
+    before = resample_onto(src_map, tgt_map, np.eye(4)).data
+    after = resample_onto(src_map, tgt_map, np.asarray(T_target_source, float)).data
+    path = os.path.join(os.fspath(out_dir), "align_projections.png")
+    return [projections(tgt_map, [("before", before), ("after", after)], path,
+                        title="maximum-intensity projections on the target's grid")]
+
+
+def fsc_plot(curve, path, *, title: str = "Fourier shell correlation") -> str:
+    """FSC against spatial frequency (1/Å, resolution in Å on the top axis), with the 0.5
+    and 0.143 lines and the crossings marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    f = np.asarray(curve.frequency_per_A)
+    ax.plot(f, curve.fsc, color="#1f4e99", lw=2, label="FSC" + (" (masked)" if curve.masked else ""))
+    for level, res, colour in ((0.5, curve.resolution_at_05_A, "#d97706"),
+                               (0.143, curve.resolution_at_0143_A, "#b91c1c")):
+        ax.axhline(level, color=colour, ls="--", lw=1)
+        if res is not None:
+            ax.axvline(1.0 / res, color=colour, ls=":", lw=1)
+            ax.plot([1.0 / res], [level], "o", color=colour)
+            ax.annotate(f"{res:.1f} Å at {level:g}", (1.0 / res, level), textcoords="offset points",
+                        xytext=(6, 6), color=colour, fontsize=10)
+        else:
+            ax.text(f[-1], level + 0.02, f"never below {level:g}", color=colour, ha="right", fontsize=9)
+    ax.set_xlim(0, f[-1] if f.size else 1)
+    ax.set_ylim(min(-0.05, float(np.min(curve.fsc)) - 0.05) if f.size else -0.05, 1.05)
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("FSC")
+    top = ax.secondary_xaxis("top", functions=(lambda x: 1.0 / np.maximum(x, 1e-6),
+                                               lambda r: 1.0 / np.maximum(r, 1e-6)))
+    top.set_xlabel("resolution (Å)")
+    ticks = [r for r in (50, 20, 10, 8, 6, 5, 4, 3, 2.5, 2) if f.size and 1.0 / r <= f[-1]]
+    top.set_xticks(ticks)
+    top.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
+    ax.set_title(title, fontsize=11, pad=28)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def blob_projections(target: DensityMap, differences: dict, path, *, top: int = 6) -> str:
+    """The target's projections in grey with the outlines of the largest difference blobs:
+    target_minus_source in green, source_minus_target in magenta, each labelled with its
+    rank and mass."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6), squeeze=False)
+    names = ("target_minus_source", "source_minus_target")
+    for c, (dropped, axis, shown) in enumerate(AXES):
+        ax = axes[0][c]
+        ext = _extent(target, shown)
+        ax.imshow(_normalised(_mip(target.data, axis)), origin="lower", extent=ext, cmap="gray",
+                  vmin=0, vmax=1.3, interpolation="nearest")
+        for name, colour in zip(names, BLOB_COLOURS):
+            d = differences[name]
+            for rank, blob in enumerate(d.blobs[:top], 1):
+                footprint = np.any(d.labels == rank, axis=axis).astype(float)
+                ny, nx = footprint.shape
+                xs = np.linspace(ext[0], ext[1], nx + 1)
+                ys = np.linspace(ext[2], ext[3], ny + 1)
+                ax.contour(0.5 * (xs[1:] + xs[:-1]), 0.5 * (ys[1:] + ys[:-1]), footprint, levels=[0.5],
+                           colors=colour, linewidths=1.5)
+                i, j = "xyz".index(shown[0]), "xyz".index(shown[1])
+                sign = "+" if name == names[0] else "-"
+                ax.annotate(f"{sign}{rank}: {blob.mass_kDa:.0f} kDa", (blob.centre_A[i], blob.centre_A[j]),
+                            color=colour, fontsize=9, fontweight="bold", ha="center",
+                            bbox=dict(boxstyle="round,pad=0.15", fc="black", alpha=0.6, lw=0))
+        ax.set_xlabel(f"{shown[0]} (Å)")
+        ax.set_ylabel(f"{shown[1]} (Å)")
+        ax.set_title(f"projection along {dropped}", fontsize=10)
+    from matplotlib.lines import Line2D
+    fig.legend(handles=[Line2D([], [], color=BLOB_COLOURS[0], lw=2, label="+k: in target, not in source"),
+                        Line2D([], [], color=BLOB_COLOURS[1], lw=2, label="-k: in source, not in target")],
+               loc="lower center", ncol=2, frameon=False)
+    fig.suptitle("difference blobs on the target (rank: mass)", fontsize=12)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    return _save(fig, path)
+
+
+def compare_pictures(result, out_dir) -> list:
+    """projections.png (before/after), fsc.png and difference_blobs.png for a CompareResult."""
+    from .outputs import resample_onto
+
+    out_dir = os.fspath(out_dir)
+    target = result.target
+    before = resample_onto(result.source, target, np.eye(4))
+    before = result.scale.apply(before.data)
+    paths = [projections(target, [("before", before), ("after", result.source_on_target.data)],
+                         os.path.join(out_dir, "projections.png"),
+                         title="maximum-intensity projections on the target's grid"),
+             fsc_plot(result.fsc, os.path.join(out_dir, "fsc.png")),
+             blob_projections(target, result.difference, os.path.join(out_dir, "difference_blobs.png"))]
+    return paths
+
+
+def variance_slices(variance_map: DensityMap, path, *, mean: DensityMap | None = None,
+                    contour: float | None = None) -> list:
+    """Central slices of the variance map in the three planes with a colour bar (the
+    mean's contour drawn in white when given); returns [path]."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.8), layout="constrained")
+    data = variance_map.data
+    top = float(np.percentile(data, 99.9)) or float(data.max()) or 1.0
+    image = None
+    for ax, (dropped, axis, shown) in zip(axes, AXES):
+        centre = data.shape[axis] // 2
+        sl = np.take(data, centre, axis=axis)
+        ext = _extent(variance_map, shown)
+        image = ax.imshow(sl, origin="lower", extent=ext, cmap="magma", vmin=0, vmax=top,
+                          interpolation="nearest")
+        if mean is not None and contour is not None:
+            m = np.take(mean.data, centre, axis=axis)
+            if m.max() > contour > m.min():
+                ny, nx = m.shape
+                xs = np.linspace(ext[0], ext[1], nx + 1)
+                ys = np.linspace(ext[2], ext[3], ny + 1)
+                ax.contour(0.5 * (xs[1:] + xs[:-1]), 0.5 * (ys[1:] + ys[:-1]), m, levels=[contour],
+                           colors="white", linewidths=0.8)
+        k = "xyz".index(dropped)
+        at = variance_map.origin_A[k] + centre * variance_map.voxel_size_A[k]
+        ax.set_title(f"{shown[0]}{shown[1]} plane at {dropped} = {at:.1f} Å", fontsize=10)
+        ax.set_xlabel(f"{shown[0]} (Å)")
+        ax.set_ylabel(f"{shown[1]} (Å)")
+    bar = fig.colorbar(image, ax=list(axes), shrink=0.85)
+    bar.set_label("variance (reference density units²)")
+    title = "variance: central slices" + (" (white: mean at the reference contour)" if mean is not None else "")
+    fig.suptitle(title, fontsize=12)
+    return [_save(fig, path)]
