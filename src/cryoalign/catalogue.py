@@ -524,7 +524,7 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
     order = sorted(range(len(usable)), key=lambda i: (distances[i], usable[i]["id"]))
     chosen = order if prefilter is None else order[:prefilter]
 
-    align_config = config.replace(mode="global").as_dict()
+    align_config = search_config(config).as_dict()
     features = os.path.abspath(os.path.join(db, FEATURES_DIR))
     tmp = tempfile.mkdtemp(prefix=".search-", dir=db if os.access(db, os.W_OK) else None)
     try:
@@ -553,11 +553,22 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
                         signature_distance=float(distances[i]), contour=entry["contour"], entry_id=entry["id"]))
     hits.sort(key=lambda h: (-h.score, h.signature_distance, h.entry_id))
     timings["total"] = time.perf_counter() - started
-    run_params = dict(params, mode="global", contour=float(region.contour), contour_source=contour_source,
+    run_params = dict(params, mode="global", wide_search=align_config.get("wide_search"), contour=float(region.contour), contour_source=contour_source,
                       top=top, prefilter=prefilter, seed=config.seed, map_refine=config.map_refine,
                       signature=SIGNATURE_VERSION)
     return SearchResult(query=spec, hits=hits[:top], searched=len(chosen), entries=len(entries),
                         params=run_params, timings_s=timings, errors=errors)
+
+
+def search_config(config: AlignConfig) -> AlignConfig:
+    """The configuration of the entry-on-query alignments: global mode, and no wider search
+    (a pipeline stage that retries weak answers from many random orientations: in a
+    catalogue most entries are not the query's molecule, and every one of them would
+    pay for it)."""
+    config = config.replace(mode="global")
+    if "wide_search" in config.as_dict():
+        config = config.replace(wide_search="never")
+    return config
 
 
 def _params_mismatch(db: str, entries: list, params: dict) -> str:

@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                         "(a wrong-hand reconstruction)")
     a.add_argument("--flipped-out", default=None,
                    help="with --check-hand: write the mirror image of SOURCE here (.mrc)")
+    a.add_argument("--wide-search", choices=["auto", "always", "never"], default=d.wide_search,
+                   help="also search without descriptors (map-optimised random placements): when the "
+                        "answer is weak (auto, default), always, or never")
     a.add_argument("--no-map-refine", dest="map_refine", action="store_false",
                    help="skip the final refinement on the maps (correlation about the mean)")
     a.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (default 0)")
@@ -191,7 +194,7 @@ FLAGS = {
     "align": {"source_contour": "--source-contour", "target_contour": "--target-contour",
               "sampling_A": "--sampling", "top": "--top", "jobs": "--jobs", "seed": "--seed",
               "max_hypotheses": "--hypotheses", "mode='global'": "--global", "mode='local'": "--local",
-              "scheduler": "--scheduler"},
+              "scheduler": "--scheduler", "wide_search": "--wide-search"},
     "fit": {"contour=": "--contour", "target_contour": "--contour", "sampling_A": "--sampling", "top": "--top",
             "jobs": "--jobs", "seed": "--seed", "chains": "--chains", "resolution_A": "--resolution"},
     "simulate": {"resolution_A": "--resolution", "voxel_A": "--voxel", "chains": "--chains"},
@@ -302,7 +305,8 @@ def _cmd_align(args) -> int:
 
     config = AlignConfig(sampling_A=args.sampling, seed=args.seed, keypoints=args.keypoints,
                          mode=args.mode or "auto", top=args.top, jobs=args.jobs, map_refine=args.map_refine,
-                         check_hand=args.check_hand, max_hypotheses=args.hypotheses)
+                         check_hand=args.check_hand, max_hypotheses=args.hypotheses,
+                         wide_search=args.wide_search)
     if args.flipped_out and not args.check_hand:
         raise InputError("--flipped-out needs --check-hand")
     if args.source_model and not args.out_dir:
@@ -372,6 +376,12 @@ def _print_summary(result, args) -> None:
     lines += ["  " + "  ".join(f"{v:11.5f}" for v in row) for row in T]
     lines.append(f"{_rotation_text(T)}; translation ({T[0, 3]:.2f}, {T[1, 3]:.2f}, {T[2, 3]:.2f}) Å")
     lines.append(_score_line(s, p["mode"]) + f"; {len(result.candidates)} candidate(s)")
+    if result.confidence:
+        c = result.confidence
+        e = c["evidence"]
+        lines.append(f"confidence {c['verdict']} (score {e['score']:.3f}, lead {100 * e['margin']:.0f}% over the "
+                     f"next pose, overlap {e['overlap']:.2f}, score terms {'agree' if e['terms_agree'] else 'disagree'})"
+                     + (f": {flagged(c['advice'], 'align')}" if c.get("advice") else ""))
     if p["mode"] == "local":
         lines.append("rank  score  agreement  rotation  translation (Å)            mask centre (Å)")
         for k, c in enumerate(result.candidates, 1):
@@ -477,12 +487,13 @@ def _cmd_fit(args) -> int:
         final = os.path.abspath(out)
         outputs.fit_script(os.path.join(tmp, "fit.cxc"), map_path=density.path, contour=result.target_contour,
                            assembled=os.path.join(final, assembled) if result.assembled else None, folder=final)
-    lines = ["chain  rank  score  agreement  (score = map correlation about the mean)"]
+    lines = ["chain  rank  score  agreement  confidence  (score = map correlation about the mean)"]
     for c in result.chains:
         for k, cand in enumerate(c.placements, 1):
             mark = "  <- assembled" if result.assembled.get(c.chain) == k - 1 else ""
+            verdict = c.confidence["verdict"] if k == 1 and c.confidence else ""
             lines.append(f"{c.chain:>5}  {k:4d}  {cand.score.value:5.3f}  "
-                         f"{cand.score.vector_agreement:9.3f}{mark}")
+                         f"{cand.score.vector_agreement:9.3f}  {verdict:>10}{mark}")
     if result.left_out:
         lines.append(f"left out of the assembled model (every placement clashes): {', '.join(result.left_out)}")
     lines.append(f"time {result.timings_s['total']:.2f} s")

@@ -74,8 +74,14 @@ class AlignConfig:
     map_coarse_points: int = 2000        # a refinement runs on this many first ...
     map_competitive: float = 0.8         # ... then on all when within this fraction of the best kept
     map_near_factor: float = 2.5         # poses this x same_pose_* from a refined one are its shoulders
-    symmetry_margin: float = 0.03        # distinct poses within 3% of the best: an ambiguous answer
+    symmetry_margin: float = 0.03        # distinct poses within 3% of the best: an ambiguous answer ...
+    tie_break_points: int = 2_000_000    # ... compared again on (up to) this many source voxels
     hand_margin: float = 0.10            # check_hand: one hand must score 10% better to decide
+    # --- wider search when the answer is weak (recall.py)
+    wide_search: str = "auto"            # "auto" (when the confidence is low), "always" or "never"
+    wide_placements: int = 60            # random orientations optimised on the maps ...
+    wide_keep: int = 6                   # ... of which the best distinct ones join the candidates
+    wide_sample_points: int = 1000       # source voxels used while optimising them
     # --- chain fitting (fit.py)
     fit_sampling_A: float = 3.0          # sampling interval for chains (paper), unless sampling_A is set
     clash_distance_A: float = 3.0        # trace atoms (CA/P) closer than this to a placed chain's ...
@@ -88,7 +94,8 @@ class AlignConfig:
             raise InputError(f"seed={self.seed} is not allowed: give a non-negative integer")
         for name in ("top", "max_hypotheses", "icp_iterations", "mask_hypotheses", "screen_points",
                      "mask_screen_points", "map_points", "map_coarse_points", "js_samples", "map_refine_max",
-                     "max_keypoints", "descriptor_top_k", "local_refine_min"):
+                     "max_keypoints", "descriptor_top_k", "local_refine_min", "wide_placements", "wide_keep", "tie_break_points",
+                     "wide_sample_points"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise InputError(f"{name}={value} is not allowed: give a whole number of at least 1")
@@ -108,6 +115,8 @@ class AlignConfig:
         if self.sampling_A is not None and not 0.5 <= self.sampling_A <= 30:
             raise InputError(f"sampling_A={self.sampling_A} Å is outside 0.5-30 Å; use 5 Å for complexes "
                              "or 3 Å for single chains")
+        if self.wide_search not in ("auto", "always", "never"):
+            raise InputError(f"wide_search must be 'auto', 'always' or 'never', got {self.wide_search!r}")
         if self.keypoints not in ("dense", "meanshift"):
             raise InputError(f"keypoints must be 'dense' or 'meanshift', got {self.keypoints!r}")
 

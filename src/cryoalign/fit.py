@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
-from . import io, local, simulate
+from . import io, simulate
 from . import transform as tf
 from .config import AlignConfig
 from .errors import InputError
-from .pipeline import as_map
+from .pipeline import as_map, candidates_for
 from .prepare import prepare, resolve_contour
-from .rank import rank
+from .confidence import assess
 from .robust import without_outliers
 from .timing import Timer
 
@@ -34,6 +34,7 @@ class ChainFit:
     placements: list            # Candidate, best first
     atoms: int
     source_contour: float
+    confidence: dict | None = None   # of the best placement (confidence.assess)
 
 
 @dataclass
@@ -54,7 +55,7 @@ class FitResult:
             "resolution_A": self.resolution_A,
             "target_contour": self.target_contour,
             "target_contour_estimated": self.target_contour_estimated,
-            "chains": [{"chain": c.chain, "source_contour": c.source_contour,
+            "chains": [{"chain": c.chain, "source_contour": c.source_contour, "confidence": c.confidence,
                         "placements": [dict(p.as_dict(), rank=i + 1) for i, p in enumerate(c.placements)],
                         "assembled_rank": (self.assembled[c.chain] + 1) if c.chain in self.assembled else None}
                        for c in self.chains],
@@ -109,10 +110,14 @@ def fit_model(model, density, *, resolution_A: float, chains=None, contour: floa
         except InputError as exc:
             log.warning("chain %s skipped: %s", name, exc)
             continue
-        hypotheses, _ = local.coarse_hypotheses(src, tgt, config, timer)
-        placements = rank(src, tgt, hypotheses, config, with_js=False, timer=timer) if hypotheses else []
+        try:
+            placements, _ = candidates_for(src, tgt, config, timer)
+        except InputError as exc:          # no region of the map can hold this chain
+            log.warning("chain %s not placed: %s", name, exc)
+            placements = []
         trace = _trace(st, name)
-        fits.append(ChainFit(chain=name, placements=placements, atoms=len(trace), source_contour=sc))
+        fits.append(ChainFit(chain=name, placements=placements, atoms=len(trace), source_contour=sc,
+                             confidence=assess(placements, "local") if placements else None))
         if placements:
             log.info("chain %s: best score %.3f", name, placements[0].score.value)
     assembled, left_out = assemble(st, fits, config)

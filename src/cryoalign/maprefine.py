@@ -184,6 +184,51 @@ def correlation(sample: MapSample, target: DensityMap, T: np.ndarray) -> float:
     return _cam(u, float(np.sqrt((u * u).sum())), _values(target, tf.apply(T, sample.points_A)))[0]
 
 
+def source_blocks(sample: MapSample, per_axis: int = 3, min_points: int = 20) -> list[np.ndarray]:
+    """The sample's points grouped by a per_axis^3 grid over their bounding box (in the
+    source's own frame, so the blocks do not depend on the pose): index arrays of the
+    blocks holding at least `min_points`."""
+    p = sample.points_A
+    lo, hi = p.min(0), p.max(0)
+    cell = np.floor((p - lo) / np.maximum(hi - lo, 1e-9) * per_axis).clip(0, per_axis - 1).astype(np.int64)
+    key = (cell[:, 0] * per_axis + cell[:, 1]) * per_axis + cell[:, 2]
+    order = np.argsort(key, kind="stable")
+    bounds = np.flatnonzero(np.diff(key[order])) + 1
+    return [b for b in np.split(order, bounds) if len(b) >= min_points]
+
+
+def _pearson(u, v) -> float:
+    uc, vc = u - u.mean(), v - v.mean()
+    den = float(np.sqrt((uc * uc).sum() * (vc * vc).sum()))
+    return float((uc * vc).sum() / den) if den > 0 else 0.0
+
+
+def correlation_terms(sample: MapSample, target: DensityMap, T: np.ndarray, target_contour: float,
+                      blocks: list, keep: float = 0.7) -> dict:
+    """Overlap-robust companions of the correlation about the mean at pose T:
+
+    local: the correlation inside each source block, averaged (weighted by points) over the
+        best blocks holding `keep` of the points, so a moved domain can fail locally
+        without sinking the whole pose;
+    shared: the correlation over the source voxels whose target density is above the
+        target's contour (where both maps have density), and that share of voxels."""
+    u = sample.values
+    v = _values(target, tf.apply(T, sample.points_A))
+    per = sorted(((_pearson(u[b], v[b]), len(b)) for b in blocks), key=lambda cb: -cb[0])
+    total = sum(n for _, n in per)
+    acc = num = 0.0
+    for c, n in per:
+        take = min(n, keep * total - acc)
+        if take <= 0:
+            break
+        num += c * take
+        acc += take
+    both = v >= target_contour
+    return {"local": num / acc if acc else 0.0,
+            "shared": _pearson(u[both], v[both]) if both.sum() >= 10 else 0.0,
+            "shared_fraction": float(both.mean())}
+
+
 @dataclass(frozen=True)
 class MapFit:
     T_target_source: np.ndarray

@@ -21,6 +21,7 @@ from . import transform as tf
 from .config import AlignConfig
 from .errors import InputError
 from .prepare import PreparedMap, prepare, resolve_contour
+from .confidence import assess
 from .rank import Hypothesis, rank
 from .robust import without_outliers
 from .timing import Timer
@@ -70,9 +71,73 @@ def align_prepared(src: PreparedMap, tgt: PreparedMap, config: AlignConfig, *,
     timer = timer or Timer()
     if config.mode not in ("global", "local"):
         raise InputError(f"align_prepared needs mode 'global' or 'local', got {config.mode!r}")
+    candidates, stats = candidates_for(src, tgt, config, timer)
+    return _result(src, tgt, candidates, config, timer, stats, sampling_chosen)
+
+
+def candidates_for(src: PreparedMap, tgt: PreparedMap, config: AlignConfig,
+                   timer: Timer | None = None) -> tuple[list, dict]:
+    """Coarse poses, ranked; and a wider search when the answer is weak (`wide_search`).
+    Shared by `align` and chain fitting."""
+    timer = timer or Timer()
     hypotheses, stats = coarse_hypotheses(src, tgt, config, timer)
     candidates = rank(src, tgt, hypotheses, config, with_js=config.mode == "global", timer=timer)
-    return _result(src, tgt, candidates, config, timer, stats, sampling_chosen)
+    verdict = assess(candidates, config.mode)["verdict"]
+    if config.wide_search == "always" or (config.wide_search == "auto" and verdict == "low"):
+        candidates, stats["wide_search"] = _wider(src, tgt, candidates, config, timer, verdict)
+    if config.map_refine and _equivalent_ranks(candidates, config.symmetry_margin) and src.density is not None:
+        with timer.stage("tie break"):
+            candidates, stats["tie_break"] = _break_ties(src, tgt, candidates, config)
+    return candidates, stats
+
+
+def _break_ties(src, tgt, candidates, config):
+    """Distinct poses scoring within the ambiguity margin of the best: compare them again
+    on every source voxel above contour (up to `tie_break_points`), refined there, and reorder them
+    by that correlation.  Whatever still ties stays flagged."""
+    from dataclasses import replace
+
+    from . import maprefine
+
+    tied = [0] + [k - 1 for k in _equivalent_ranks(candidates, config.symmetry_margin)]
+    full = maprefine.sample_source(src.density, src.contour, max_points=config.tie_break_points)
+    rescored = []
+    for i in tied:
+        c = candidates[i]
+        fit = maprefine.refine(full, tgt.density, c.T_target_source, rounds=2, iterations=20)
+        rescored.append(replace(c, T_target_source=fit.T_target_source,
+                                score=replace(c.score, correlation=fit.correlation)))
+    rescored.sort(key=lambda c: -c.score.value)
+    rest = [c for i, c in enumerate(candidates) if i not in tied]
+    log.info("tie break: %d poses within %.0f%% of the best compared on all %d source voxels above contour",
+             len(tied), 100 * config.symmetry_margin, len(full.values))
+    return rescored + rest, {"poses": len(tied), "voxels": int(len(full.values)),
+                             "winner_changed": rescored[0].found_by != candidates[0].found_by}
+
+
+def _wider(src, tgt, candidates, config, timer, verdict):
+    """Add map-optimised placements found without descriptors (recall.py) and rank again."""
+    from . import recall
+    from .rank import distinct
+
+    if verdict == "low":
+        log.info("the best candidate is weak (confidence low): searching more widely")
+    sites = None
+    if config.mode == "local":
+        pts = tgt.cloud.points_A
+        sites = pts[np.linspace(0, len(pts) - 1, num=min(8, len(pts))).astype(int)]
+    with timer.stage("wide search"):
+        extra = recall.placements(src, tgt, config, sites_A=sites)
+    if not extra:
+        return candidates, {"ran": True, "kept": 0}
+    more = rank(src, tgt, extra, config, with_js=config.mode == "global", timer=timer)
+    merged = sorted(candidates + more, key=lambda c: -c.score.value)
+    merged = distinct(merged, src.centre_A, config)[:config.top]
+    won = merged[0].found_by.startswith("wide search")
+    if won:
+        log.info("the wider search found a better pose (score %.3f, was %.3f)", merged[0].score.value,
+                 candidates[0].score.value)
+    return merged, {"ran": True, "kept": len(more), "answer_from_wide_search": won}
 
 
 def choose_mode_and_sampling(src_volume_A3: float, tgt_volume_A3: float,
@@ -149,7 +214,8 @@ def _result(src, tgt, candidates, config, timer, search_stats, sampling_chosen) 
                   source=_path(src), target=_path(tgt))
     timer.timings["total"] = timer.total()
     return AlignResult(T_target_source=best.T_target_source, score=best.score, candidates=tuple(candidates),
-                       timings_s=dict(timer.timings), params=params, stats=stats, equivalent=equivalent)
+                       timings_s=dict(timer.timings), params=params, stats=stats, equivalent=equivalent,
+                       confidence=assess(candidates, config.mode))
 
 
 def _path(prepared: PreparedMap):

@@ -126,6 +126,7 @@ def _on_the_maps(src, tgt, candidates, config, with_js, timer):
                                          max_refined=config.map_refine_max)
     with timer.stage("score"):
         out = []
+        blocks = maprefine.source_blocks(src.sample)
         for i, fit in fits:
             c = candidates[i]
             if fit.evaluations:        # moved: its point score is taken again where it landed
@@ -135,4 +136,8 @@ def _on_the_maps(src, tgt, candidates, config, with_js, timer):
             else:
                 out.append(replace(c, score=replace(c.score, correlation=fit.correlation),
                                    correlation_before=fit.correlation_before))
+            terms = maprefine.correlation_terms(src.sample, tgt.density, fit.T_target_source, tgt.contour, blocks)
+            out[-1] = replace(out[-1], score=replace(out[-1].score, local_correlation=terms["local"],
+                                                     shared_correlation=terms["shared"],
+                                                     shared_fraction=terms["shared_fraction"]))
     return out

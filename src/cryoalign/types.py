@@ -135,6 +135,9 @@ class Score:
     js_divergence: float | None    # None when not computed (local alignment)
     overlap: float
     correlation: float | None = None   # map correlation about the mean (after map refinement)
+    local_correlation: float | None = None    # trimmed mean of the correlations of source blocks
+    shared_correlation: float | None = None   # correlation where both maps are above contour
+    shared_fraction: float | None = None      # share of source voxels inside the target's contour
 
     @property
     def value(self) -> float:
@@ -143,7 +146,8 @@ class Score:
     def as_dict(self):
         return {"similarity": self.similarity, "vector_agreement": self.vector_agreement,
                 "js_divergence": self.js_divergence, "overlap": self.overlap,
-                "correlation": self.correlation}
+                "correlation": self.correlation, "local_correlation": self.local_correlation,
+                "shared_correlation": self.shared_correlation, "shared_fraction": self.shared_fraction}
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,7 @@ class AlignResult:
     equivalent: tuple = ()       # ranks (1-based) of candidates scoring within the margin of the best
     hand: dict | None = None     # check_hand: verdict, score, mirrored_score
     mirrored_T_target_source: np.ndarray | None = None   # improper: source -> target when the mirror image fits
+    confidence: dict | None = None   # {verdict: high / medium / low, evidence: {...}} (confidence.py)
 
     @property
     def ambiguous(self) -> bool:
@@ -213,6 +218,7 @@ class AlignResult:
             "ambiguous": self.ambiguous,
             "equivalent_poses": [dict(rank=k, score=self.candidates[k - 1].score.value,
                                       **self.relation_to_best(self.candidates[k - 1])) for k in self.equivalent],
+            "confidence": self.confidence,
             "candidates": candidates,
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
             "params": self.params,
