@@ -1,10 +1,24 @@
 #!/usr/bin/env python3
-"""Run cryoalign over the public benchmark and print one table row per set.
+"""Run cryoalign over the public (and the hard) benchmark and print one table row per set.
 
     python benchmarks/run_benchmark.py [--sets public-sim-global,public-real5A-global,public-local,public-chain]
-        [--bench ../shared/bench] [--cases DIR] [--jobs 1] [--extra '--no-map-refine']
+        [--bench ../shared/bench] [--cases DIR] [--jobs 1] [--extra '--no-map-refine'] [--exe PATH]
+        [--mode SET=local|global|auto ...] [--table-only]
 
-Builds the cases with the benchmark's make_cases.py when they are missing, then
+--sets takes set names, or `public` (the four public sets), `hard` (the six hard sets made by
+benchmarks/hard/make_hard_cases.py: hard-states, hard-partial, hard-pseudosym, hard-resgap,
+hard-noise, hard-chain) or `all` (public + hard); they can be mixed: --sets public,hard-chain.
+Alignment mode per set: the hard sets use the table MODES in make_hard_cases.py (hard-chain
+--local, the others --global); any other set follows the old convention (sets named *local* or
+*chain* get --local-flag, default --local; the rest run in automatic mode); --mode overrides.
+
+--exe runs another cryoalign (e.g. a pristine worktree: --exe 'env PYTHONPATH=/tmp/pristine/src
+.venv/bin/python -m cryoalign'); --table-only prints the table from the TSVs already in --out.
+The per-candidate analysis of the runs (which score ranks a right pose first) is
+benchmarks/hard/score_table.py --runs OUT.
+
+Builds the cases with the benchmark's make_cases.py (public sets) or
+benchmarks/hard/make_hard_cases.py (hard sets) when they are missing, then
 runs the benchmark's own scorer (evaluate.py: symmetry-aware CA RMSD, wall time
 and peak memory of the whole process tree, one fresh `cryoalign align` process
 per pair, start-up included) and summarises its TSV:
@@ -27,6 +41,35 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+HARD = os.path.join(HERE, "hard")
+PUBLIC_SETS = ["public-sim-global", "public-real5A-global", "public-local", "public-chain"]
+HARD_SETS = ["hard-states", "hard-partial", "hard-pseudosym", "hard-resgap", "hard-noise", "hard-chain"]
+FLAGS = {"local": "--local", "global": "--global", "auto": ""}
+
+
+def hard_modes():
+    """The per-set mode table of make_hard_cases.py (local / global / auto)."""
+    sys.path.insert(0, HARD)
+    try:
+        import make_hard_cases
+        return dict(make_hard_cases.MODES)
+    finally:
+        sys.path.remove(HARD)
+
+
+def expand_sets(spec):
+    out = []
+    for s in spec.split(","):
+        s = s.strip()
+        add = {"all": PUBLIC_SETS + HARD_SETS, "public": PUBLIC_SETS, "hard": HARD_SETS}.get(s, [s] if s else [])
+        out += [x for x in add if x not in out]
+    return out
+
+
+def mode_flag(s, modes, local_flag):
+    if s in modes:
+        return FLAGS[modes[s]]
+    return local_flag if ("local" in s or "chain" in s) else ""
 
 
 def main(argv=None):
@@ -40,29 +83,45 @@ def main(argv=None):
     ap.add_argument("--extra", default="", help="extra options for cryoalign align")
     ap.add_argument("--local-flag", default="--local",
                     help="added for sets named *local* or *chain* (default --local; '' for auto mode)")
+    ap.add_argument("--mode", action="append", default=[], metavar="SET=local|global|auto",
+                    help="alignment mode for one set (repeatable); overrides the tables above")
+    ap.add_argument("--exe", default=None,
+                    help="cryoalign executable to run (default: the one on PATH, else this Python's -m cryoalign), "
+                         "e.g. a pristine worktree's .venv/bin/cryoalign")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--table-only", action="store_true",
+                    help="run nothing: print the table from the TSVs already in --out")
     a = ap.parse_args(argv)
+    modes = hard_modes()
+    for m in a.mode:
+        k, _, v = m.partition("=")
+        if v not in FLAGS:
+            ap.error(f"--mode {m}: the mode must be local, global or auto")
+        modes[k] = v
 
     bench = os.path.abspath(a.bench)
     home = os.environ.get("BENCH_HOME", os.path.expanduser("~/.cache/cryoalign-bench"))
     cases = os.path.abspath(a.cases or os.path.join(home, "cases"))
-    sets = a.sets.split(",")
-    missing = [s for s in sets if not os.path.isdir(os.path.join(cases, s))]
-    if missing:
-        print(f"building cases {','.join(missing)} in {cases} ...", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, os.path.join(bench, "make_cases.py"), "--out", cases,
-                        "--only", ",".join(missing)], check=True, stdout=subprocess.DEVNULL)
-    exe = shutil.which("cryoalign") or f"{sys.executable} -m cryoalign"
+    sets = expand_sets(a.sets)
+    missing = [] if a.table_only else [s for s in sets if not os.path.isdir(os.path.join(cases, s))]
+    for maker, group in ((os.path.join(bench, "make_cases.py"), [s for s in missing if not s.startswith("hard-")]),
+                         (os.path.join(HARD, "make_hard_cases.py"), [s for s in missing if s.startswith("hard-")])):
+        if group:
+            print(f"building cases {','.join(group)} in {cases} ...", file=sys.stderr, flush=True)
+            subprocess.run([sys.executable, maker, "--out", cases, "--only", ",".join(group)], check=True,
+                           stdout=subprocess.DEVNULL)
+    exe = a.exe or shutil.which("cryoalign") or f"{sys.executable} -m cryoalign"
     rows = []
     for s in sets:
-        extra = a.extra + (" " + a.local_flag if ("local" in s or "chain" in s) else "")
+        extra = (a.extra + " " + mode_flag(s, modes, a.local_flag)).strip()
         cmd = (f"{exe} align {{source}} {{target}} --source-contour {{sc}} --target-contour {{tc}} "
                f"--json {{out}} --quiet {extra}").strip()
-        subprocess.run([sys.executable, os.path.join(bench, "evaluate.py"), "--set", s, "--method", a.method,
-                        "--cmd", cmd, "--cases", cases, "--runs", os.path.join(a.out, "runs"),
-                        "--results", a.out, "--jobs", str(a.jobs), "--timeout", str(a.timeout)],
-                       check=True, stdout=sys.stderr)
+        if not a.table_only:
+            subprocess.run([sys.executable, os.path.join(bench, "evaluate.py"), "--set", s, "--method", a.method,
+                            "--cmd", cmd, "--cases", cases, "--runs", os.path.join(a.out, "runs"),
+                            "--results", a.out, "--jobs", str(a.jobs), "--timeout", str(a.timeout)],
+                           check=True, stdout=sys.stderr)
         rows.append((s, summarise(os.path.join(a.out, f"{a.method}__{s}.tsv"))))
     print(table(rows))
 
