@@ -54,7 +54,7 @@ def built(tmp_path_factory, data_dir):
     moved = resampled_map(read_map(data_dir / "emd_3696_5A.mrc.gz"), T_MOVE, 4.0, np.random.default_rng(3))
     query = str(folder / "moved_3696.mrc")
     write_map(moved, query)
-    result = search(query, db, contour=0.69, prefilter=2, jobs=1)
+    result = search(query, db, contour=0.69, prefilter=2, refine=1, jobs=1)
     return dict(folder=folder, maps=maps, contours=contours, db=db, summary=summary, query=query, result=result)
 
 
@@ -182,7 +182,8 @@ def test_search_json_and_table(built):
     out = json.loads(json.dumps(built["result"].to_json()))
     assert out["version"] == __version__ and out["query"] == built["query"]
     assert (out["searched"], out["entries"]) == (2, 4)
-    assert out["params"]["mode"] == "global" and out["params"]["sampling_A"] == 5.0 and out["params"]["contour"] == 0.69
+    params = out["params"]
+    assert (params["refine"], params["mode"], params["sampling_A"], params["contour"]) == (1, "global", 5.0, 0.69)
     hit = out["hits"][0]
     assert {"map", "score", "matrix", "signature_distance", "correlation", "rank"} <= set(hit)
     assert hit["rank"] == 1 and np.asarray(hit["matrix"]).shape == (4, 4)
@@ -205,14 +206,15 @@ def _hits(result):
 
 
 def test_search_does_not_depend_on_the_executor(built):
-    two = search(built["query"], built["db"], contour=0.69, prefilter=2, jobs=2)
+    two = search(built["query"], built["db"], contour=0.69, prefilter=2, refine=1, jobs=2)
     assert _hits(two) == _hits(built["result"])
 
 
 def test_search_on_a_dask_cluster(built):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        result = search(built["query"], built["db"], contour=0.69, prefilter=2, scheduler=cluster.scheduler_address)
+        result = search(built["query"], built["db"], contour=0.69, prefilter=2, refine=1,
+                        scheduler=cluster.scheduler_address)
     assert _hits(result) == _hits(built["result"])
 
 
@@ -284,3 +286,14 @@ def test_search_an_empty_or_missing_catalogue(tmp_path, built):
         search(built["query"], nowhere)
     assert str(err.value) == (f"catalogue not found: {nowhere} does not exist; build one with `cryoalign index "
                               f"MAP... --db {nowhere}` (cryoalign.index(maps, '{nowhere}'))")
+
+
+def test_a_bad_map_is_reported_and_tried_again(tmp_path, built):
+    bad = tmp_path / "bad.mrc"
+    bad.write_bytes(b"\x00" * 100)
+    db = str(tmp_path / "db")
+    summary = index([str(bad), built["maps"][2]], db, jobs=1)
+    assert (summary.indexed, summary.entries) == (1, 1)
+    assert [m for m, _ in summary.errors] == [str(bad)] and "bad.mrc" in summary.errors[0][1]
+    again = index([str(bad), built["maps"][2]], db, jobs=1)
+    assert (again.indexed, again.skipped, len(again.errors)) == (0, 1, 1)

@@ -111,7 +111,7 @@ def test_local_candidates_are_distinct_ranked_and_annotated(local_result, case):
         placed = tf.apply(c.T_target_source, case.src_ca).mean(0)
         assert np.linalg.norm(placed - m) < 2.0 * r.stats["mask_radius_A"]
     assert r.params["mode"] == "local"
-    assert r.score == cands[0].score and r.score.value == r.score.correlation
+    assert r.score == cands[0].score and r.score.value == r.score.correlation * r.score.vector_agreement
     assert r.stats["masks_considered"] >= r.stats["masks_searched"] >= 1
     assert r.stats["jobs"] == 1
     for stage in ("mask plan", "mask search", "fine pose", "map refine"):

@@ -187,9 +187,9 @@ def test_result_object(result0):
     sims = [c.score.value for c in r.candidates]
     refined = [c for c in r.candidates if c.score.correlation is not None]
     assert refined and refined == list(r.candidates[:len(refined)])   # map-refined ones first ...
-    corr = [c.score.correlation for c in refined]
-    assert corr == sorted(corr, reverse=True)                         # ... by correlation
-    assert r.score.value == r.score.correlation
+    values = [c.score.value for c in refined]
+    assert values == sorted(values, reverse=True)                     # ... by correlation x agreement
+    assert r.score.value == r.score.correlation * r.score.vector_agreement
     np.testing.assert_array_equal(r.candidates[0].T_target_source, r.T_target_source)
     assert r.score == r.candidates[0].score
     assert 0.0 <= r.score.similarity <= 1.0
@@ -205,7 +205,7 @@ def test_result_object(result0):
     text = json.dumps(j)                                      # JSON-serialisable as is
     back = json.loads(text)
     np.testing.assert_allclose(back["matrix"], r.T_target_source)
-    assert back["score"] == r.score.correlation
+    assert back["score"] == r.score.correlation * r.score.vector_agreement
     assert back["score_terms"]["similarity"] == r.score.similarity
     assert back["version"] == cryoalign.__version__
     assert len(back["candidates"]) == len(r.candidates)

@@ -41,10 +41,14 @@ the same parameters are ranked by signature distance, the `prefilter` closest ar
 aligned onto the query (`pipeline.align_prepared`, entry = source, query = target, in
 GLOBAL mode at the catalogue's sampling interval; entries are read from their .npz, no
 entry map is read again) and ranked by the alignment score (map correlation after map
-refinement).  Global mode because the question is "which entries are the query's
-molecule": the signature pre-filter compares whole shapes, so an entry that merely
-contains the query would not pass it anyway; to place a query inside a larger entry,
-align the two with `cryoalign.align(..., mode="local")`.
+refinement).  Two passes keep this affordable: every pre-filtered entry is aligned with a
+screening configuration (SCREEN_HYPOTHESES coarse poses, SCREEN_MAP_REFINE of them refined
+on the maps; about a third of the full pipeline's time), then the `refine` best are
+aligned again with the full configuration and ranked first.  The wider search of weak
+answers (`wide_search`) is off: most entries are not the query's molecule.  Global mode
+because the question is "which entries are the query's molecule": the signature
+pre-filter compares whole shapes, so an entry that merely contains the query would not
+pass it anyway; to place a query inside a larger entry, align the two with `cryoalign.align(..., mode="local")`.
 
 Bad input raises `InputError` (the messages are tested one by one):
 1. index: a map file that does not exist (all are listed, before any work starts).
@@ -85,6 +89,8 @@ SIGNATURE_VERSION = "shape-1"
 SIGNATURE_POINTS = 2000          # points of the cloud used for the signature (seeded subset)
 RADIAL_QUANTILES = 16
 D2_QUANTILES = 32
+SCREEN_HYPOTHESES = 4            # search, first pass over the pre-filtered entries: coarse poses ...
+SCREEN_MAP_REFINE = 1            # ... and candidates refined on the maps (the full pipeline: 8 and 5)
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -479,12 +485,14 @@ def prepare_entry(task: dict) -> dict:
 
 # ----------------------------------------------------------------------------- search
 def search(query, db, *, contour: float | None = None, top: int = 10, prefilter: int | None = 50,
-           config: AlignConfig | None = None, jobs: int | None = None, scheduler: str | None = None,
+           refine: int = 5, config: AlignConfig | None = None, jobs: int | None = None, scheduler: str | None = None,
            progress: bool = False) -> SearchResult:
     """Rank the catalogue's entries by how well they superimpose on `query` (a map path or
     EMDB ID; contour: given, else the EMDB header's, else estimated).  The `prefilter`
-    entries closest by signature (None: all) are aligned onto the query in global mode;
-    the `top` best are returned.  jobs / scheduler: see `executor.run_tasks`."""
+    entries closest by signature (None: all) are aligned onto the query in global mode
+    with a screening configuration (SCREEN_HYPOTHESES coarse poses, SCREEN_MAP_REFINE
+    refined on the maps), the `refine` best of them again with the full configuration;
+    the `top` best are returned (the re-aligned ones first).  jobs / scheduler: see `executor.run_tasks`."""
     from . import emdb
     from .io import read_map
     from .prepare import prepare, resolve_contour
@@ -493,6 +501,8 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
     started = time.perf_counter()
     if top < 1:
         raise InputError(f"top={top} is not allowed: give a whole number of at least 1")
+    if refine < 1:
+        raise InputError(f"refine={refine} is not allowed: give a whole number of at least 1")
     if prefilter is not None and prefilter < 1:
         raise InputError(f"prefilter={prefilter} is not allowed: give at least 1 (or None to align every entry)")
     db = os.fspath(db)
@@ -524,26 +534,38 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
     order = sorted(range(len(usable)), key=lambda i: (distances[i], usable[i]["id"]))
     chosen = order if prefilter is None else order[:prefilter]
 
-    align_config = search_config(config).as_dict()
+    full_config = search_config(config)
+    screen_config = full_config.replace(max_hypotheses=min(SCREEN_HYPOTHESES, full_config.max_hypotheses),
+                                        map_refine_max=min(SCREEN_MAP_REFINE, full_config.map_refine_max))
     features = os.path.abspath(os.path.join(db, FEATURES_DIR))
     tmp = tempfile.mkdtemp(prefix=".search-", dir=db if os.access(db, os.W_OK) else None)
     try:
         query_npz = os.path.join(os.path.abspath(tmp), "query.npz")
         query_prepared.save(query_npz)
-        tasks = [dict(entry=os.path.join(features, usable[i]["features"]), query=query_npz,
-                      query_map=os.path.abspath(path), config=align_config) for i in chosen]
-        outcomes = [None] * len(tasks)
+
+        def align_all(picked, cfg, stage):
+            tasks = [dict(entry=os.path.join(features, usable[i]["features"]), query=query_npz,
+                          query_map=os.path.abspath(path), config=cfg.as_dict()) for i in picked]
+            outcomes = [None] * len(tasks)
+            for k, outcome in run_tasks(align_entry, tasks, jobs=jobs, scheduler=scheduler, progress=progress,
+                                        desc=stage):
+                outcomes[k] = outcome
+            return dict(zip(picked, outcomes))
+
         aligning = time.perf_counter()
-        for k, outcome in run_tasks(align_entry, tasks, jobs=jobs, scheduler=scheduler, progress=progress,
-                                    desc="entries"):
-            outcomes[k] = outcome
-        timings["align"] = time.perf_counter() - aligning
+        outcomes = align_all(chosen, screen_config, "screen")
+        timings["screen"] = time.perf_counter() - aligning
+        ok = [i for i in chosen if outcomes[i]["status"] == "ok"]
+        leaders = sorted(ok, key=lambda i: (-outcomes[i]["score"], distances[i], usable[i]["id"]))[:refine]
+        aligning = time.perf_counter()
+        outcomes.update({i: o for i, o in align_all(leaders, full_config, "refine").items() if o["status"] == "ok"})
+        timings["refine"] = time.perf_counter() - aligning
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     hits, errors = [], []
-    for k, i in enumerate(chosen):
-        entry, outcome = usable[i], outcomes[k]
+    for i in chosen:
+        entry, outcome = usable[i], outcomes[i]
         if outcome["status"] != "ok":
             errors.append((entry["map"], outcome["error"]))
             log.warning("%s: alignment failed: %s", entry["map"], outcome["error"])
@@ -551,11 +573,15 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
         hits.append(Hit(map=entry["map"], path=entry["path"], score=outcome["score"],
                         correlation=outcome["correlation"], T_query_entry=np.array(outcome["matrix"]).reshape(4, 4),
                         signature_distance=float(distances[i]), contour=entry["contour"], entry_id=entry["id"]))
-    hits.sort(key=lambda h: (-h.score, h.signature_distance, h.entry_id))
+    # the re-aligned leaders first (their scores come from the full pipeline), then the others
+    refined = {usable[i]["id"] for i in leaders}
+    hits.sort(key=lambda h: (h.entry_id not in refined, -h.score, h.signature_distance, h.entry_id))
     timings["total"] = time.perf_counter() - started
-    run_params = dict(params, mode="global", wide_search=align_config.get("wide_search"), contour=float(region.contour), contour_source=contour_source,
-                      top=top, prefilter=prefilter, seed=config.seed, map_refine=config.map_refine,
-                      signature=SIGNATURE_VERSION)
+    run_params = dict(params, mode="global", wide_search=full_config.as_dict().get("wide_search"),
+                      contour=float(region.contour), contour_source=contour_source, top=top, prefilter=prefilter,
+                      refine=refine, screen={"max_hypotheses": screen_config.max_hypotheses,
+                                             "map_refine_max": screen_config.map_refine_max},
+                      seed=config.seed, map_refine=config.map_refine, signature=SIGNATURE_VERSION)
     return SearchResult(query=spec, hits=hits[:top], searched=len(chosen), entries=len(entries),
                         params=run_params, timings_s=timings, errors=errors)
 

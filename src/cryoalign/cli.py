@@ -431,9 +431,11 @@ def _rotation_text(T) -> str:
 def _score_line(s, mode) -> str:
     parts = []
     if s.correlation is not None:
-        head = f"score {s.value:.3f} = map correlation about the mean (after map refinement)"
+        head = (f"score {s.value:.3f} = map correlation {s.correlation:.3f} (after map refinement) x vector "
+                f"agreement {s.vector_agreement:.3f}")
         parts.append(f"point similarity {s.similarity:.3f}")
-        parts.append(f"vector agreement {s.vector_agreement:.3f}")
+        if s.local_correlation is not None:
+            parts.append(f"local correlation {s.local_correlation:.3f}")
         if s.js_divergence is not None:
             parts.append(f"JS {s.js_divergence:.3f}")
     elif s.js_divergence is not None:
@@ -487,7 +489,7 @@ def _cmd_fit(args) -> int:
         final = os.path.abspath(out)
         outputs.fit_script(os.path.join(tmp, "fit.cxc"), map_path=density.path, contour=result.target_contour,
                            assembled=os.path.join(final, assembled) if result.assembled else None, folder=final)
-    lines = ["chain  rank  score  agreement  confidence  (score = map correlation about the mean)"]
+    lines = ["chain  rank  score  agreement  confidence  (score = map correlation x vector agreement)"]
     for c in result.chains:
         for k, cand in enumerate(c.placements, 1):
             mark = "  <- assembled" if result.assembled.get(c.chain) == k - 1 else ""

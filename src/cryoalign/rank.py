@@ -10,7 +10,8 @@ alignment and chain fitting (they differ only in where the coarse poses come fro
               the target holds more than the source)
     maps      every distinct candidate scored on the maps (correlation about the mean);
               those whose point score is at least `map_refine_fraction` of the best's
-              refined there (at most `map_refine_max`); ranked by correlation
+              refined there (at most `map_refine_max`); ranked by correlation x vector
+              agreement (`Score.value`)
 """
 from __future__ import annotations
 
@@ -140,4 +141,5 @@ def _on_the_maps(src, tgt, candidates, config, with_js, timer):
             out[-1] = replace(out[-1], score=replace(out[-1].score, local_correlation=terms["local"],
                                                      shared_correlation=terms["shared"],
                                                      shared_fraction=terms["shared_fraction"]))
+    out.sort(key=lambda c: -c.score.value)          # stable: equal scores keep the refinement order
     return out

@@ -266,8 +266,9 @@ def align_to_reference(item) -> dict:
     scale = fit_scale(moved.data, ref.data, level, ref_contour)
     scaled = scale.apply(moved.data)
     union = (moved.data > level) | (ref.data > ref_contour)
+    score = result.score.correlation if result.score.correlation is not None else result.score.value
     record = {"map": map_path, "key": key, "contour": level, "contour_estimated": estimated,
-              "matrix": np.asarray(result.T_target_source).tolist(), "score": float(result.score.value),
+              "matrix": np.asarray(result.T_target_source).tolist(), "score": float(score),
               "correlation_with_reference": masked_correlation(scaled, ref.data, union),
               "scale": scale.as_dict(), "seconds": 0.0}
     _atomic_save(os.path.join(work, f"{key}.npy"), lambda fh: np.save(fh, scaled))
