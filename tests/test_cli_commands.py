@@ -91,3 +91,30 @@ def test_batch_command(data_dir, tmp_path, capsys):
     assert out.startswith("1 pair(s): 1 run now (1 ok, 0 error), 0 finished earlier")
     code, out, err = _run(["batch", pairs, "--out", tmp_path / "r.tsv", "--global", "--jobs", 1], capsys)
     assert code == 0 and "0 run now" in out and "1 finished earlier" in out
+
+
+def test_index_then_search(data_dir, tmp_path, capsys):
+    table = tmp_path / "contours.tsv"
+    table.write_text(f"{data_dir / SRC}\t{SC}\n{data_dir / 'emd_3696_5A.mrc.gz'}\t0.69\n")
+    argv = ["index", data_dir / SRC, data_dir / "emd_3696_5A.mrc.gz", "--db", tmp_path / "db",
+            "--contour-table", table, "--jobs", 1, "--quiet"]
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    assert out.startswith("2 indexed, 0 already in") and "2 entries" in out
+    code, out, err = _run(argv, capsys)
+    assert code == 0 and out.startswith("0 indexed, 2 already in")
+    code, out, err = _run(["search", data_dir / SRC, "--db", tmp_path / "db", "--contour", SC, "--top", 2,
+                           "--jobs", 1, "--json", tmp_path / "s.json", "--quiet"], capsys)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert [h["rank"] for h in doc["hits"]] == [1, 2]
+    assert os.path.basename(doc["hits"][0]["map"]) == SRC
+    np.testing.assert_allclose(doc["hits"][0]["matrix"], np.eye(4), atol=1e-3)
+    assert SRC in out.splitlines()[2]
+
+
+def test_search_names_a_folder_that_is_not_a_catalogue(data_dir, tmp_path, capsys):
+    (tmp_path / "notdb").mkdir()
+    code, out, err = _run(["search", data_dir / SRC, "--db", tmp_path / "notdb", "--contour", SC], capsys)
+    assert code == 2 and out == ""
+    assert "notdb" in err and "cryoalign index" in err

@@ -40,8 +40,8 @@ search: the query is prepared once (as a target, fine=True), the entries prepare
 the same parameters are ranked by signature distance, the `prefilter` closest are
 aligned onto the query (`pipeline.align_prepared`, entry = source, query = target, in
 GLOBAL mode at the catalogue's sampling interval; entries are read from their .npz, no
-entry map is read again) and ranked by the alignment score (map correlation after map
-refinement).  Two passes keep this affordable: every pre-filtered entry is aligned with a
+entry map is read again) and ranked by the alignment score (`AlignResult.score.value`, the pipeline's ranking
+score).  Two passes keep this affordable: every pre-filtered entry is aligned with a
 screening configuration (SCREEN_HYPOTHESES coarse poses, SCREEN_MAP_REFINE of them refined
 on the maps; about a third of the full pipeline's time), then the `refine` best are
 aligned again with the full configuration and ranked first.  The wider search of weak

@@ -171,6 +171,36 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--top", type=int, default=d.top, help=f"candidates per pair (default {d.top})")
     b.add_argument("--quiet", action="store_true", help="no progress messages (the summary is still printed)")
 
+    ix = sub.add_parser("index", help="prepare many maps once and store them in a searchable catalogue",
+                        description="Prepare every MAP (file or EMDB ID) once and store it in DIR (SQLite "
+                                    "catalogue + compressed arrays). A rerun skips what is stored; an "
+                                    "interrupted run continues where it stopped.")
+    ix.add_argument("maps", nargs="+", help="maps (files or EMDB IDs)")
+    ix.add_argument("--db", required=True, help="catalogue folder (created when missing)")
+    ix.add_argument("--contour-table", default=None, help="TSV of map<TAB>contour lines (others: EMDB "
+                                                          "header level, else estimated)")
+    ix.add_argument("--sampling", type=float, default=None, help="sampling interval in Å (default 5)")
+    ix.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    ix.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786)")
+    ix.add_argument("--quiet", action="store_true", help="no progress messages (the summary is still printed)")
+
+    se = sub.add_parser("search", help="rank the maps of a catalogue by how well they superimpose on QUERY",
+                        description="Prepare QUERY, pre-filter the catalogue by a rotation-invariant shape "
+                                    "signature, align the closest entries onto the query from their stored "
+                                    "features and rank them by the alignment score.")
+    se.add_argument("query", help="query map (file or EMDB ID)")
+    se.add_argument("--db", required=True, help="catalogue folder made by cryoalign index")
+    se.add_argument("--contour", type=float, default=None, help="query contour (EMDB header level or estimated "
+                                                                "if omitted)")
+    se.add_argument("--top", type=int, default=10, help="hits to report (default 10)")
+    se.add_argument("--prefilter", type=int, default=50,
+                    help="entries aligned after the signature pre-filter (default 50; 0 aligns every entry)")
+    se.add_argument("--sampling", type=float, default=None, help="sampling interval in Å (as the index)")
+    se.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    se.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786)")
+    se.add_argument("--json", dest="json_out", default=None, help="write the hits as JSON here")
+    se.add_argument("--quiet", action="store_true", help="no progress messages (the table is still printed)")
+
     r = sub.add_parser("rmsd", help="true RMSD of a model under an estimated transform",
                        description="RMSD (Å) of MODEL moved by the estimated matrix against a reference: "
                                    "ground-truth matrices (the best over alternatives is also "
@@ -207,13 +237,17 @@ FLAGS = {
                  "keep_all": "--keep-all", "components": "--components", "jobs": "--jobs",
                  "scheduler": "--scheduler", "sampling_A": "--sampling", "seed": "--seed",
                  "mode='global'": "--global", "mode='local'": "--local"},
+    "index": {"contours": "--contour-table", "sampling_A": "--sampling", "jobs": "--jobs",
+              "scheduler": "--scheduler"},
+    "search": {"contour=": "--contour", "top": "--top", "prefilter": "--prefilter", "sampling_A": "--sampling",
+               "jobs": "--jobs", "scheduler": "--scheduler"},
     "batch": {"jobs": "--jobs", "scheduler": "--scheduler", "retry_errors": "--retry-errors",
               "sampling_A": "--sampling", "seed": "--seed", "top": "--top",
               "mode='global'": "--global", "mode='local'": "--local"},
 }
 VALUE_OPTIONS = ("--source-contour", "--target-contour", "--contour", "--reference-contour", "--seed", "--top",
                  "--jobs", "--sampling", "--voxel", "--resolution", "--hypotheses", "--density", "--components",
-                 "--min-blob")
+                 "--min-blob", "--prefilter")
 
 
 def flagged(message: str, command: str) -> str:
@@ -641,12 +675,45 @@ def _cmd_batch(args) -> int:
     return 0
 
 
+def _cmd_index(args) -> int:
+    from .catalogue import index
+    from .config import AlignConfig
+    from .variation import read_contour_table
+
+    contours = read_contour_table(args.contour_table) if args.contour_table else None
+    summary = index(args.maps, args.db, contours=contours, config=AlignConfig(sampling_A=args.sampling),
+                    jobs=args.jobs, scheduler=args.scheduler, progress=not args.quiet)
+    for name, message in summary.errors:
+        print(f"cryoalign: error: {name}: {flagged(message, 'index')}", file=sys.stderr)
+    print(f"{summary.indexed} indexed, {summary.skipped} already in {args.db}, {len(summary.errors)} failed; "
+          f"{summary.entries} entries ({summary.time_s:.1f} s)")
+    return EXIT_INPUT if summary.errors else 0
+
+
+def _cmd_search(args) -> int:
+    from . import io
+    from .catalogue import format_table, search
+    from .config import AlignConfig
+
+    if args.json_out:
+        io.check_writable(args.json_out)
+        _refuse_overwriting_inputs([args.json_out], [args.query])
+    result = search(args.query, args.db, contour=args.contour, top=args.top,
+                    prefilter=args.prefilter or None, config=AlignConfig(sampling_A=args.sampling),
+                    jobs=args.jobs, scheduler=args.scheduler, progress=not args.quiet)
+    if args.json_out:
+        io.write_text(args.json_out, json.dumps(result.to_json(), indent=1) + "\n")
+    print(format_table(result))
+    return 0
+
+
 def _atom_words(kind: str) -> str:
     return "CA/P atoms" if kind == "CA/P" else "atoms (all)"
 
 
 COMMANDS = {"align": _cmd_align, "fit": _cmd_fit, "simulate": _cmd_simulate, "rmsd": _cmd_rmsd,
-            "compare": _cmd_compare, "variance": _cmd_variance, "batch": _cmd_batch}
+            "compare": _cmd_compare, "variance": _cmd_variance, "batch": _cmd_batch, "index": _cmd_index,
+            "search": _cmd_search}
 
 
 if __name__ == "__main__":
