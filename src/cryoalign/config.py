@@ -58,7 +58,8 @@ class AlignConfig:
     descriptor_top_k: int = 64           # most similar target descriptors kept per source descriptor
     local_refine_min: int = 20           # distinct coarse poses refined: max(this, 2 x top)
     # --- stage 6: fine pose (ranking path)
-    icp_iterations: int = 60
+    icp_iterations: int = 60             # ICP on all source points (the leaders) ...
+    screen_iterations: int = 30          # ... and on the subsample every pose is screened with
     screen_points: int = 2000            # source points for refining every pose before ranking ...
     polish_top: int = 2                  # ... of which the leaders are then refined on all points
     same_pose_A: float = 3.0             # poses closer than this at the source centre ...
@@ -92,7 +93,7 @@ class AlignConfig:
             raise InputError(f"mode must be 'auto', 'global' or 'local', got {self.mode!r}")
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise InputError(f"seed={self.seed} is not allowed: give a non-negative integer")
-        for name in ("top", "max_hypotheses", "icp_iterations", "mask_hypotheses", "screen_points",
+        for name in ("top", "max_hypotheses", "icp_iterations", "screen_iterations", "mask_hypotheses", "screen_points",
                      "mask_screen_points", "map_points", "map_coarse_points", "js_samples", "map_refine_max",
                      "max_keypoints", "descriptor_top_k", "local_refine_min", "wide_placements", "wide_keep", "tie_break_points",
                      "wide_sample_points"):

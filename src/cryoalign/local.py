@@ -8,9 +8,9 @@ solved as a small global problem.  What is done once rather than per mask:
 
 - the source and target descriptors (the target's on the whole map, so key
   points near a mask's rim see their full neighbourhood);
-- each source descriptor's TOP_K most similar target descriptors, and each
+- each source descriptor's `descriptor_top_k` most similar target descriptors, and each
   target descriptor's most similar source one (one blocked matrix product):
-  a source key point's best match inside a mask is the first of its TOP_K that
+  a source key point's best match inside a mask is the first of those that
   lies in the mask (exact; only rows with none inside are recomputed), and the
   match is mutual when that target key point's best source is the same point;
 - the k-d trees used by the refinement and the score.
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import register, score
+from .match import nearest_tables
 from .config import AlignConfig
 from .executor import resolve_jobs
 from .prepare import PreparedMap
@@ -41,9 +42,6 @@ from .timing import Timer
 from .types import Features, Matches, PointCloud
 
 log = logging.getLogger(__name__)
-
-_BLOCK = 2048
-
 
 def source_diameter(points_A: np.ndarray, max_points: int = 3000) -> float:
     """Largest distance between two of the source's points (on a subsample)."""
@@ -122,33 +120,6 @@ _SHARED: _Shared | None = None
 def _init_worker(shared: _Shared | None) -> None:
     global _SHARED
     _SHARED = shared
-
-
-def nearest_tables(a: np.ndarray, b: np.ndarray, k: int):
-    """For unit descriptors a (Ns, D), b (Nt, D): each row of a's k most similar rows of b
-    (sorted by decreasing similarity, ties to the lower index) with the similarities,
-    and each row of b's most similar row of a."""
-    a = a.astype(np.float32)
-    b = b.astype(np.float32)
-    k = min(k, len(b))
-    top_i = np.empty((len(a), k), np.int64)
-    top_s = np.empty((len(a), k), np.float32)
-    best_src = np.zeros(len(b), np.int64)
-    best_val = np.full(len(b), -np.inf, np.float32)
-    for s in range(0, len(a), _BLOCK):
-        sim = a[s:s + _BLOCK] @ b.T
-        part = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1] else \
-            np.tile(np.arange(sim.shape[1]), (len(sim), 1))
-        psim = np.take_along_axis(sim, part, 1)
-        order = np.lexsort((part, -psim), axis=1)
-        top_i[s:s + _BLOCK] = np.take_along_axis(part, order, 1)
-        top_s[s:s + _BLOCK] = np.take_along_axis(psim, order, 1)
-        col = np.argmax(sim, axis=0)                      # first (lowest) row on ties
-        val = sim[col, np.arange(sim.shape[1])]
-        better = val > best_val
-        best_src[better] = col[better] + s
-        best_val[better] = val[better]
-    return top_i, top_s, best_src
 
 
 def _mask_matches(sh: _Shared, k: int) -> Matches:

@@ -139,10 +139,11 @@ def fsc_plot(curve, path, *, title: str = "Fourier shell correlation") -> str:
     return _save(fig, path)
 
 
-def blob_projections(target: DensityMap, differences: dict, path, *, top: int = 6) -> str:
+def blob_projections(target: DensityMap, differences: dict, path, *, top: int = 6, labelled: int = 3) -> str:
     """The target's projections in grey with the outlines of the largest difference blobs:
-    target_minus_source in green, source_minus_target in magenta, each labelled with its
-    rank and mass."""
+    target_minus_source in green, source_minus_target in magenta; the `labelled` largest
+    of each (and only those over 5% of the largest's mass) carry their rank and mass, so
+    labels do not pile up."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.6), squeeze=False)
     names = ("target_minus_source", "source_minus_target")
@@ -160,6 +161,8 @@ def blob_projections(target: DensityMap, differences: dict, path, *, top: int = 
                 ys = np.linspace(ext[2], ext[3], ny + 1)
                 ax.contour(0.5 * (xs[1:] + xs[:-1]), 0.5 * (ys[1:] + ys[:-1]), footprint, levels=[0.5],
                            colors=colour, linewidths=1.5)
+                if rank > labelled or blob.mass_kDa < 0.05 * d.blobs[0].mass_kDa:
+                    continue
                 i, j = "xyz".index(shown[0]), "xyz".index(shown[1])
                 sign = "+" if name == names[0] else "-"
                 ax.annotate(f"{sign}{rank}: {blob.mass_kDa:.0f} kDa", (blob.centre_A[i], blob.centre_A[j]),
@@ -173,7 +176,7 @@ def blob_projections(target: DensityMap, differences: dict, path, *, top: int = 
                         Line2D([], [], color=BLOB_COLOURS[1], lw=2, label="-k: in source, not in target")],
                loc="lower center", ncol=2, frameon=False)
     fig.suptitle("difference blobs on the target (rank: mass)", fontsize=12)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.09, 1, 0.95))
     return _save(fig, path)
 
 

@@ -87,7 +87,7 @@ def _screen(src, tgt, hypotheses, config):
     out = []
     for hyp in hypotheses:
         T = refine.robust_icp(screen, tgt.fine_tree, hyp.T_target_source, scale_A=config.sampling_A,
-                              iterations=config.icp_iterations).T_target_source
+                              iterations=config.screen_iterations).T_target_source
         out.append((agreement(src, tgt, T, config), T, hyp))
     order = lambda item: (-item[0], item[2].key)       # noqa: E731
     out.sort(key=order)

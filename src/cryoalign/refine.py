@@ -14,7 +14,7 @@ from scipy.spatial import cKDTree
 from . import transform as tf
 from .types import Pose
 
-QUERY_WORKERS = -1     # nearest-neighbour queries on all cores (each point's answer is the same)
+QUERY_WORKERS = 1      # nearest-neighbour query threads (more only help on an idle machine)
 
 
 def robust_icp(source_A: np.ndarray, target_tree: cKDTree, T_init: np.ndarray, *, scale_A: float,

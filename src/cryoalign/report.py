@@ -112,7 +112,7 @@ def align_sections(result, images: list) -> list:
                                f"{p[f'{side}_contour']:.4g}" + (" (estimated)" if p[f"{side}_contour_estimated"] else "")]
                               for side in ("source", "target")]}]},
         {"heading": "Superposition", "text": "T_target_source maps source world coordinates (Å) onto the target's. "
-                                             "Projections: target in grey-blue, source in orange; white where both.",
+                                             "Projections: target in blue, source in orange, white where both.",
          "tables": [_matrix_table(T), {"columns": ["", "value"], "rows": summary}], "images": list(images)},
         {"heading": "Candidates",
          "tables": [{"columns": ["rank", "score", "agreement", "rotation (deg)", "translation (Å)", "found by"],
