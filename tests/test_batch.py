@@ -97,7 +97,7 @@ def test_one_line_per_pair_with_known_motion_recovered_and_errors_recorded(work)
     assert real["status"] == "ok"
     assert (real["source_contour"], real["target_contour"]) == ("1.25", "0.69")
     assert (real["source_contour_used"], real["target_contour_used"]) == ("1.25", "0.69")
-    assert float(real["correlation"]) == float(real["score"]) > 0.5
+    assert float(real["correlation"]) > 0.5 and float(real["score"]) > 0.3          # score = correlation x agreement
     assert len(real["matrix"].split(",")) == 16 and _matrix(real)[3].tolist() == [0, 0, 0, 1]
 
     broken = rows[PAIRS[2][:2]]

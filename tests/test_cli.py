@@ -247,8 +247,8 @@ def test_align_leaves_inputs_unchanged(aligned):
 
 def test_out_dir_contents(aligned):
     names = sorted(os.listdir(aligned.out_dir))
-    assert names == [".cryoalign", "params.json", "result.json", "source_model_on_target.pdb",
-                     "source_on_target.mrc", "superposition.cxc"]
+    assert names == [".cryoalign", "align_projections.png", "params.json", "report.html", "result.json",
+                     "source_model_on_target.pdb", "source_on_target.mrc", "superposition.cxc"]
     assert temp_files(aligned.folder) == []
     assert json.loads((aligned.out_dir / "result.json").read_text()) == aligned.doc
     assert json.loads((aligned.out_dir / "params.json").read_text()) == aligned.doc["params"]
@@ -730,8 +730,8 @@ def test_out_dir_holding_other_files_is_refused_and_left_alone(bad, case):
     notes.write_text("mine\n")
     msg = bad(align_argv(case, "--out-dir", bad.out / "dir", "--json", bad.out / "r.json"), watch=[notes],
               files_before=[notes])
-    assert msg == (f"output folder {bad.out / 'dir'} holds files that cryoalign did not write; choose a new "
-                   "or empty folder (a run replaces the whole folder)")
+    assert msg == (f"output folder {bad.out / 'dir'} holds files that cryoalign did not write (notes.txt, "
+                   "source_on_target.mrc); choose a new or empty folder (a run replaces the whole folder)")
     assert sorted(p.name for p in (bad.out / "dir").iterdir()) == ["notes.txt", "source_on_target.mrc"]
     assert not (bad.out / "r.json").exists()
 

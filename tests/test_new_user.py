@@ -102,7 +102,8 @@ def test_two_runs_into_one_folder_at_once_leave_one_runs_files(data_dir, tmp_pat
     results = [p.communicate(timeout=300) for p in runs]
     assert [p.returncode for p in runs] == [0, 0], results
     names = sorted(os.listdir(out))
-    one = [".cryoalign", "params.json", "result.json", "source_on_target.mrc", "superposition.cxc"]
+    one = [".cryoalign", "align_projections.png", "params.json", "report.html", "result.json", "source_on_target.mrc",
+           "superposition.cxc"]
     assert names in (one, sorted(one + ["source_model_on_target.pdb"]))
     doc = json.loads((out / "result.json").read_text())
     assert (doc["params"]["top"] == 3) == ("source_model_on_target.pdb" in names)   # all from one run
@@ -118,8 +119,8 @@ def test_a_rerun_replaces_the_folder_whole(data_dir, tmp_path, capsys):
     assert _run(base + ["--source-model", model], capsys)[0] == 0
     assert (out / "source_model_on_target.pdb").exists()
     assert _run(base, capsys)[0] == 0
-    assert sorted(os.listdir(out)) == [".cryoalign", "params.json", "result.json", "source_on_target.mrc",
-                                       "superposition.cxc"]
+    assert sorted(os.listdir(out)) == [".cryoalign", "align_projections.png", "params.json", "report.html",
+                                       "result.json", "source_on_target.mrc", "superposition.cxc"]
 
 
 def test_ctrl_c_during_the_mask_search_stops_at_once_and_leaves_no_worker(data_dir, tmp_path):
@@ -234,3 +235,16 @@ def test_written_maps_keep_their_values(data_dir, tmp_path):
     m = read_map(data_dir / SRC)
     write_map(m, tmp_path / "m.mrc.gz")
     np.testing.assert_array_equal(read_map(tmp_path / "m.mrc.gz").data, m.data)
+
+
+def test_a_users_file_added_to_an_output_folder_is_never_deleted(data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["align", data_dir / SRC, data_dir / TGT, "--source-contour", SC, "--target-contour", TC, "--global",
+            "--top", 2, "--out-dir", out]
+    assert _run(base, capsys)[0] == 0
+    (out / "notes.txt").write_text("mine\n")
+    code, stdout, err = _run(base, capsys)
+    assert code == 2 and stdout == ""
+    assert f"output folder {out} holds files that cryoalign did not write (notes.txt)" in err
+    assert (out / "notes.txt").read_text() == "mine\n"
+    assert (out / "result.json").exists()

@@ -407,6 +407,7 @@ def check_writable(path) -> None:
 
 
 FOLDER_MARK = ".cryoalign"      # in every output folder: its contents are one cryoalign run's
+WORK_MARK = ".cryoalign-work"   # in a resumable run's folder (variance): kept between runs
 
 
 def check_output_folder(path) -> None:
@@ -417,10 +418,11 @@ def check_output_folder(path) -> None:
     if os.path.exists(path):
         if not os.path.isdir(path):
             raise InputError(f"output folder {path} is a file; choose another --out-dir")
-        entries = os.listdir(path)
-        if entries and FOLDER_MARK not in entries:
-            raise InputError(f"output folder {path} holds files that cryoalign did not write; choose a new "
-                             "or empty folder (a run replaces the whole folder)")
+        foreign = foreign_files(path)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise InputError(f"output folder {path} holds files that cryoalign did not write ({shown}); choose "
+                             "a new or empty folder (a run replaces the whole folder)")
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
@@ -429,6 +431,25 @@ def check_output_folder(path) -> None:
     if not os.access(probe, os.W_OK):
         raise InputError(f"cannot create output folder {path}: {probe} is not writable; "
                          "choose a writable location")
+
+
+def foreign_files(path) -> list[str]:
+    """Entries of folder `path` that no cryoalign run wrote: all of them when it has no
+    FOLDER_MARK, else those the mark does not list (a user's file added afterwards)."""
+    entries = sorted(os.listdir(path))
+    mark = os.path.join(path, FOLDER_MARK)
+    if not os.path.isfile(mark):
+        return entries
+    with open(mark, errors="replace") as fh:
+        listed = {line.rstrip("\n") for line in fh.readlines()[1:]}
+    return [e for e in entries if e != FOLDER_MARK and e not in listed]
+
+
+def mark_folder(path, what: str) -> None:
+    """Write FOLDER_MARK: who wrote the folder, then the name of every entry in it."""
+    names = sorted(e for e in os.listdir(path) if e != FOLDER_MARK)
+    write_text(os.path.join(path, FOLDER_MARK), f"written by {what}\n" + "".join(f"{n}\n" for n in names),
+               journal=False)
 
 
 @contextlib.contextmanager
@@ -450,14 +471,14 @@ def output_folder(path, what: str = "cryoalign"):
         raise InputError(f"cannot create output folder {path}: {exc.strerror}; choose a writable location") from None
     try:
         yield tmp
-        write_text(os.path.join(tmp, FOLDER_MARK), f"written by {what}\n", journal=False)
+        mark_folder(tmp, what)
         os.chmod(tmp, 0o777 & ~_current_umask())
         for _ in range(100):
             try:
                 os.rename(tmp, path)           # onto nothing, or onto an empty folder
                 break
             except OSError:
-                if not os.path.isdir(path) or FOLDER_MARK not in os.listdir(path):
+                if not os.path.isdir(path) or foreign_files(path):
                     raise InputError(f"output folder {path} was changed by something other than cryoalign "
                                      "during the run; choose a new folder") from None
                 old = f"{path}.old-{uuid.uuid4().hex[:8]}"

@@ -193,13 +193,14 @@ def coarse_hypotheses(src: PreparedMap, tgt: PreparedMap, config: AlignConfig,
     with timer.stage("mask search"):
         results = _run_masks(shared, m, jobs)
     results.sort(key=lambda r: (-r[0], r[1], r[2]))
-    coarse = distinct(results, src.cloud.points_A[screen].mean(0), config, pose=lambda r: r[3])
     count = max(config.local_refine_min, 2 * config.top)
+    with timer.stage("distinct poses"):
+        coarse = distinct(results, src.cloud.points_A[screen].mean(0), config, pose=lambda r: r[3], limit=count)
     hypotheses = [Hypothesis(T_target_source=T, found_by=f"mask {k + 1} clique {h + 1}", key=(k, h),
                              mask_centre_A=tuple(float(v) for v in plan.centres_A[k]))
                   for _, k, h, T in coarse[:count]]
     stats = dict(mask_radius_A=plan.radius_A, mask_step_A=plan.step_A, masks_considered=plan.considered,
-                 masks_searched=m, coarse_poses=len(results), distinct_coarse_poses=len(coarse),
+                 masks_searched=m, coarse_poses=len(results), distinct_coarse_poses_kept=len(coarse),
                  refined_poses=len(hypotheses), jobs=jobs)
     return hypotheses, stats
 

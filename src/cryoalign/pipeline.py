@@ -84,7 +84,13 @@ def candidates_for(src: PreparedMap, tgt: PreparedMap, config: AlignConfig,
     candidates = rank(src, tgt, hypotheses, config, with_js=config.mode == "global", timer=timer)
     verdict = assess(candidates, config.mode)["verdict"]
     if config.wide_search == "always" or (config.wide_search == "auto" and verdict == "low"):
-        candidates, stats["wide_search"] = _wider(src, tgt, candidates, config, timer, verdict)
+        if config.wide_search == "auto" and _too_big_to_widen(src, tgt, config):
+            log.info("the answer is weak, but the maps are too large for the wider search (over %d source "
+                     "points or %d fine target points); try a larger sampling_A", WIDE_MAX_SOURCE_POINTS,
+                     WIDE_MAX_TARGET_POINTS)
+            stats["wide_search"] = {"ran": False, "reason": "maps too large"}
+        else:
+            candidates, stats["wide_search"] = _wider(src, tgt, candidates, config, timer, verdict)
     if config.map_refine and _equivalent_ranks(candidates, config.symmetry_margin) and src.density is not None:
         with timer.stage("tie break"):
             candidates, stats["tie_break"] = _break_ties(src, tgt, candidates, config)
@@ -113,6 +119,14 @@ def _break_ties(src, tgt, candidates, config):
              len(tied), 100 * config.symmetry_margin, len(full.values))
     return rescored + rest, {"poses": len(tied), "voxels": int(len(full.values)),
                              "winner_changed": rescored[0].found_by != candidates[0].found_by}
+
+
+WIDE_MAX_SOURCE_POINTS = 20_000    # auto wider search only up to this many source points ...
+WIDE_MAX_TARGET_POINTS = 400_000   # ... and fine target points (its ICP and refinements scale with them)
+
+
+def _too_big_to_widen(src, tgt, config) -> bool:
+    return len(src.cloud) > WIDE_MAX_SOURCE_POINTS or len(tgt.fine) > WIDE_MAX_TARGET_POINTS
 
 
 def _wider(src, tgt, candidates, config, timer, verdict):

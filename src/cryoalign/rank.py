@@ -45,10 +45,14 @@ def same_pose(T1: np.ndarray, T2: np.ndarray, centre_A: np.ndarray, config: Alig
     return tf.same_pose(T1, T2, centre_A, max_shift_A=config.same_pose_A, max_angle_deg=config.same_pose_deg)
 
 
-def distinct(items, centre_A: np.ndarray, config: AlignConfig, pose=lambda item: item.T_target_source):
-    """Keep the items (best first) whose pose differs from every kept one's."""
+def distinct(items, centre_A: np.ndarray, config: AlignConfig, pose=lambda item: item.T_target_source,
+             limit: int | None = None):
+    """Keep the items (best first) whose pose differs from every kept one's; stop once
+    `limit` are kept (the later ones would not be used)."""
     kept = []
     for item in items:
+        if limit is not None and len(kept) >= limit:
+            break
         if not any(same_pose(pose(item), pose(other), centre_A, config) for other in kept):
             kept.append(item)
     return kept
