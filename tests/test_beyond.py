@@ -66,6 +66,10 @@ def test_symmetric_assembly_is_flagged_ambiguous_with_the_three_c3_poses(trimer,
         assert rel["angle_deg"] == pytest.approx(120.0, abs=2.0)
         assert abs(np.dot(rel["axis"], C3_AXIS)) > 0.999
         assert r.candidates[k - 1].score.value >= r.score.value * 0.97
+    # the three ties were compared again on every source voxel, and still tie: kept and flagged
+    assert r.stats["tie_break"]["poses"] == 3
+    assert r.stats["tie_break"]["voxels"] == int((trimer[0].data >= trimer[1]).sum())   # all source voxels
+    assert r.confidence["verdict"] == "medium"
 
 
 def test_ambiguity_in_the_json(trimer_result):

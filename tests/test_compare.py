@@ -14,7 +14,7 @@ from cryoalign.errors import InputError
 from cryoalign.io import read_model, transform_model
 from cryoalign.types import DensityMap
 
-MODEL = pathlib.Path("/work/shared/data/models/5nsr.pdb.gz")
+MODEL = pathlib.Path(__file__).resolve().parents[1] / "examples" / "5nsr.pdb.gz"   # PDB 5NSR, see examples/README.md
 CHAINS = ["A", "B", "M"]
 MISSING = "M"
 RESOLUTION_A, VOXEL_A = 6.0, 2.0

@@ -13,7 +13,7 @@ from cryoalign.errors import InputError
 from cryoalign.io import read_map, read_model, transform_model, write_map
 from cryoalign.variation import WORK_DIR, read_contour_table, variance, welford
 
-MODEL = pathlib.Path("/work/shared/data/models/5nsr.pdb.gz")
+MODEL = pathlib.Path(__file__).resolve().parents[1] / "examples" / "5nsr.pdb.gz"   # PDB 5NSR, see examples/README.md
 CHAINS = ["A", "B", "M"]
 CHANGING = "M"
 RESOLUTION_A, VOXEL_A = 10.0, 2.5    # smooth enough that trilinear resampling is faithful

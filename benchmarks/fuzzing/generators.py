@@ -873,7 +873,8 @@ def gen_output(case, r, p_full):
         # file this run does not write (a rank-7 model) must be gone afterwards.  "_plus_foreign":
         # the user also put notes.txt in it, a file cryoalign did not write: the contract ("an
         # --out-dir holding files cryoalign did not write is refused") says it must survive
-        case.files["out/dir/.cryoalign"] = b"written by cryoalign align\n"
+        # the mark lists the files that run wrote (notes.txt, added later, is not among them)
+        case.files["out/dir/.cryoalign"] = b"written by cryoalign align\nresult.json\nsource_model_rank7.pdb\n"
         case.files["out/dir/result.json"] = json.dumps({"matrix": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0],
                                                                    [0, 0, 0, 1]], "old": True}).encode()
         case.files["out/dir/source_model_rank7.pdb"] = b"END\n"
@@ -1133,7 +1134,7 @@ def gen_concurrent(case, r, p_full):
         case.files["in/model.pdb"] = model_text("3mfp.pdb.gz")
         models[r.randrange(2)] = "{case}/in/model.pdb"
     if kind == "previous_run":
-        case.files["out/dir/.cryoalign"] = b"written by cryoalign align\n"
+        case.files["out/dir/.cryoalign"] = b"written by cryoalign align\nresult.json\nsource_model_rank7.pdb\n"
         case.files["out/dir/result.json"] = b'{"matrix": "old"}\n'
         case.files["out/dir/source_model_rank7.pdb"] = b"END\n"
         case.replaced_dirs.append("out/dir")

@@ -284,7 +284,7 @@ def main(argv=None) -> int:
 
     argv = _join_negative_values(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    _setup_logging(getattr(args, "quiet", False), args.command)
+    handler = _setup_logging(getattr(args, "quiet", False), args.command)
     try:
         import warnings
 
@@ -307,9 +307,11 @@ def main(argv=None) -> int:
         traceback.print_exc()
         print("cryoalign: internal error (please report it with the traceback above)", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        logging.getLogger("cryoalign").removeHandler(handler)     # main() may be called again (tests, scripts)
 
 
-def _setup_logging(quiet: bool, command: str) -> None:
+def _setup_logging(quiet: bool, command: str) -> logging.Handler:
     logger = logging.getLogger("cryoalign")
     logger.handlers[:] = []
     handler = logging.StreamHandler(sys.stderr)
@@ -317,6 +319,7 @@ def _setup_logging(quiet: bool, command: str) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
+    return handler
 
 
 class _ElapsedFormatter(logging.Formatter):

@@ -75,6 +75,8 @@ class AlignConfig:
     map_coarse_points: int = 2000        # a refinement runs on this many first ...
     map_competitive: float = 0.8         # ... then on all when within this fraction of the best kept
     map_near_factor: float = 2.5         # poses this x same_pose_* from a refined one are its shoulders
+    map_rounds: int = 4                  # L-BFGS restarts from the new pose ...
+    map_iterations: int = 40             # ... of at most this many iterations
     symmetry_margin: float = 0.03        # distinct poses within 3% of the best: an ambiguous answer ...
     tie_break_points: int = 2_000_000    # ... compared again on (up to) this many source voxels
     hand_margin: float = 0.10            # check_hand: one hand must score 10% better to decide
@@ -82,7 +84,10 @@ class AlignConfig:
     wide_search: str = "auto"            # "auto" (when the confidence is low), "always" or "never"
     wide_placements: int = 60            # random orientations optimised on the maps ...
     wide_keep: int = 6                   # ... of which the best distinct ones join the candidates
-    wide_sample_points: int = 1000       # source voxels used while optimising them
+    wide_sample_points: int = 1000       # source voxels used while optimising them ...
+    wide_smoothing_A: float = 4.0        # ... against the target blurred by a Gaussian of this sigma
+    wide_max_source_points: int = 20_000  # automatic wider search only up to this many source points ...
+    wide_max_target_points: int = 400_000  # ... and fine target points (its cost scales with them)
     # --- chain fitting (fit.py)
     fit_sampling_A: float = 3.0          # sampling interval for chains (paper), unless sampling_A is set
     clash_distance_A: float = 3.0        # trace atoms (CA/P) closer than this to a placed chain's ...
@@ -95,7 +100,8 @@ class AlignConfig:
             raise InputError(f"seed={self.seed} is not allowed: give a non-negative integer")
         for name in ("top", "max_hypotheses", "icp_iterations", "screen_iterations", "mask_hypotheses", "screen_points",
                      "mask_screen_points", "map_points", "map_coarse_points", "js_samples", "map_refine_max",
-                     "max_keypoints", "descriptor_top_k", "local_refine_min", "wide_placements", "wide_keep", "tie_break_points",
+                     "max_keypoints", "descriptor_top_k", "local_refine_min", "wide_placements", "wide_keep", "tie_break_points", "map_rounds", "map_iterations",
+                     "wide_max_source_points", "wide_max_target_points",
                      "wide_sample_points"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
@@ -104,7 +110,7 @@ class AlignConfig:
             raise InputError(f"jobs={self.jobs} is not allowed: give at least 1 (or leave it unset for all cores)")
         for name in ("vector_sigma_A", "keypoint_sigma_A", "descriptor_radius_factor", "score_pair_cutoff_A",
                      "mask_radius_factor", "same_pose_A", "same_pose_deg", "default_sampling_A",
-                     "small_source_sampling_A", "fit_sampling_A", "clash_distance_A"):
+                     "small_source_sampling_A", "fit_sampling_A", "clash_distance_A", "wide_smoothing_A"):
             value = getattr(self, name)
             if not (value > 0):
                 raise InputError(f"{name}={value} is not allowed: give a positive number")

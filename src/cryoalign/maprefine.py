@@ -32,8 +32,8 @@ except ImportError:  # pragma: no cover - numba is a dependency; keep working wi
     njit = None
 
 _SLAB = 32
-OUTER_ROUNDS = 4         # L-BFGS restarts from the new pose (the small-angle gradient is exact there) ...
-INNER_ITERATIONS = 40    # ... of at most this many iterations
+OUTER_ROUNDS = 4         # default L-BFGS restarts from the new pose (the small-angle gradient is exact there) ...
+INNER_ITERATIONS = 40    # ... of at most this many iterations (AlignConfig.map_rounds, map_iterations)
 FTOL = 1e-7              # stop when the correlation improves by less than this (relative) ...
 GTOL = 1e-6              # ... or its gradient (per Å of motion) is this flat
 
@@ -47,12 +47,15 @@ class Settings:
     near_factor: float = 2.5     # poses this x the same-pose tolerances from a refined one are dropped
     same_pose_A: float = 3.0     # results closer than this at the centre ...
     same_pose_deg: float = 10.0  # ... and this in rotation are one optimum
+    rounds: int = OUTER_ROUNDS
+    iterations: int = INNER_ITERATIONS
 
 
 def settings(config) -> Settings:
     return Settings(max_points=config.map_points, coarse_points=config.map_coarse_points,
                     competitive=config.map_competitive, near_factor=config.map_near_factor,
-                    same_pose_A=config.same_pose_A, same_pose_deg=config.same_pose_deg)
+                    same_pose_A=config.same_pose_A, same_pose_deg=config.same_pose_deg,
+                    rounds=config.map_rounds, iterations=config.map_iterations)
 
 
 @dataclass(frozen=True, eq=False)
@@ -303,7 +306,7 @@ def _refine_coarse_to_fine(sample, target, T, kept, s: Settings) -> MapFit:
                           correlation=fine_before, evaluations=coarse.evaluations)
         return MapFit(T_target_source=coarse.T_target_source, correlation_before=fine_before, correlation=c,
                       evaluations=coarse.evaluations)
-    fine = refine(sample, target, coarse.T_target_source)
+    fine = refine(sample, target, coarse.T_target_source, rounds=s.rounds, iterations=s.iterations)
     if fine.correlation < fine_before:
         return MapFit(T_target_source=np.array(T, float), correlation_before=fine_before,
                       correlation=fine_before, evaluations=coarse.evaluations + fine.evaluations)

@@ -86,8 +86,8 @@ def candidates_for(src: PreparedMap, tgt: PreparedMap, config: AlignConfig,
     if config.wide_search == "always" or (config.wide_search == "auto" and verdict == "low"):
         if config.wide_search == "auto" and _too_big_to_widen(src, tgt, config):
             log.info("the answer is weak, but the maps are too large for the wider search (over %d source "
-                     "points or %d fine target points); try a larger sampling_A", WIDE_MAX_SOURCE_POINTS,
-                     WIDE_MAX_TARGET_POINTS)
+                     "points or %d fine target points); try a larger sampling_A", config.wide_max_source_points,
+                     config.wide_max_target_points)
             stats["wide_search"] = {"ran": False, "reason": "maps too large"}
         else:
             candidates, stats["wide_search"] = _wider(src, tgt, candidates, config, timer, verdict)
@@ -121,12 +121,8 @@ def _break_ties(src, tgt, candidates, config):
                              "winner_changed": rescored[0].found_by != candidates[0].found_by}
 
 
-WIDE_MAX_SOURCE_POINTS = 20_000    # auto wider search only up to this many source points ...
-WIDE_MAX_TARGET_POINTS = 400_000   # ... and fine target points (its ICP and refinements scale with them)
-
-
 def _too_big_to_widen(src, tgt, config) -> bool:
-    return len(src.cloud) > WIDE_MAX_SOURCE_POINTS or len(tgt.fine) > WIDE_MAX_TARGET_POINTS
+    return len(src.cloud) > config.wide_max_source_points or len(tgt.fine) > config.wide_max_target_points
 
 
 def _wider(src, tgt, candidates, config, timer, verdict):
