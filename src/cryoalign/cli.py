@@ -416,7 +416,7 @@ def _print_summary(result, args) -> None:
     if result.confidence:
         c = result.confidence
         e = c["evidence"]
-        lines.append(f"confidence {c['verdict']} (score {e['score']:.3f}, lead {100 * e['margin']:.0f}% over the "
+        lines.append(f"confidence {c['verdict']} (score {s.value:.3f}, lead {100 * e['margin']:.0f}% over the "
                      f"next pose, overlap {e['overlap']:.2f}, score terms {'agree' if e['terms_agree'] else 'disagree'})"
                      + (f": {flagged(c['advice'], 'align')}" if c.get("advice") else ""))
     if p["mode"] == "local":
