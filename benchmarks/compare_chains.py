@@ -10,6 +10,7 @@ every scale method, the fitted factor (truth 1/GAIN) and the mass error.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -50,7 +51,7 @@ def row(result, true_kDa, centre):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="/work/shared/data/models/5nsr.pdb.gz")
+    ap.add_argument("--model", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "5nsr.pdb.gz"))
     ap.add_argument("--resolution", type=float, default=6.0)
     ap.add_argument("--voxel", type=float, default=2.0)
     ap.add_argument("--align", action="store_true")

@@ -34,7 +34,7 @@ from cryoalign import transform as tf
 from cryoalign.catalogue import index, read_entries, search, signature_distance
 from cryoalign.io import read_model, transform_model, write_map
 
-MODELS = sorted(glob.glob("/work/shared/data/models/*.pdb.gz"))
+MODELS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "models", "*.pdb.gz")))
 RESOLUTIONS = (6.0, 8.0, 10.0)
 
 

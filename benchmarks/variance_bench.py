@@ -23,7 +23,7 @@ from cryoalign import transform as tf
 from cryoalign.io import read_model, transform_model, write_map
 from cryoalign.variation import variance
 
-MODEL = "/work/shared/data/models/5nsr.pdb.gz"
+MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "5nsr.pdb.gz")
 
 
 def main(argv=None):
