@@ -78,6 +78,7 @@ import numpy as np
 from .config import AlignConfig
 from .errors import InputError
 from .executor import run_tasks
+from .io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -259,15 +260,6 @@ def params_hash(params: dict, contour: float | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def file_hash(path, chunk: int = 2 ** 22) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _index_hint(db: str) -> str:
     return f"build one with `cryoalign index MAP... --db {db}` (cryoalign.index(maps, {db!r}))"
 
@@ -438,7 +430,7 @@ def _fill_hashes(specs: list, jobs, scheduler, progress) -> None:
     """The file hash of every map, computed by the workers (reading 30,000 maps is the
     cost; the main process only collects)."""
     paths = [s["path"] for s in specs]
-    for i, digest in run_tasks(file_hash, paths, jobs=jobs, scheduler=scheduler, progress=progress,
+    for i, digest in run_tasks(file_sha256, paths, jobs=jobs, scheduler=scheduler, progress=progress,
                                desc="hashing"):
         specs[i]["file_hash"] = digest
 

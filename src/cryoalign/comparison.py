@@ -269,30 +269,11 @@ def resolve_level(density: DensityMap, contour, param: str) -> tuple[float, bool
 def as_rigid_matrix(matrix) -> np.ndarray:
     """A 4x4 rigid transform from an array, nested list or a matrix file (see
     `rmsd.load_matrices`); raises `InputError` when it is not one."""
-    from .rmsd import load_matrices
+    from .rmsd import as_rigid, load_matrices
 
     if isinstance(matrix, (str, os.PathLike)):
         return load_matrices(matrix)[0]
-    try:
-        a = np.array(matrix, dtype=float)
-    except (ValueError, TypeError):
-        raise InputError("matrix is not a list of numbers; give a 4x4 (or 3x4) rigid transform") from None
-    if a.size == 12:
-        a = np.vstack([a.reshape(3, 4), [0, 0, 0, 1]])
-    elif a.size == 16:
-        a = a.reshape(4, 4)
-    else:
-        raise InputError(f"matrix has {a.size} numbers; expected 12 (3x4) or 16 (4x4)")
-    if not np.all(np.isfinite(a)):
-        raise InputError("matrix has non-finite values")
-    if not np.allclose(a[3], [0, 0, 0, 1], atol=1e-6):
-        raise InputError(f"matrix has last row {a[3].tolist()}, not 0 0 0 1; "
-                         "give it in row-major order (rows of R | t)")
-    R = a[:3, :3]
-    if not np.allclose(R @ R.T, np.eye(3), atol=2e-3) or np.linalg.det(R) < 0:
-        raise InputError("matrix is not a rigid transform (its 3x3 part is not a proper rotation); "
-                         "give it in row-major order (rows of R | t)")
-    return a
+    return as_rigid(matrix)
 
 
 def check_overlap(source_on_target: np.ndarray, target: np.ndarray, source_contour: float,

@@ -406,6 +406,17 @@ def check_writable(path) -> None:
         raise InputError(f"cannot write {path}: it is a directory; give a file name")
 
 
+def file_sha256(path, chunk: int = 2 ** 22) -> str:
+    """SHA-256 of a file's bytes (read in chunks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 FOLDER_MARK = ".cryoalign"      # in every output folder: its contents are one cryoalign run's
 WORK_MARK = ".cryoalign-work"   # in a resumable run's folder (variance): kept between runs
 

@@ -55,24 +55,30 @@ def load_matrices(path) -> list[np.ndarray]:
 
 
 def _as_4x4(m, path) -> np.ndarray:
+    return as_rigid(m, f" in {path}")
+
+
+def as_rigid(m, where: str = "") -> np.ndarray:
+    """`m` (12 or 16 numbers, row-major) as a 4x4 rigid transform; InputError naming the
+    problem otherwise.  where: " in FILE" for messages."""
     try:
         a = np.asarray(m, float)
     except (ValueError, TypeError):
-        raise InputError(f"matrix in {path} is not a list of numbers") from None
+        raise InputError(f"matrix{where} is not a list of numbers; give a 4x4 (or 3x4) rigid transform") from None
     if a.size == 12:
         a = np.vstack([a.reshape(3, 4), [0, 0, 0, 1]])
     elif a.size == 16:
         a = a.reshape(4, 4)
     else:
-        raise InputError(f"matrix in {path} has {a.size} numbers; expected 12 (3x4) or 16 (4x4)")
+        raise InputError(f"matrix{where} has {a.size} numbers; expected 12 (3x4) or 16 (4x4)")
     if not np.all(np.isfinite(a)):
-        raise InputError(f"matrix in {path} has non-finite values")
+        raise InputError(f"matrix{where} has non-finite values")
     if not np.allclose(a[3], [0, 0, 0, 1], atol=1e-6):
-        raise InputError(f"matrix in {path} has last row {a[3].tolist()}, not 0 0 0 1; "
+        raise InputError(f"matrix{where} has last row {a[3].tolist()}, not 0 0 0 1; "
                          "give it in row-major order (rows of R | t)")
     R = a[:3, :3]
     if not np.allclose(R @ R.T, np.eye(3), atol=2e-3) or np.linalg.det(R) < 0:
-        raise InputError(f"matrix in {path} is not a rigid transform (its 3x3 part is not a proper "
+        raise InputError(f"matrix{where} is not a rigid transform (its 3x3 part is not a proper "
                          "rotation); give it in row-major order (rows of R | t)")
     return a
 

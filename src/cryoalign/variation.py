@@ -110,14 +110,6 @@ def read_contour_table(path) -> dict:
     return table
 
 
-def file_hash(path, chunk: int = 2 ** 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------- the run
 def variance(reference, maps, *, contours=None, reference_contour=None, out_dir, jobs=None, scheduler=None,
              keep_all: bool = False, components: int = 0, config=None, progress: bool = False) -> VarianceResult:
@@ -131,7 +123,7 @@ def variance(reference, maps, *, contours=None, reference_contour=None, out_dir,
     from . import pictures
     from .config import AlignConfig
     from .executor import resolve_jobs, run_tasks
-    from .io import read_map, write_map, write_text
+    from .io import file_sha256, read_map, write_map, write_text
     from .comparison import resolve_level
     from .report import variance_sections, write_report
 
@@ -163,10 +155,10 @@ def variance(reference, maps, *, contours=None, reference_contour=None, out_dir,
 
     from . import __version__
     from .comparison import DEFAULT_SCALE_METHOD
-    ref_hash = file_hash(ref_path)
+    ref_hash = file_sha256(ref_path)
     items, records = [], [None] * len(paths)
     for index, p in enumerate(paths):
-        key_doc = {"map": os.path.abspath(p), "map_sha256": file_hash(p), "contour": contours.get(os.path.abspath(p)),
+        key_doc = {"map": os.path.abspath(p), "map_sha256": file_sha256(p), "contour": contours.get(os.path.abspath(p)),
                    "reference": os.path.abspath(ref_path), "reference_sha256": ref_hash,
                    "reference_contour": ref_contour, "config": config_dict, "scale": DEFAULT_SCALE_METHOD,
                    "version": __version__}
