@@ -520,7 +520,7 @@ def test_source_model_that_does_not_parse(bad, case, tmp_path, name, expected):
 def test_missing_source_model(bad, case, tmp_path):
     path = tmp_path / "nope.pdb"
     msg = bad(align_argv(case, "--out-dir", bad.out / "dir", "--source-model", path))
-    assert msg == f"model file not found: {path}"
+    assert msg == f"model file not found: {path}; check the path"
 
 
 def test_json_into_a_missing_folder(bad, case, tmp_path):
@@ -566,13 +566,13 @@ def test_missing_input_map(bad, case, tmp_path, side):
     missing = tmp_path / "missing.mrc"
     argv = align_argv(case, "--json", bad.out / "r.json")
     argv[1 if side == "source" else 2] = missing
-    assert bad(argv) == f"map file not found: {missing}"
+    assert bad(argv) == f"map file not found: {missing}; check the path (or give an EMDB ID such as EMD-1234)"
 
 
 def test_directory_as_input_map(bad, case, tmp_path):
     argv = align_argv(case, "--json", bad.out / "r.json")
     argv[1] = tmp_path
-    assert bad(argv) == f"{tmp_path} is a directory, not a map file"
+    assert bad(argv) == f"{tmp_path} is a directory, not a map file; give the map file inside it"
 
 
 def test_voxel_out_of_range(bad, case):
@@ -607,7 +607,7 @@ def test_rmsd_missing_model(bad, case, tmp_path):
     matrix.write_text(" ".join(map(str, np.eye(4).ravel())))
     msg = bad(["rmsd", missing, "--matrix", matrix, "--reference-model", case.moved_model,
                "--json", bad.out / "r.json"])
-    assert msg == f"model file not found: {missing}"
+    assert msg == f"model file not found: {missing}; check the path"
 
 
 def test_rmsd_json_into_a_missing_folder(bad, case, tmp_path):

@@ -402,13 +402,13 @@ def test_missing_map_file(tmp_path):
     path = tmp_path / "nope.mrc"
     with pytest.raises(InputError) as err:
         read_map(path)
-    assert str(err.value) == f"map file not found: {path}"
+    assert str(err.value) == f"map file not found: {path}; check the path (or give an EMDB ID such as EMD-1234)"
 
 
 def test_directory_as_map(tmp_path):
     with pytest.raises(InputError) as err:
         read_map(tmp_path)
-    assert str(err.value) == f"{tmp_path} is a directory, not a map file"
+    assert str(err.value) == f"{tmp_path} is a directory, not a map file; give the map file inside it"
 
 
 @pytest.mark.parametrize("size", [0, 500, 1023])
@@ -605,7 +605,7 @@ def test_missing_model_file(tmp_path):
     path = tmp_path / "nope.pdb"
     with pytest.raises(InputError) as err:
         read_model(path)
-    assert str(err.value) == f"model file not found: {path}"
+    assert str(err.value) == f"model file not found: {path}; check the path"
 
 
 @pytest.mark.parametrize("name", ["notes.txt", "notes.cif"])

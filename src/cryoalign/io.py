@@ -80,9 +80,9 @@ def _read_map(path: str) -> tuple[DensityMap, str | None]:
     import mrcfile
 
     if not os.path.exists(path):
-        raise InputError(f"map file not found: {path}")
+        raise InputError(f"map file not found: {path}; check the path (or give an EMDB ID such as EMD-1234)")
     if os.path.isdir(path):
-        raise InputError(f"{path} is a directory, not a map file")
+        raise InputError(f"{path} is a directory, not a map file; give the map file inside it")
     if os.path.getsize(path) > MEMMAP_BYTES:
         mapped = _memory_mapped(path)
         if mapped is not None:
@@ -107,7 +107,8 @@ def _read_map(path: str) -> tuple[DensityMap, str | None]:
                          f"supported modes are {sorted(_SUPPORTED_MODES)} (convert it to mode 2, float32)")
     n_crs = np.array([int(h.nx), int(h.ny), int(h.nz)])
     if np.any(n_crs <= 0):
-        raise InputError(f"{path} has non-positive dimensions NX,NY,NZ = {tuple(n_crs.tolist())}")
+        raise InputError(f"{path} has non-positive dimensions NX,NY,NZ = {tuple(n_crs.tolist())}; the header is "
+                         "damaged: download the map again")
     data = mrc.data
     if data is not None and data.ndim == 4 and data.shape[0] > 1:   # volume stack (ISPG 401-630)
         n_vol, n_sec, n_row, n_col = data.shape
@@ -157,7 +158,8 @@ def _finish(path, data, h, axes) -> tuple[DensityMap, str | None]:
     _check_cell_angles(path, h)
     origin = np.array([float(h.origin.x), float(h.origin.y), float(h.origin.z)])
     if not np.all(np.isfinite(origin)):
-        raise InputError(f"{path} has a non-finite ORIGIN {tuple(origin.tolist())}")
+        raise InputError(f"{path} has a non-finite ORIGIN {tuple(origin.tolist())}; fix the header's ORIGIN "
+                         "(for example set it to 0)")
     if not np.any(origin):
         starts_crs = (int(h.nxstart), int(h.nystart), int(h.nzstart))  # column, row, section
         start_xyz = np.zeros(3)
@@ -513,7 +515,7 @@ def read_model(path):
 
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise InputError(f"model file not found: {path}")
+        raise InputError(f"model file not found: {path}; check the path")
     try:
         st = gemmi.read_structure(path)
     except Exception as exc:  # gemmi raises RuntimeError/ValueError with a parser message
