@@ -1,5 +1,8 @@
 """Map- and model-building helpers shared by the test modules."""
+import gzip
 import math
+import pathlib
+import struct
 
 import numpy as np
 from scipy import ndimage
@@ -69,3 +72,16 @@ def three_copies(data_dir):
         closest = cKDTree(copies[i]).query(copies[j])[0].min()
         assert 3.0 < closest < 8.0, closest          # touching, not clashing
     return mono, tri, C3, ca
+
+
+def file_bytes(path) -> bytes:
+    """Uncompressed bytes of a (possibly gzipped) file."""
+    raw = pathlib.Path(path).read_bytes()
+    return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+
+
+def patched(raw: bytes, offset: int, fmt: str, *values) -> bytes:
+    """`raw` with `values` packed (struct format `fmt`) at byte `offset`: one header field changed."""
+    out = bytearray(raw)
+    struct.pack_into(fmt, out, offset, *values)
+    return bytes(out)

@@ -24,6 +24,7 @@ from cryoalign.io import (atomic_write, check_writable, model_coordinates, model
                           read_map, read_model, transform_model, write_map, write_model,
                           write_text)
 from cryoalign.types import DensityMap
+from _maps import file_bytes, patched
 
 # Little-endian MRC2014 header offsets (bytes).
 NX, MODE, NXSTART, CELLA, MAPC, NSYMBT, ORIGIN, MAP_TAG = 0, 12, 16, 40, 64, 92, 196, 208
@@ -34,18 +35,6 @@ NSTART_MAP = "emd_5170_nstart_origin.map.gz"
 
 def sha256(path) -> str:
     return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
-
-
-def file_bytes(path) -> bytes:
-    """Uncompressed bytes of a (possibly gzipped) file."""
-    raw = pathlib.Path(path).read_bytes()
-    return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-
-
-def patched(raw: bytes, offset: int, fmt: str, *values) -> bytes:
-    out = bytearray(raw)
-    struct.pack_into(fmt, out, offset, *values)
-    return bytes(out)
 
 
 def header_ints(raw: bytes, offset: int, n=3):

@@ -7,7 +7,6 @@ checked in full), plus the `cryoalign.robust` helpers the level decisions rely o
 from __future__ import annotations
 
 import bz2
-import gzip
 import logging
 import lzma
 import os
@@ -25,20 +24,10 @@ from cryoalign.errors import InputError
 from cryoalign.io import check_map_suffix, read_map, write_map
 from cryoalign.robust import clip_outliers, count_outliers, describe_outliers, robust_range
 from cryoalign.types import DensityMap
+from _maps import file_bytes, patched
 
 CELLB, ISPG, MZ = 52, 88, 36          # little-endian MRC2014 header offsets (bytes)
 ODD_STAMP = "1akeA_10A_simulated_odd_machine_stamp.mrc"   # plain, 22^3, 3 Å, values 0..~0.5
-
-
-def plain_bytes(path) -> bytes:
-    raw = pathlib.Path(path).read_bytes()
-    return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-
-
-def patched(raw: bytes, offset: int, fmt: str, *values) -> bytes:
-    out = bytearray(raw)
-    struct.pack_into(fmt, out, offset, *values)
-    return bytes(out)
 
 
 def with_data(raw: bytes, data: np.ndarray) -> bytes:
@@ -54,7 +43,7 @@ def voxels(raw: bytes) -> np.ndarray:
 @pytest.fixture
 def ake(data_dir) -> bytes:
     """The 1ake map with a standard little-endian machine stamp (so it can be memory-mapped)."""
-    return patched(plain_bytes(data_dir / ODD_STAMP), 212, "4s", b"DD\x00\x00")
+    return patched(file_bytes(data_dir / ODD_STAMP), 212, "4s", b"DD\x00\x00")
 
 
 def test_memory_mapped_reader_falls_back_on_an_odd_machine_stamp(data_dir, monkeypatch):
@@ -295,7 +284,7 @@ def test_reading_extreme_values_never_warns(tmp_path, ake, reader_path, kind, ca
 # ================================================================ 6. bzip2 and xz
 @pytest.mark.parametrize("suffix, compress", [(".mrc.bz2", bz2.compress), (".map.xz", lzma.compress)])
 def test_bzip2_and_xz_maps_read_like_plain_ones(tmp_path, data_dir, suffix, compress):
-    raw = plain_bytes(data_dir / "emd_5168_monomer.mrc.gz")
+    raw = file_bytes(data_dir / "emd_5168_monomer.mrc.gz")
     path = put(tmp_path, compress(raw), "m" + suffix)
     a, b = read_map(path), read_map(data_dir / "emd_5168_monomer.mrc.gz")
     np.testing.assert_array_equal(a.data, b.data)
