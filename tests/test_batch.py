@@ -6,7 +6,9 @@ error line without stopping the others."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -24,6 +26,7 @@ from _maps import resampled_map
 from cryoalign import AlignConfig, InputError, read_map, write_map
 from cryoalign import transform as tf
 from cryoalign.batching import RESULT_COLUMNS, batch
+from cryoalign.catalogue import index
 from test_emdb import V3_HEADER, archive, map_gz  # noqa: F401  (local EMDB server fixtures)
 
 T_KNOWN = tf.make(Rotation.from_rotvec(np.deg2rad(25.0) * np.array([0.6, -0.48, 0.64])).as_matrix(),
@@ -32,10 +35,9 @@ MAP_COLUMNS = [c for c in RESULT_COLUMNS if c != "time_s"]   # everything but th
 
 
 def fast_config() -> AlignConfig:
-    """Whole-map alignment at a 5 Å sampling interval (the field is being renamed voxel_A ->
-    sampling_A). Auto mode would align EMD-3695 locally in EMD-3696, several times slower."""
-    names = {f.name for f in dataclasses.fields(AlignConfig)}
-    return AlignConfig(mode="global", **{"sampling_A" if "sampling_A" in names else "voxel_A": 5.0})
+    """Whole-map alignment at a 5 Å sampling interval (auto mode would align EMD-3695
+    locally in EMD-3696, several times slower)."""
+    return AlignConfig(mode="global", sampling_A=5.0)
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +251,176 @@ def test_emdb_ids_in_the_table_use_the_header_contour(work, archive, map_gz, mon
     assert (rows["emd:1234"]["source_contour"], rows["emd:1234"]["source_contour_used"]) == ("0.15", "0.15")
     assert rows["emd:1234"]["target_contour_used"] == "0.1"
     assert os.path.exists(work / "cache" / "emdb" / "EMD-1234" / "emd_1234.map.gz")
+
+
+# ----------------------------------------------------------------------------- a catalogue (db=, --db)
+# The catalogue holds the monomer (contour estimated), EMD-3695 at 1.25 and EMD-3696 at 0.69.
+INDEXED = {"emd_5168_monomer.mrc.gz": None, "emd_3695_5A.mrc.gz": 1.25, "emd_3696_5A.mrc.gz": 0.69}
+DB_PAIRS = [PAIRS[0],                                                             # source indexed
+            PAIRS[1],                                                             # both, at the table's contours
+            ("maps/moved.mrc", "maps/emd_5168_monomer.mrc.gz", "", ""),          # target indexed
+            ("maps/emd_3695_5A.mrc.gz", "maps/emd_3696_5A.mrc.gz", "", "0.69"),  # blank: estimated, not 1.25
+            PAIRS[2]]                                                             # broken source: an error line
+FROM_DB = ["source", "source,target", "target", "target", ""]
+KEY_COLUMNS = ["source", "target", "source_contour", "target_contour"]
+
+
+@pytest.fixture(scope="module")
+def db(maps, tmp_path_factory):
+    """The catalogue of INDEXED, prepared at fast_config's sampling interval (5 Å, the catalogue's default)."""
+    folder = tmp_path_factory.mktemp("catalogue") / "db"
+    contours = {str(maps / name): c for name, c in INDEXED.items() if c is not None}
+    summary = index([str(maps / name) for name in INDEXED], folder, contours=contours, config=fast_config(), jobs=1)
+    assert summary.indexed == 3 and not summary.errors
+    return folder
+
+
+def _prepared_maps(monkeypatch) -> list:
+    """The file names of the maps prepared (stages 1-3) from now on in this process (jobs=1 runs the
+    pairs here): the real `prepare`, counted."""
+    prepare_module = importlib.import_module("cryoalign.prepare")
+    pipeline = importlib.import_module("cryoalign.pipeline")
+    real, names = prepare_module.prepare, []
+
+    def counted(density, *args, **kwargs):
+        names.append(os.path.basename(density.path))
+        return real(density, *args, **kwargs)
+    monkeypatch.setattr(prepare_module, "prepare", counted)
+    monkeypatch.setattr(pipeline, "prepare", counted)
+    return names
+
+
+def _lines(path, columns=MAP_COLUMNS) -> list[dict]:
+    """The rows of a results table (only `columns`), sorted by the pair's key."""
+    return sorted(({c: r[c] for c in columns} for r in _rows(path)), key=lambda r: [r[c] for c in KEY_COLUMNS])
+
+
+def test_catalogue_maps_are_loaded_not_prepared_and_the_lines_are_unchanged(work, db, monkeypatch):
+    pairs = _table(work, DB_PAIRS)
+    plain, stored = work / "plain.tsv", work / "stored.tsv"
+    batch(pairs, plain, jobs=1, config=fast_config())          # the catalogue's sampling interval, without it
+    prepared = _prepared_maps(monkeypatch)
+    summary = batch(pairs, stored, jobs=1, config=fast_config(), db=db)
+    assert (summary.ran, summary.ok, summary.errors) == (5, 4, 1)
+    assert sorted(prepared) == ["emd_3695_5A.mrc.gz", "moved.mrc", "moved.mrc"]     # only what is not indexed
+    assert [r["from_db"] for r in _rows(stored)] == FROM_DB
+    assert all(r["from_db"] == "" for r in _rows(plain))
+    same = [c for c in MAP_COLUMNS if c != "from_db"]
+    assert _lines(stored, same) == _lines(plain, same)          # matrices identical to the last digit
+
+    # a rerun with the catalogue skips the finished pairs and writes the others as before
+    before = _lines(stored)
+    header, *lines = stored.read_text().splitlines()
+    stored.write_text("\n".join([header] + lines[:2]) + "\n")
+    again = batch(pairs, stored, jobs=1, config=fast_config(), db=db)
+    assert (again.ran, again.skipped) == (3, 2)
+    assert _lines(stored) == before
+
+
+def _spiky(work, tmp_path):
+    """The monomer with one voxel a million times its maximum (alignment clips it)."""
+    monomer = read_map(work / "maps" / "emd_5168_monomer.mrc.gz")
+    data = monomer.data.copy()
+    data[0, 0, 0] = 1e6 * data.max()
+    write_map(dataclasses.replace(monomer, data=data), tmp_path / "spiky.mrc")
+    return tmp_path / "spiky.mrc"
+
+
+def test_a_map_with_outliers_is_indexed_as_alignment_reads_it(work, tmp_path, monkeypatch):
+    # index clips outlier voxels as every alignment does, so the entry is used and the line unchanged
+    spiky = _spiky(work, tmp_path)
+    assert index([str(spiky)], tmp_path / "db", config=fast_config(), jobs=1).indexed == 1
+    pairs = _table(work, [("spiky.mrc", "maps/moved.mrc", "", "")])
+    batch(pairs, work / "plain.tsv", jobs=1, config=fast_config())
+    prepared = _prepared_maps(monkeypatch)
+    batch(pairs, work / "stored.tsv", jobs=1, config=fast_config(), db=tmp_path / "db")
+    assert prepared == ["moved.mrc"]
+    (plain,), (stored,) = _rows(work / "plain.tsv"), _rows(work / "stored.tsv")
+    assert stored["status"] == "ok" and stored["from_db"] == "source"
+    assert {c: stored[c] for c in MAP_COLUMNS if c != "from_db"} == {c: plain[c] for c in MAP_COLUMNS if c != "from_db"}
+
+
+def test_stored_features_of_other_voxel_values_or_contour_are_prepared_again(work, tmp_path, caplog):
+    # features saved from the map before its outliers were clipped (as catalogues before 0.2.1 did),
+    # or at another contour, would give another answer: align prepares the map again
+    from cryoalign.pipeline import align
+    from cryoalign.prepare import prepare, resolve_contour
+
+    spiky = read_map(_spiky(work, tmp_path))
+    moved = work / "maps" / "moved.mrc"
+    plain = align(spiky.path, moved, config=fast_config())
+    region, _ = resolve_contour(spiky, None, "contour")
+    prepare(spiky, region.contour, fast_config(), fine=True, region=region, with_hash=True).save(tmp_path / "raw.npz")
+    with caplog.at_level(logging.INFO, logger="cryoalign"):
+        again = align(spiky.path, moved, config=fast_config(), stored={"source": str(tmp_path / "raw.npz")})
+    assert "source: its stored features were prepared from other voxel values or at another contour: " \
+           "prepared again" in caplog.messages
+    assert again.params["from_catalogue"] == []
+    np.testing.assert_array_equal(again.T_target_source, plain.T_target_source)
+    # the right values at another contour: not used either
+    from cryoalign.robust import without_outliers
+    fixed = without_outliers(spiky)
+    prepare(fixed, 1.1 * plain.params["source_contour"], fast_config(), fine=True,
+            with_hash=True).save(tmp_path / "other.npz")
+    other = align(spiky.path, moved, config=fast_config(), stored={"source": str(tmp_path / "other.npz")})
+    assert other.params["from_catalogue"] == []
+    np.testing.assert_array_equal(other.T_target_source, plain.T_target_source)
+    # and at the same contour it is used, with the same answer
+    prepare(fixed, plain.params["source_contour"], fast_config(), fine=True, with_hash=True).save(tmp_path / "ok.npz")
+    used = align(spiky.path, moved, config=fast_config(), stored={"source": str(tmp_path / "ok.npz")})
+    assert used.params["from_catalogue"] == ["source"]
+    np.testing.assert_array_equal(used.T_target_source, plain.T_target_source)
+
+
+def test_dask_cluster_with_a_catalogue_gives_the_same_lines_as_local_processes(work, db):
+    distributed = pytest.importorskip("distributed")
+    pairs = _table(work, DB_PAIRS[:3])
+    local_out, dask_out = work / "local.tsv", work / "dask.tsv"
+    batch(pairs, local_out, jobs=2, config=fast_config(), db=db)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        summary = batch(pairs, dask_out, scheduler=cluster.scheduler_address, config=fast_config(), db=db)
+    assert (summary.ran, summary.ok) == (3, 3)
+    assert _lines(dask_out) == _lines(local_out)
+    assert sorted(r["from_db"] for r in _lines(local_out)) == sorted(FROM_DB[:3])
+
+
+def test_a_folder_that_is_not_a_catalogue_is_refused(work):
+    folder = work / "notes"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a catalogue\n")
+    with pytest.raises(InputError) as err:
+        batch(_table(work, [PAIRS[0]]), work / "results.tsv", config=fast_config(), db=folder)
+    assert str(err.value) == (f"{folder} is not a cryoalign catalogue (it holds files but no catalogue.sqlite); "
+                              "give the folder index wrote, or a new or empty folder to build one")
+    assert not (work / "results.tsv").exists()
+
+
+def test_a_missing_catalogue_is_refused(work):
+    nowhere = work / "nowhere"
+    with pytest.raises(InputError) as err:
+        batch(_table(work, [PAIRS[0]]), work / "results.tsv", config=fast_config(), db=nowhere)
+    assert str(err.value) == (f"catalogue not found: {nowhere} does not exist; build one with `cryoalign index "
+                              f"MAP... --db {nowhere}` (cryoalign.index(maps, '{nowhere}'))")
+
+
+def test_a_catalogue_of_other_parameters_is_refused(work, db):
+    with pytest.raises(InputError) as err:
+        batch(_table(work, [PAIRS[0]]), work / "results.tsv", config=fast_config().replace(sampling_A=3.0), db=db)
+    assert str(err.value) == (f"the catalogue {db} was built with other parameters: sampling_A=5.0 (the batch uses "
+                              "3.0); run the batch with the same parameters, or index the maps again with these ones")
+    assert not (work / "results.tsv").exists()
+
+
+def test_emdb_ids_are_found_in_the_catalogue_at_the_header_contour(work, archive, map_gz, monkeypatch):  # noqa: F811
+    archive.add(1234, map_bytes=map_gz, header=V3_HEADER.replace("0.0123", "0.1"))
+    monkeypatch.setenv("CRYOALIGN_EMDB_SERVER", archive.url)
+    monkeypatch.setenv("CRYOALIGN_CACHE", str(work / "cache"))
+    index(["EMD-1234"], work / "db", config=fast_config(), jobs=1)           # stored at the header's 0.1
+    pairs = _table(work, [("EMD-1234", "EMD-1234", "", ""), ("emd:1234", "EMD-1234", "0.15", "")])
+    batch(pairs, work / "plain.tsv", jobs=1, config=fast_config())
+    batch(pairs, work / "stored.tsv", jobs=1, config=fast_config(), db=work / "db")
+    rows = {r["source"]: r for r in _rows(work / "stored.tsv")}
+    assert (rows["EMD-1234"]["from_db"], rows["emd:1234"]["from_db"]) == ("source,target", "target")
+    same = [c for c in MAP_COLUMNS if c != "from_db"]
+    assert _lines(work / "stored.tsv", same) == _lines(work / "plain.tsv", same)

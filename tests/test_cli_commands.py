@@ -118,3 +118,25 @@ def test_search_names_a_folder_that_is_not_a_catalogue(data_dir, tmp_path, capsy
     code, out, err = _run(["search", data_dir / SRC, "--db", tmp_path / "notdb", "--contour", SC], capsys)
     assert code == 2 and out == ""
     assert "notdb" in err and "cryoalign index" in err
+
+
+def test_batch_command_with_a_catalogue(data_dir, tmp_path, capsys):
+    table = tmp_path / "contours.tsv"
+    table.write_text(f"{data_dir / SRC}\t{SC}\n")
+    code, out, err = _run(["index", data_dir / SRC, "--db", tmp_path / "db", "--contour-table", table, "--jobs", 1,
+                           "--quiet"], capsys)
+    assert code == 0, err
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("source\ttarget\tsource_contour\ttarget_contour\n"
+                     f"{data_dir / SRC}\t{data_dir / SRC}\t{SC}\t{SC}\n")
+    argv = ["batch", pairs, "--out", tmp_path / "r.tsv", "--global", "--jobs", 1, "--db", tmp_path / "db", "--quiet"]
+    code, out, err = _run(argv + ["--sampling", 3], capsys)
+    assert code == 2 and out == ""
+    assert err == (f"cryoalign: error: the catalogue {tmp_path / 'db'} was built with other parameters: --sampling 5.0 "
+                   "(the batch uses 3.0); run the batch with the same parameters, or index the maps again with these "
+                   "ones\n")
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    header, line = (tmp_path / "r.tsv").read_text().splitlines()
+    row = dict(zip(header.split("\t"), line.split("\t")))
+    assert (row["status"], row["from_db"]) == ("ok", "source,target")

@@ -466,6 +466,42 @@ def test_max_cliques_are_disjoint_consistent_sets():
     assert set(register._peeled_clique(adj).tolist()) == set(np.flatnonzero(inl).tolist())
 
 
+def _random_graph(rng, n):
+    adj = rng.random((n, n)) < rng.uniform(0.1, 0.95)
+    if n > 4 and rng.random() < 0.5:                 # a planted clique
+        idx = rng.choice(n, int(rng.integers(3, n)), replace=False)
+        adj[np.ix_(idx, idx)] = True
+    adj = np.triu(adj, 1)
+    adj = adj | adj.T
+    return adj
+
+
+def test_exact_clique_is_the_first_maximum_clique_by_brute_force():
+    """Every vertex subset checked: the largest clique, the lexicographically first when tied."""
+    rng = np.random.default_rng(11)
+    for _ in range(150):
+        n = int(rng.integers(0, 12))
+        adj = _random_graph(rng, n)
+        best = ()
+        for mask in range(1, 1 << n):
+            members = tuple(v for v in range(n) if mask >> v & 1)
+            if adj[np.ix_(members, members)].sum() == len(members) * (len(members) - 1):
+                if len(members) > len(best) or (len(members) == len(best) and members < best):
+                    best = members
+        assert register._exact_clique(adj).tolist() == list(best)
+
+
+def test_exact_clique_agrees_with_igraph():
+    igraph = pytest.importorskip("igraph")
+    rng = np.random.default_rng(12)
+    for _ in range(300):
+        adj = _random_graph(rng, int(rng.integers(1, register.EXACT_LIMIT + 1)))
+        iu = np.triu_indices(len(adj), 1)
+        graph = igraph.Graph(n=len(adj), edges=np.stack([iu[0][adj[iu]], iu[1][adj[iu]]], 1).tolist())
+        expected = min(sorted(c) for c in graph.largest_cliques())
+        assert register._exact_clique(adj).tolist() == expected
+
+
 def test_gnc_tls_is_exact_on_clean_data():
     rng = np.random.default_rng(2)
     T = tf.make(tf.random_rotation(rng), rng.uniform(-20, 20, 3))

@@ -15,6 +15,22 @@ cut last line, skips the pairs already listed (ok or error; `retry_errors=True` 
 errors again) and appends the rest. A failing pair is recorded as status `error` with its
 message and never stops the others. What a line holds depends only on its pair and the
 configuration, never on the executor or the worker count (except `time_s`).
+
+With a catalogue (`db=`, a folder written by `catalogue.index`), a map the catalogue holds
+is loaded from its stored features instead of being prepared again. The batch then uses
+the catalogue's parameters: the sampling interval is fixed as `catalogue_config` fixes it
+(`sampling_A`, else `default_sampling_A`), and a catalogue without entries prepared with
+these parameters is refused (InputError, as `catalogue.search` refuses it). A map is
+looked up by the catalogue's own key: its file's SHA-256 and the hash of the parameters
+and of the contour the alignment would use — the table's number; when blank, the EMDB
+header's level for an EMDB ID, else "estimated" (only an entry indexed without a contour
+matches then: an entry indexed at a given contour is never used for a blank cell). The
+worker (`pipeline.align(..., stored=...)`) uses the entry only when it was prepared from
+exactly the voxel values the alignment starts from (`prepare.map_hash`, after
+`robust.without_outliers`) at the same contour; otherwise, and for every map the
+catalogue does not hold, the map is prepared as usual. So a line is the
+same with or without the catalogue (except `time_s` and `from_db`) when the batch without
+it is given the same sampling interval.
 """
 from __future__ import annotations
 
@@ -28,10 +44,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import emdb
+from .catalogue import catalogue_config, params_hash, stored_features, stored_params
 from .config import AlignConfig
 from .errors import InputError
 from .executor import run_tasks
-from .io import write_text
+from .io import file_sha256, write_text
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +61,8 @@ RESULT_COLUMNS = (
     "source_contour_used", "target_contour_used",              # given, from the EMDB header, or estimated
     "matrix",                                                  # T_target_source, 16 numbers row-major
     "time_s", "error",
-)
+    "from_db",                                                 # maps loaded from the catalogue: source,target /
+)                                                              # source / target / - (none); blank without one
 MAX_LISTED_PROBLEMS = 10
 
 
@@ -61,6 +79,11 @@ class Pair:
     @property
     def key(self) -> tuple:
         return (self.source, self.target, _cell(self.source_contour), _cell(self.target_contour))
+
+    @property
+    def maps(self) -> dict:
+        """{"source": (spec, contour), "target": (spec, contour)}: what each map is aligned as."""
+        return {"source": (self.source_spec, self.source_contour), "target": (self.target_spec, self.target_contour)}
 
 
 @dataclass(frozen=True)
@@ -79,23 +102,37 @@ class BatchSummary:
 
 
 def batch(pairs_tsv, out_tsv, *, jobs: int | None = None, scheduler: str | None = None,
-          config: AlignConfig | None = None, retry_errors: bool = False, progress: bool = False) -> BatchSummary:
+          config: AlignConfig | None = None, db=None, retry_errors: bool = False,
+          progress: bool = False) -> BatchSummary:
     """Align every pair of `pairs_tsv`, appending one line per pair to `out_tsv`.
 
     jobs: local worker processes (None: all cores); scheduler: a Dask distributed
     scheduler address instead (the workers must see the same file paths). Each
-    alignment runs single-process inside its worker (`config.jobs` is set to 1)."""
+    alignment runs single-process inside its worker (`config.jobs` is set to 1).
+    db: a catalogue folder (`catalogue.index`): the maps it holds are not prepared
+    again, and the pairs are aligned with its parameters (module docstring)."""
     started = time.perf_counter()
     pairs = _unique(read_pairs(pairs_tsv))
     config = (config or AlignConfig()).replace(jobs=1)
+    stored = None
+    if db is not None:
+        config = catalogue_config(config)
+        stored = stored_features(db, config)
+        log.info("catalogue %s: the maps it holds are loaded, not prepared; every pair is aligned with its "
+                 "parameters (sampling interval %g Å)", os.fspath(db), config.sampling_A)
     out_tsv = os.fspath(out_tsv)
     finished = prepare_results(out_tsv, retry_errors=retry_errors)
     todo = [pair for pair in pairs if pair.key not in finished]
     if len(todo) < len(pairs):
         log.info("%d of %d pairs already in %s: skipped", len(pairs) - len(todo), len(pairs), out_tsv)
+    found = None
+    if stored is not None and todo:
+        found = find_stored(todo, stored, config, jobs=jobs, scheduler=scheduler, progress=progress)
     settings = dataclasses.asdict(config)
     tasks = [dict(source=p.source_spec, target=p.target_spec, source_contour=p.source_contour,
-                  target_contour=p.target_contour, config=settings) for p in todo]
+                  target_contour=p.target_contour, config=settings,
+                  features=None if found is None else {role: found.get(m) for role, m in p.maps.items()})
+             for p in todo]
     ok = errors = 0
     fd = os.open(out_tsv, os.O_WRONLY | os.O_APPEND)
     try:
@@ -105,8 +142,9 @@ def batch(pairs_tsv, out_tsv, *, jobs: int | None = None, scheduler: str | None 
             _append_line(fd, format_row(pair, outcome))
             if outcome["status"] == "ok":
                 ok += 1
-                log.info("line %d: %s -> %s: score %.3f (%.1f s)", pair.line, pair.source, pair.target,
-                         outcome["score"], outcome["time_s"])
+                log.info("line %d: %s -> %s: score %.3f (%.1f s%s)", pair.line, pair.source, pair.target,
+                         outcome["score"], outcome["time_s"],
+                         "" if outcome["from_db"] is None else f"; from the catalogue: {outcome['from_db']}")
             else:
                 errors += 1
                 log.warning("line %d: %s -> %s failed: %s", pair.line, pair.source, pair.target, outcome["error"])
@@ -119,14 +157,18 @@ def batch(pairs_tsv, out_tsv, *, jobs: int | None = None, scheduler: str | None 
 # ----------------------------------------------------------------------------- the task
 def align_pair(task: dict) -> dict:
     """Align one pair (runs in a worker): task = {source, target, source_contour,
-    target_contour, config (AlignConfig fields)} -> a small dict of plain values.
+    target_contour, config (AlignConfig fields), features (None without a catalogue, else
+    {"source": .npz path or None, "target": ...})} -> a small dict of plain values.
     Every exception becomes status "error" with a one-line message."""
     from .pipeline import align
 
     started = time.perf_counter()
     try:
         result = align(task["source"], task["target"], source_contour=task["source_contour"],
-                       target_contour=task["target_contour"], config=AlignConfig(**task["config"]))
+                       target_contour=task["target_contour"], config=AlignConfig(**task["config"]),
+                       stored=task["features"])
+        loaded = result.params.get("from_catalogue")
+        from_db = None if loaded is None else ",".join(loaded) or "-"
         record = result.to_json()
         return dict(status="ok", score=float(result.score.value),
                     correlation=_optional_float(result.score.correlation),
@@ -135,7 +177,7 @@ def align_pair(task: dict) -> dict:
                     source_contour_used=_optional_float(record.get("params", {}).get("source_contour")),
                     target_contour_used=_optional_float(record.get("params", {}).get("target_contour")),
                     matrix=[float(v) for row in result.T_target_source for v in row],
-                    time_s=round(time.perf_counter() - started, 3), error=None)
+                    time_s=round(time.perf_counter() - started, 3), error=None, from_db=from_db)
     except Exception as exc:   # recorded on the pair's line; the other pairs go on
         message = " ".join(str(exc).split())
         if not isinstance(exc, InputError):
@@ -145,6 +187,42 @@ def align_pair(task: dict) -> dict:
 
 def _optional_float(value) -> float | None:
     return None if value is None else float(value)
+
+
+# ----------------------------------------------------------------------------- the catalogue lookup
+def find_stored(pairs: list[Pair], stored: dict, config: AlignConfig, *, jobs=None, scheduler=None,
+                progress=False) -> dict:
+    """{(map spec, contour as in the table): .npz path} of the pairs' maps that the
+    catalogue holds (`stored`: `catalogue.stored_features`), looked up by its key: the
+    file's hash (computed by the workers) and `params_hash` of the parameters and of the
+    contour the alignment would use (the table's; blank: the EMDB header's, else None)."""
+    params = stored_params(config)
+    wanted = {m for p in pairs for m in p.maps.values()}
+    specs = sorted({spec for spec, _ in wanted})
+    keys = {}
+    for i, key in run_tasks(map_key, specs, jobs=jobs, scheduler=scheduler, progress=progress, desc="hashing"):
+        keys[specs[i]] = key
+    found = {}
+    for spec, contour in wanted:
+        key = keys[spec]
+        if key is None:
+            continue
+        asked = contour if contour is not None else key["recommended"]
+        npz = stored.get((key["file_hash"], params_hash(params, asked)))
+        if npz is not None:
+            found[(spec, contour)] = npz
+    log.info("%d of %d map(s) (at their contours) found in the catalogue", len(found), len(wanted))
+    return found
+
+
+def map_key(spec: str) -> dict | None:
+    """One map's part of the catalogue key (runs in a worker): {file_hash, recommended (the
+    EMDB header's contour, or None)}; None when the map cannot be had (its pairs say why)."""
+    try:
+        path, recommended, _ = emdb.resolve_map(spec)
+        return dict(file_hash=file_sha256(path), recommended=recommended)
+    except (InputError, OSError):
+        return None
 
 
 # ----------------------------------------------------------------------------- the pairs table

@@ -55,9 +55,11 @@ Bad input raises `InputError` (the messages are tested one by one):
 2. DB is a folder that is not a catalogue: it holds files but no catalogue.sqlite.
 3. DB/catalogue.sqlite is not an SQLite file, or not a cryoalign catalogue (wrong
    format or schema version).
-4. search: DB does not exist, or holds no entries.
-5. search: the entries were prepared with other parameters than the search's (the
-   parameter and both values are named): index again or search with the same ones.
+4. search (and batch with a catalogue, `stored_features`): DB does not exist, or holds
+   no entries.
+5. search (and batch): the entries were prepared with other parameters than the
+   search's (the parameter and both values are named): index again or search with the
+   same ones.
 """
 from __future__ import annotations
 
@@ -338,6 +340,26 @@ def read_entries(db) -> list[dict]:
     return out
 
 
+def stored_features(db, config: AlignConfig) -> dict:
+    """{(file_hash, params_hash): absolute .npz path} of the catalogue's entries prepared
+    with `config` (as `catalogue_config` gives it): what `batching.batch` looks its maps up
+    in.  Raises InputError as search does: no catalogue, no entries, or no entry prepared
+    with these parameters."""
+    db = os.fspath(db)
+    entries = read_entries(db)
+    if not entries:
+        raise InputError(f"the catalogue {db} holds no entries; {_index_hint(db)}")
+    params = stored_params(config)
+    usable = [e for e in entries if e["params"] == params]
+    if not usable:
+        raise InputError(_params_mismatch(db, entries, params, user="the batch", retry="run the batch"))
+    if len(usable) < len(entries):
+        log.info("%d of %d catalogue entries were prepared with other parameters: not used",
+                 len(entries) - len(usable), len(entries))
+    features = os.path.abspath(os.path.join(db, FEATURES_DIR))
+    return {(e["file_hash"], e["params_hash"]): os.path.join(features, e["features"]) for e in usable}
+
+
 # ----------------------------------------------------------------------------- index
 def index(maps, db, *, contours: dict | None = None, config: AlignConfig | None = None, jobs: int | None = None,
           scheduler: str | None = None, progress: bool = False) -> IndexSummary:
@@ -457,11 +479,12 @@ def prepare_entry(task: dict) -> dict:
     -> a small dict.  A bad map becomes status "error" with a one-line message."""
     from .io import read_map
     from .prepare import prepare, resolve_contour
+    from .robust import without_outliers
 
     started = time.perf_counter()
     try:
         config = AlignConfig(**task["config"])
-        density = read_map(task["path"])
+        density = without_outliers(read_map(task["path"]))      # as every alignment reads a map
         region, estimated = resolve_contour(density, task["contour"], "contour")
         prepared = prepare(density, region.contour, config, fine=True, region=region, name=task["name"],
                            contour_estimated=estimated, with_hash=True)
@@ -488,6 +511,7 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
     from . import emdb
     from .io import read_map
     from .prepare import prepare, resolve_contour
+    from .robust import without_outliers
 
     timings = {}
     started = time.perf_counter()
@@ -516,7 +540,7 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
     path, recommended, note = emdb.resolve_map(spec)
     contour_source = "given" if contour is not None else "emdb" if recommended is not None else "estimated"
     contour = contour if contour is not None else recommended
-    density = read_map(path)
+    density = without_outliers(read_map(path))
     region, _ = resolve_contour(density, contour, "contour")
     query_prepared = prepare(density, region.contour, config, fine=True, region=region, name="query")
     query_signature = signature(query_prepared)
@@ -589,15 +613,17 @@ def search_config(config: AlignConfig) -> AlignConfig:
     return config
 
 
-def _params_mismatch(db: str, entries: list, params: dict) -> str:
-    """The message for a search whose parameters no entry was prepared with."""
+def _params_mismatch(db: str, entries: list, params: dict, *, user: str = "the search",
+                     retry: str = "search") -> str:
+    """The message for a search (or another `user` of the catalogue) whose parameters no
+    entry was prepared with."""
     counts = {}
     for e in entries:
         key = json.dumps(e["params"], sort_keys=True)
         counts[key] = counts.get(key, 0) + 1
     stored = json.loads(max(counts, key=counts.get))
-    diff = ", ".join(f"{k}={stored.get(k)!r} (the search uses {v!r})" for k, v in params.items() if stored.get(k) != v)
-    return (f"the catalogue {db} was built with other parameters: {diff}; search with the same parameters, or "
+    diff = ", ".join(f"{k}={stored.get(k)!r} ({user} uses {v!r})" for k, v in params.items() if stored.get(k) != v)
+    return (f"the catalogue {db} was built with other parameters: {diff}; {retry} with the same parameters, or "
             "index the maps again with these ones")
 
 
@@ -608,11 +634,12 @@ def _query(npz: str, map_path: str, config: AlignConfig):
     """The query's prepared map with its density (loaded once per worker process)."""
     from .io import read_map
     from .prepare import load
+    from .robust import without_outliers
 
     key = (npz, map_path)
     if key not in _QUERY_CACHE:
         _QUERY_CACHE.clear()
-        _QUERY_CACHE[key] = load(npz, config, density=read_map(map_path))
+        _QUERY_CACHE[key] = load(npz, config, density=without_outliers(read_map(map_path)))
     return _QUERY_CACHE[key]
 
 

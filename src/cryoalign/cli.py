@@ -167,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     b.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786)")
     b.add_argument("--retry-errors", action="store_true", help="run the pairs that failed before again")
+    b.add_argument("--db", default=None, help="catalogue folder made by cryoalign index: the maps it holds are "
+                                              "not prepared again; the pairs are aligned with its parameters "
+                                              "(--sampling as given to index, default 5)")
     add_alignment_options(b)
     b.add_argument("--top", type=int, default=d.top, help=f"candidates per pair (default {d.top})")
     b.add_argument("--quiet", action="store_true", help="no progress messages (the summary is still printed)")
@@ -241,7 +244,7 @@ FLAGS = {
               "scheduler": "--scheduler"},
     "search": {"contour=": "--contour", "top": "--top", "prefilter": "--prefilter", "sampling_A": "--sampling",
                "jobs": "--jobs", "scheduler": "--scheduler"},
-    "batch": {"jobs": "--jobs", "scheduler": "--scheduler", "retry_errors": "--retry-errors",
+    "batch": {"jobs": "--jobs", "scheduler": "--scheduler", "retry_errors": "--retry-errors", "db=": "--db",
               "sampling_A": "--sampling", "seed": "--seed", "top": "--top",
               "mode='global'": "--global", "mode='local'": "--local"},
 }
@@ -675,7 +678,7 @@ def _cmd_batch(args) -> int:
     from .batching import batch
 
     config = _alignment_config(args, top=args.top)
-    summary = batch(args.pairs, args.out, jobs=args.jobs, scheduler=args.scheduler, config=config,
+    summary = batch(args.pairs, args.out, jobs=args.jobs, scheduler=args.scheduler, config=config, db=args.db,
                     retry_errors=args.retry_errors, progress=not args.quiet)
     print(f"{summary.pairs} pair(s): {summary.ran} run now ({summary.ok} ok, {summary.errors} error), "
           f"{summary.skipped} finished earlier; results in {args.out}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 
 import numpy as np
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def align(source, target, *, source_contour: float | None = None, target_contour: float | None = None,
-          config: AlignConfig | None = None, **overrides) -> AlignResult:
+          config: AlignConfig | None = None, stored: dict | None = None, **overrides) -> AlignResult:
     """Find the rigid transform T_target_source superimposing `source` on `target`.
 
     source, target: map paths or `DensityMap`s. Contours default to an estimate
@@ -39,6 +40,10 @@ def align(source, target, *, source_contour: float | None = None, target_contour
     config / overrides: `AlignConfig` fields (mode, sampling_A, top, jobs, seed, ...).
     With mode "local" (or "auto" and a source much smaller than the target) the
     candidates are ranked placements of the source inside the target.
+    stored: {"source": .npz, "target": .npz} (either may be None): maps already prepared
+    (a catalogue's entries, `PreparedMap.save`), loaded instead of prepared again when
+    they were prepared from exactly these voxel values with these parameters; the roles
+    loaded are listed in `params["from_catalogue"]`.
     """
     config = (config or AlignConfig()).replace(**overrides)
     timer = Timer()
@@ -54,14 +59,37 @@ def align(source, target, *, source_contour: float | None = None, target_contour
     src_region, sc_estimated = resolve_contour(src_map, source_contour, "source_contour")
     tgt_region, tc_estimated = resolve_contour(tgt_map, target_contour, "target_contour")
     config, chosen = choose_mode_and_sampling(src_region.volume_A3, tgt_region.volume_A3, config)
-    src = prepare(src_map, src_region.contour, config, region=src_region, name="source",
-                  contour_estimated=sc_estimated, timer=timer)
-    tgt = prepare(tgt_map, tgt_region.contour, config, region=tgt_region, name="target",
-                  contour_estimated=tc_estimated, fine=True, timer=timer)
+    stored = stored or {}
+    src_stored = _stored(stored.get("source"), src_map, src_region.contour, "source", config)
+    tgt_stored = _stored(stored.get("target"), tgt_map, tgt_region.contour, "target", config)
+    src = src_stored or prepare(src_map, src_region.contour, config, region=src_region, name="source",
+                                contour_estimated=sc_estimated, timer=timer)
+    tgt = tgt_stored or prepare(tgt_map, tgt_region.contour, config, region=tgt_region, name="target",
+                                contour_estimated=tc_estimated, fine=True, timer=timer)
     result = align_prepared(src, tgt, config, timer=timer, sampling_chosen=chosen)
     if config.check_hand:
         result = check_hand(result, src_map, tgt, config, timer)
+    if stored:
+        loaded = [role for role, p in (("source", src_stored), ("target", tgt_stored)) if p is not None]
+        result = replace(result, params=dict(result.params, from_catalogue=loaded))
     return result
+
+
+def _stored(npz: str | None, density: DensityMap, contour: float, role: str,
+            config: AlignConfig) -> PreparedMap | None:
+    """The prepared map saved in `npz` with `density` attached, or None when there is none or
+    it was prepared from other voxel values (a catalogue entry whose map had outliers
+    that alignment clips) or at another contour: then the map is prepared again."""
+    if npz is None:
+        return None
+    from .prepare import load, map_hash
+
+    prepared = load(npz, config, density=density)
+    if prepared.map_hash != map_hash(density) or prepared.contour != contour:
+        log.info("%s: its stored features were prepared from other voxel values or at another contour: "
+                 "prepared again", role)
+        return None
+    return replace(prepared, name=role)
 
 
 def align_prepared(src: PreparedMap, tgt: PreparedMap, config: AlignConfig, *,
