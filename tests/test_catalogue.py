@@ -297,3 +297,31 @@ def test_a_bad_map_is_reported_and_tried_again(tmp_path, built):
     assert [m for m, _ in summary.errors] == [str(bad)] and "bad.mrc" in summary.errors[0][1]
     again = index([str(bad), built["maps"][2]], db, jobs=1)
     assert (again.indexed, again.skipped, len(again.errors)) == (0, 1, 1)
+
+
+def test_a_part_of_the_query_ranks_below_the_whole_by_its_coverage(tmp_path, data_dir):
+    # the alignment score is taken over the entry's points: two of three copies fit the
+    # three-copy query as well as all three do; the coverage of the query tells them apart
+    from _maps import three_copies
+
+    _, tri, c3, _ = three_copies(data_dir)
+    paths, contours = {}, {}
+    for name, chains, resolution, T in (("three", None, 8.0, np.eye(4)), ("two", ["A", "B"], 8.0, np.eye(4)),
+                                        ("query", None, 7.0, T_MOVE)):
+        from _maps import moved_structure
+        density = simulate.simulate(moved_structure(tri, T), resolution, chains=chains, voxel_A=2.5)
+        paths[name] = str(tmp_path / f"{name}.mrc")
+        write_map(density, paths[name])
+        contours[paths[name]] = simulate.contour_for(density, simulate.model_mass_Da(tri, chains))
+    index([paths["three"], paths["two"]], tmp_path / "db", contours=contours, jobs=1)
+    result = search(paths["query"], tmp_path / "db", contour=contours[paths["query"]], prefilter=None, jobs=1)
+    three, two = result.hits
+    assert (three.map, two.map) == (paths["three"], paths["two"])
+    assert three.coverage > 0.9 and 0.5 < two.coverage < 0.8, (three.coverage, two.coverage)
+    assert two.alignment_score > 0.9 * three.alignment_score          # the part fits as well ...
+    for hit in result.hits:                                             # ... and is ranked down by its coverage
+        assert hit.score == pytest.approx(hit.alignment_score * hit.coverage, rel=1e-12)
+    centre = _centre(paths["three"], contours[paths["three"]])
+    errors = [tf.pose_error(three.T_query_entry, T_MOVE @ np.linalg.matrix_power(c3, k), centre) for k in range(3)]
+    angle, shift = min(errors)                                          # up to the C3 turn
+    assert angle < 2.0 and shift < 1.5, errors

@@ -40,8 +40,11 @@ search: the query is prepared once (as a target, fine=True), the entries prepare
 the same parameters are ranked by signature distance, the `prefilter` closest are
 aligned onto the query (`pipeline.align_prepared`, entry = source, query = target, in
 GLOBAL mode at the catalogue's sampling interval; entries are read from their .npz, no
-entry map is read again) and ranked by the alignment score (`AlignResult.score.value`, the pipeline's ranking
-score).  Two passes keep this affordable: every pre-filtered entry is aligned with a
+entry map is read again) and ranked by the search score: the alignment score
+(`AlignResult.score.value`, the pipeline's ranking score, taken over the entry's points)
+times the coverage (the fraction of the query's points within one sampling interval of
+the moved entry's points), so that a part of the query (a sub-complex) ranks below the
+whole.  Two passes keep this affordable: every pre-filtered entry is aligned with a
 screening configuration (SCREEN_HYPOTHESES coarse poses, SCREEN_MAP_REFINE of them refined
 on the maps; about a third of the full pipeline's time), then the `refine` best are
 aligned again with the full configuration and ranked first.  The wider search of weak
@@ -145,7 +148,9 @@ class Hit:
 
     map: str
     path: str
-    score: float
+    score: float                    # alignment_score x coverage
+    alignment_score: float          # the pipeline's score of the entry on the query (AlignResult.score.value)
+    coverage: float                 # fraction of the query's points the moved entry covers
     correlation: float | None
     T_query_entry: np.ndarray
     signature_distance: float
@@ -153,7 +158,8 @@ class Hit:
     entry_id: int
 
     def as_dict(self, rank: int) -> dict:
-        return {"rank": rank, "map": self.map, "score": self.score, "correlation": self.correlation,
+        return {"rank": rank, "map": self.map, "score": self.score, "alignment_score": self.alignment_score,
+                "coverage": self.coverage, "correlation": self.correlation,
                 "matrix": np.asarray(self.T_query_entry).tolist(), "signature_distance": self.signature_distance,
                 "path": self.path, "contour": self.contour, "entry_id": self.entry_id}
 
@@ -189,12 +195,12 @@ def format_table(result: SearchResult) -> str:
     from . import transform as tf
 
     lines = [f"query {result.query}: {result.searched} of {result.entries} entries aligned",
-             "rank  score  correlation  sig.dist  rotation  translation (Å)             map"]
+             "rank  score  coverage  correlation  sig.dist  rotation  translation (Å)             map"]
     for k, h in enumerate(result.hits, 1):
         T = np.asarray(h.T_query_entry)
         corr = "       -" if h.correlation is None else f"{h.correlation:8.3f}"
         t = T[:3, 3]
-        lines.append(f"{k:4d}  {h.score:5.3f}     {corr}  {h.signature_distance:8.3f}  "
+        lines.append(f"{k:4d}  {h.score:5.3f}     {h.coverage:5.3f}     {corr}  {h.signature_distance:8.3f}  "
                      f"{tf.rotation_angle_deg(T[:3, :3]):7.2f}°  ({t[0]:8.2f}, {t[1]:8.2f}, {t[2]:8.2f})  {h.map}")
     if not result.hits:
         lines.append("(no entry could be aligned)")
@@ -587,6 +593,7 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
             log.warning("%s: alignment failed: %s", entry["map"], outcome["error"])
             continue
         hits.append(Hit(map=entry["map"], path=entry["path"], score=outcome["score"],
+                        alignment_score=outcome["alignment_score"], coverage=outcome["coverage"],
                         correlation=outcome["correlation"], T_query_entry=np.array(outcome["matrix"]).reshape(4, 4),
                         signature_distance=float(distances[i]), contour=entry["contour"], entry_id=entry["id"]))
     # the re-aligned leaders first (their scores come from the full pipeline), then the others
@@ -643,20 +650,42 @@ def _query(npz: str, map_path: str, config: AlignConfig):
     return _QUERY_CACHE[key]
 
 
+def coverage(entry, query, T_query_entry: np.ndarray, radius_A: float) -> float:
+    """Fraction of the query's sampled points within `radius_A` of the entry's points moved
+    by T_query_entry.  The alignment score is taken over the entry's points, so an entry
+    that is only a part of the query (a sub-complex) scores as well as the whole; the
+    coverage is what tells them apart."""
+    from scipy.spatial import cKDTree
+
+    from . import transform as tf
+
+    moved = cKDTree(tf.apply(T_query_entry, entry.cloud.points_A))
+    d, _ = moved.query(query.cloud.points_A, distance_upper_bound=radius_A)
+    return float(np.isfinite(d).mean())
+
+
 def align_entry(task: dict) -> dict:
     """Align one stored entry onto the query (runs in a worker): task = {entry (npz),
     query (npz), query_map (path), config (AlignConfig fields, mode global)} -> a small
-    dict with the score, the correlation and T_query_entry (16 numbers)."""
+    dict with the search score, the alignment score, the coverage, the correlation and
+    T_query_entry (16 numbers)."""
     from .pipeline import align_prepared
     from .prepare import load
 
+    package_log = logging.getLogger("cryoalign")
+    level = package_log.level
+    package_log.setLevel(logging.ERROR)       # most entries are another molecule: their warnings are noise
     try:
         config = AlignConfig(**task["config"])
         query = _query(task["query"], task["query_map"], config)
         entry = load(task["entry"], config)
         result = align_prepared(entry, query, config)
-        return dict(status="ok", score=float(result.score.value),
+        covered = coverage(entry, query, result.T_target_source, config.sampling_A)
+        return dict(status="ok", score=float(result.score.value) * covered, alignment_score=float(result.score.value),
+                    coverage=covered,
                     correlation=None if result.score.correlation is None else float(result.score.correlation),
                     matrix=[float(v) for v in np.asarray(result.T_target_source).ravel()])
     except InputError as exc:
         return dict(status="error", error=" ".join(str(exc).split()))
+    finally:
+        package_log.setLevel(level)
