@@ -248,3 +248,20 @@ def test_a_users_file_added_to_an_output_folder_is_never_deleted(data_dir, tmp_p
     assert f"output folder {out} holds files that cryoalign did not write (notes.txt)" in err
     assert (out / "notes.txt").read_text() == "mine\n"
     assert (out / "result.json").exists()
+
+
+def test_the_command_skips_the_teardown_but_not_its_outputs(data_dir, tmp_path):
+    # `cryoalign` (cli.run) leaves with os._exit after main(): everything printed to a pipe and
+    # every file written must be complete, and the exit codes kept
+    argv = [sys.executable, "-m", "cryoalign", "align", str(data_dir / SRC), str(data_dir / TGT),
+            "--source-contour", str(SC), "--target-contour", str(TC), "--global", "--json", str(tmp_path / "r.json")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("T_target_source") and proc.stdout.rstrip().endswith(f"wrote {tmp_path / 'r.json'}")
+    assert json.loads((tmp_path / "r.json").read_text())["matrix"]
+    assert "map refine done in" in proc.stderr                                        # the log reached its pipe
+    bad = subprocess.run(argv[:4] + [str(tmp_path / "missing.mrc")] + argv[5:], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().endswith(f"map file not found: {tmp_path / 'missing.mrc'}; check the path (or give an "
+                                       "EMDB ID such as EMD-1234)")

@@ -314,6 +314,21 @@ def main(argv=None) -> int:
         logging.getLogger("cryoalign").removeHandler(handler)     # main() may be called again (tests, scripts)
 
 
+def run() -> None:
+    """The `cryoalign` command: `main()`, then exit without the interpreter's teardown.
+    When main() returns, every output is written and closed (atomic writes, pools and
+    clients shut down in their own `finally`); the teardown would only free memory, and
+    freeing numba's compiled code takes 0.15-0.3 s of every run."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):      # a closed pipe (`cryoalign ... | head`) or stream
+            pass
+    logging.shutdown()
+    os._exit(code)
+
+
 def _setup_logging(quiet: bool, command: str) -> logging.Handler:
     logger = logging.getLogger("cryoalign")
     logger.handlers[:] = []
