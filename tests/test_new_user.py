@@ -127,7 +127,11 @@ def test_ctrl_c_during_the_mask_search_stops_at_once_and_leaves_no_worker(data_d
     argv = [sys.executable, "-m", "cryoalign", "align", str(data_dir / SRC), str(data_dir / TGT),
             "--source-contour", str(SC), "--target-contour", str(TC), "--local", "--jobs", "2",
             "--json", str(tmp_path / "r.json")]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # SIGINT back to its default in the child, as in a terminal: a test run started in the
+    # background of a non-interactive shell inherits SIGINT ignored, and Python then never
+    # installs its Ctrl-C handler
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = threading.Event()
     lines = []
 
