@@ -126,6 +126,20 @@ def test_rerun_cuts_a_partial_last_line_and_finishes_the_rest(work):
     assert out.read_text().endswith("\n")
 
 
+def test_a_table_written_before_the_from_db_column_is_resumed(work):
+    # 0.2.0 wrote RESULTS.tsv without from_db: the column is added and the finished pairs kept
+    out = work / "results.tsv"
+    pairs = _table(work, [PAIRS[0], PAIRS[2]])
+    batch(pairs, out, jobs=1, config=fast_config())
+    header, first, _ = out.read_text().splitlines()
+    assert header.endswith("\tfrom_db") and first.endswith("\t")
+    out.write_text(header[: -len("\tfrom_db")] + "\n" + first[:-1] + "\n")     # as 0.2.0 left it, one pair done
+    summary = batch(pairs, out, jobs=1, config=fast_config())
+    assert (summary.ran, summary.skipped) == (1, 1)
+    assert out.read_text().splitlines()[:2] == [header, first]
+    assert sorted(r["status"] for r in _rows(out)) == ["error", "ok"]
+
+
 def test_retry_errors_runs_failed_pairs_again_keeping_one_line_each(work):
     out = work / "results.tsv"
     pairs = _table(work, [PAIRS[0], PAIRS[2]])

@@ -329,6 +329,10 @@ def prepare_results(out_tsv: str, *, retry_errors: bool = False) -> set:
             write_text(out_tsv, header)
             return set()
     lines = raw.decode("utf-8", errors="replace").splitlines()
+    if lines[0] == "\t".join(RESULT_COLUMNS[:-1]):     # written by 0.2.0, before the from_db column
+        log.info("%s: written before the from_db column; the column is added (blank on its lines)", out_tsv)
+        lines = [lines[0] + "\tfrom_db"] + [line + "\t" if line else line for line in lines[1:]]
+        write_text(out_tsv, "".join(line + "\n" for line in lines))
     if lines[0] + "\n" != header:
         raise InputError(f"{out_tsv} is not a cryoalign batch results table (its first line is not the expected "
                          "header); give another output file or move it away")
