@@ -346,11 +346,11 @@ def read_entries(db) -> list[dict]:
     return out
 
 
-def stored_features(db, config: AlignConfig) -> dict:
-    """{(file_hash, params_hash): absolute .npz path} of the catalogue's entries prepared
-    with `config` (as `catalogue_config` gives it): what `batching.batch` looks its maps up
-    in.  Raises InputError as search does: no catalogue, no entries, or no entry prepared
-    with these parameters."""
+def usable_entries(db, config: AlignConfig, *, user: str = "the search", retry: str = "search") -> tuple[list, int]:
+    """(the catalogue's entries prepared with `config` (as `catalogue_config` gives it),
+    the number of entries in all).
+    Raises InputError: no catalogue, no entries, or none prepared with these parameters
+    (the message names `user` and what to `retry`)."""
     db = os.fspath(db)
     entries = read_entries(db)
     if not entries:
@@ -358,12 +358,19 @@ def stored_features(db, config: AlignConfig) -> dict:
     params = stored_params(config)
     usable = [e for e in entries if e["params"] == params]
     if not usable:
-        raise InputError(_params_mismatch(db, entries, params, user="the batch", retry="run the batch"))
+        raise InputError(_params_mismatch(db, entries, params, user=user, retry=retry))
     if len(usable) < len(entries):
-        log.info("%d of %d catalogue entries were prepared with other parameters: not used",
-                 len(entries) - len(usable), len(entries))
-    features = os.path.abspath(os.path.join(db, FEATURES_DIR))
-    return {(e["file_hash"], e["params_hash"]): os.path.join(features, e["features"]) for e in usable}
+        log.warning("%d of %d entries were prepared with other parameters: not used (index the maps again "
+                    "with these parameters to include them)", len(entries) - len(usable), len(entries))
+    return usable, len(entries)
+
+
+def stored_features(db, config: AlignConfig) -> dict:
+    """{(file_hash, params_hash): absolute .npz path} of the catalogue's entries prepared
+    with `config`: what `batching.batch` looks its maps up in (`usable_entries`' errors)."""
+    features = os.path.abspath(os.path.join(os.fspath(db), FEATURES_DIR))
+    return {(e["file_hash"], e["params_hash"]): os.path.join(features, e["features"])
+            for e in usable_entries(db, config, user="the batch", retry="run the batch")[0]}
 
 
 # ----------------------------------------------------------------------------- index
@@ -530,15 +537,7 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
     db = os.fspath(db)
     config = catalogue_config(config)
     params = stored_params(config)
-    entries = read_entries(db)
-    if not entries:
-        raise InputError(f"the catalogue {db} holds no entries; {_index_hint(db)}")
-    usable = [e for e in entries if e["params"] == params]
-    if not usable:
-        raise InputError(_params_mismatch(db, entries, params))
-    if len(usable) < len(entries):
-        log.warning("%d of %d entries were prepared with other parameters: not searched (index the maps again "
-                    "with these parameters to include them)", len(entries) - len(usable), len(entries))
+    usable, total = usable_entries(db, config)
 
     spec = os.fspath(query)
     if not emdb.is_emdb_id(spec) and not os.path.isfile(spec):
@@ -605,7 +604,7 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
                       refine=refine, screen={"max_hypotheses": screen_config.max_hypotheses,
                                              "map_refine_max": screen_config.map_refine_max},
                       seed=config.seed, map_refine=config.map_refine, signature=SIGNATURE_VERSION)
-    return SearchResult(query=spec, hits=hits[:top], searched=len(chosen), entries=len(entries),
+    return SearchResult(query=spec, hits=hits[:top], searched=len(chosen), entries=total,
                         params=run_params, timings_s=timings, errors=errors)
 
 
