@@ -367,6 +367,15 @@ def finish(case, d, si, sd, sv, so, ti, td, tv, to, sclean=None, tclean=None):
     return case
 
 # ---------------------------------------------------------------- case builders
+def global_case(si, ti, rs, rt, T, sym, pseudo, *, molecules, hard, notes):
+    """The record of a global pair: the ground truth T, the answers equivalent to it under
+    the target's symmetry operators `sym`, the near-equivalent ones under `pseudo`."""
+    return dict(kind="global", source_contour=si["contour"], target_contour=ti["contour"], source_resolution=rs,
+                target_resolution=rt, T_gt=T, alt_T_gt=[S @ T for S in sym],
+                pseudo_alt_T_gt=[(S @ T).round(4).tolist() for S in pseudo], molecules=molecules, hard=hard,
+                notes=notes, source_info=si, target_info=ti)
+
+
 def case_states(rng, d, model, rs, rt, frac_range=(0.36, 0.45)):
     full = load_model(model); cc = chain_ca(full); X = all_ca(full)
     M = rand_motion(rng, X.mean(0)); src_m = transform_st(full, M)
@@ -399,15 +408,12 @@ def case_states(rng, d, model, rs, rt, frac_range=(0.36, 0.45)):
     src_m.write_minimal_pdb(f"{d}/source_model.pdb")
     T = np.linalg.inv(M)
     ss, ps = self_sym_ops(full)
-    case = dict(kind="global", source_contour=si["contour"], target_contour=ti["contour"], source_resolution=rs,
-                target_resolution=rt, T_gt=T, alt_T_gt=[S @ T for S in ss],
-                pseudo_alt_T_gt=[(S @ T).round(4).tolist() for S in ps], molecules=[model],
-                hard=dict(kind="hinge", moved_chains=grp, moved_frac_CA=round(frac, 3), hinge_A=hinge.round(2).tolist(),
-                          axis=axis.round(4).tolist(), angle_deg=ang, shift_along_arm_A=shift, overlap_test_3A=ov_test, overlap_goal=round(ov_max, 3),
-                          T_moved_group_on_target=(H @ T).round(5).tolist()),
-                notes=f"simulated {model} (moved) -> simulated {model} with chains {','.join(grp)} ({frac:.0%} of CA) "
-                      f"swung {ang} deg about a hinge at their interface and slid {shift:g} A away; GT = fixed part (motion^-1)",
-                source_info=si, target_info=ti)
+    case = global_case(si, ti, rs, rt, T, ss, ps, molecules=[model],
+                       hard=dict(kind="hinge", moved_chains=grp, moved_frac_CA=round(frac, 3), hinge_A=hinge.round(2).tolist(),
+                                 axis=axis.round(4).tolist(), angle_deg=ang, shift_along_arm_A=shift, overlap_test_3A=ov_test, overlap_goal=round(ov_max, 3),
+                                 T_moved_group_on_target=(H @ T).round(5).tolist()),
+                       notes=f"simulated {model} (moved) -> simulated {model} with chains {','.join(grp)} ({frac:.0%} of CA) "
+                             f"swung {ang} deg about a hinge at their interface and slid {shift:g} A away; GT = fixed part (motion^-1)")
     return finish(case, d, si, sd, sv, so, ti, td, tv, to)
 
 def case_states_real(rng, d, pair, rs, rt, gt):
@@ -416,12 +422,9 @@ def case_states_real(rng, d, pair, rs, rt, gt):
     si, sd, _, sv, so = sim_map(rng, src_m, rs, f"{d}/source.mrc"); ti, td, _, tv, to = sim_map(rng, tgt, rt, f"{d}/target.mrc")
     src_m.write_minimal_pdb(f"{d}/source_model.pdb")
     T = g["T"] @ np.linalg.inv(M); ss, ps = self_sym_ops(tgt)
-    case = dict(kind="global", source_contour=si["contour"], target_contour=ti["contour"], source_resolution=rs,
-                target_resolution=rt, T_gt=T, alt_T_gt=[S @ T for S in ss],
-                pseudo_alt_T_gt=[(S @ T).round(4).tolist() for S in ps], molecules=[g["smodel"], g["tmodel"]],
-                hard=dict(kind="real-states"),
-                notes=f"simulated {g['smodel']} (moved) -> simulated {g['tmodel']} (different state/composition); GT = {g['note']} o motion^-1",
-                source_info=si, target_info=ti)
+    case = global_case(si, ti, rs, rt, T, ss, ps, molecules=[g["smodel"], g["tmodel"]],
+                       hard=dict(kind="real-states"),
+                       notes=f"simulated {g['smodel']} (moved) -> simulated {g['tmodel']} (different state/composition); GT = {g['note']} o motion^-1")
     return finish(case, d, si, sd, sv, so, ti, td, tv, to)
 
 def case_partial(rng, d, model, rs, rt):
@@ -436,14 +439,11 @@ def case_partial(rng, d, model, rs, rt):
     T = np.linalg.inv(M)
     # equivalent answers: symmetry ops of the full model that keep the source's model on itself and the target's
     ss, ps = self_sym_ops(t_st)
-    case = dict(kind="global", source_contour=si["contour"], target_contour=ti["contour"], source_resolution=rs,
-                target_resolution=rt, T_gt=T, alt_T_gt=[S @ T for S in ss],
-                pseudo_alt_T_gt=[(S @ T).round(4).tolist() for S in ps], molecules=[model],
-                hard=dict(kind="partial", source_lacks=gx, source_lacks_frac_CA=round(fx, 3), target_lacks=gy,
-                          target_lacks_frac_CA=round(fy, 3)),
-                notes=f"simulated {model} without chains {','.join(gx)} ({fx:.0%} of CA), moved -> simulated {model} "
-                      f"without chains {','.join(gy)} ({fy:.0%}); GT = motion^-1",
-                source_info=si, target_info=ti)
+    case = global_case(si, ti, rs, rt, T, ss, ps, molecules=[model],
+                       hard=dict(kind="partial", source_lacks=gx, source_lacks_frac_CA=round(fx, 3), target_lacks=gy,
+                                 target_lacks_frac_CA=round(fy, 3)),
+                       notes=f"simulated {model} without chains {','.join(gx)} ({fx:.0%} of CA), moved -> simulated {model} "
+                             f"without chains {','.join(gy)} ({fy:.0%}); GT = motion^-1")
     return finish(case, d, si, sd, sv, so, ti, td, tv, to)
 
 def make_trimer(rng, model, chain, del_range=(0.03, 0.06), trim_frac=0.04):
@@ -510,13 +510,10 @@ def case_resgap(rng, d, pair, rs, rt, g5s, g5t, gt):
     ti, td, _, tv, to = sim_map(rng, tgt, rt, f"{d}/target.mrc", grid5=g5t)
     src_m.write_minimal_pdb(f"{d}/source_model.pdb")
     T = g["T"] @ np.linalg.inv(M); ss, ps = self_sym_ops(tgt)
-    case = dict(kind="global", source_contour=si["contour"], target_contour=ti["contour"], source_resolution=rs,
-                target_resolution=rt, T_gt=T, alt_T_gt=[S @ T for S in ss],
-                pseudo_alt_T_gt=[(S @ T).round(4).tolist() for S in ps], molecules=[g["smodel"], g["tmodel"]],
-                hard=dict(kind="resgap", source_grid=5.0 if g5s else si["vox"], target_grid=5.0 if g5t else ti["vox"]),
-                notes=f"simulated {g['smodel']} at {rs} A{' on a 5 A grid' if g5s else ''} (moved) -> simulated {g['tmodel']} "
-                      f"at {rt} A{' on a 5 A grid' if g5t else ''}; GT = {g['note']} o motion^-1",
-                source_info=si, target_info=ti)
+    case = global_case(si, ti, rs, rt, T, ss, ps, molecules=[g["smodel"], g["tmodel"]],
+                       hard=dict(kind="resgap", source_grid=5.0 if g5s else si["vox"], target_grid=5.0 if g5t else ti["vox"]),
+                       notes=f"simulated {g['smodel']} at {rs} A{' on a 5 A grid' if g5s else ''} (moved) -> simulated {g['tmodel']} "
+                             f"at {rt} A{' on a 5 A grid' if g5t else ''}; GT = {g['note']} o motion^-1")
     return finish(case, d, si, sd, sv, so, ti, td, tv, to)
 
 def case_noise(rng, d, name, rs, rt, ns, nt, gt):
@@ -529,13 +526,10 @@ def case_noise(rng, d, name, rs, rt, ns, nt, gt):
     ti, td, tcl, tv, to = sim_map(rng, tgt, rt, f"{d}/target.mrc", noise=nt, grid5=bool((nt or {}).get("grid5")))
     src_m.write_minimal_pdb(f"{d}/source_model.pdb")
     T = G @ np.linalg.inv(M); ss, ps = self_sym_ops(tgt)
-    case = dict(kind="global", source_contour=si["contour"], target_contour=ti["contour"], source_resolution=rs,
-                target_resolution=rt, T_gt=T, alt_T_gt=[S @ T for S in ss],
-                pseudo_alt_T_gt=[(S @ T).round(4).tolist() for S in ps], molecules=mols,
-                hard=dict(kind="noise", source_noise=ns or "mild", target_noise=nt or "mild"),
-                notes=f"simulated {mols[0]} (moved; noise {ns or 'mild'}) -> simulated {mols[-1]} (noise {nt or 'mild'}); "
-                      f"contours from the model mass on the clean maps; GT = {gn} o motion^-1",
-                source_info=si, target_info=ti)
+    case = global_case(si, ti, rs, rt, T, ss, ps, molecules=mols,
+                       hard=dict(kind="noise", source_noise=ns or "mild", target_noise=nt or "mild"),
+                       notes=f"simulated {mols[0]} (moved; noise {ns or 'mild'}) -> simulated {mols[-1]} (noise {nt or 'mild'}); "
+                             f"contours from the model mass on the clean maps; GT = {gn} o motion^-1")
     return finish(case, d, si, sd, sv, so, ti, td, tv, to, scl, tcl)
 
 def chain_superposition(src_st, tgt_st, chain):
