@@ -33,6 +33,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cryoalign {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
+    def add_seed(parser):
+        parser.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (default 0)")
+
+    def add_quiet(parser, still_printed=None):
+        parser.add_argument("--quiet", action="store_true", help="no progress messages" + (
+            f" (the {still_printed} is still printed)" if still_printed else ""))
+
+    def add_workers(parser):
+        parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+        parser.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786)")
+
     a = sub.add_parser("align", help="find T_target_source superimposing SOURCE on TARGET",
                        description="Global or local alignment of two maps (CryoAlign method, then "
                                    "refinement on the maps).")
@@ -67,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
                         "answer is weak (auto, default), always, or never")
     a.add_argument("--no-map-refine", dest="map_refine", action="store_false",
                    help="skip the final refinement on the maps (correlation about the mean)")
-    a.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (default 0)")
+    add_seed(a)
     a.add_argument("--keypoints", choices=["dense", "meanshift"], default=d.keypoints,
                    help="key points: every sampled point (default) or mean-shift maxima (paper)")
     a.add_argument("--json", dest="json_out", default=None, help="write the result JSON here")
@@ -76,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
                         "the moved model and a ChimeraX script here")
     a.add_argument("--source-model", default=None, help="PDB/mmCIF model in the source map's frame "
                                                         "to move onto the target (needs --out-dir)")
-    a.add_argument("--quiet", action="store_true", help="no progress messages (the answer is still printed)")
+    add_quiet(a, "answer")
 
     f = sub.add_parser("fit", help="place each chain of MODEL into MAP (ranked placements)",
                        description="Simulate each chain's density at the map's resolution, align it "
@@ -92,9 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     f.add_argument("--sampling", type=float, default=None,
                    help=f"point-cloud sampling interval in Å (default {d.fit_sampling_A:g})")
-    f.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (default 0)")
+    add_seed(f)
     f.add_argument("--out-dir", default=None, help="output folder (default: MODELNAME_fit)")
-    f.add_argument("--quiet", action="store_true", help="no progress messages (the table is still printed)")
+    add_quiet(f, "table")
 
     s = sub.add_parser("simulate", help="density map of a model (molmap style)",
                        description="One Gaussian per heavy atom (sigma = 0.225 x resolution, height = "
@@ -104,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="map to write (.mrc, .map, .ccp4; add .gz to compress)")
     s.add_argument("--chains", default=None, help="comma-separated chain names (default: all)")
     s.add_argument("--voxel", type=float, default=None, help="voxel size in Å (default resolution/3)")
-    s.add_argument("--quiet", action="store_true", help="no progress messages")
+    add_quiet(s)
 
     _alignment_options = [("--local", dict(dest="mode", action="store_const", const="local",
                                             help="SOURCE is a part of TARGET (local alignment)")),
@@ -118,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         parser.set_defaults(mode=default_mode)
         parser.add_argument("--sampling", type=float, default=None,
                             help="point-cloud sampling interval in Å (default: chosen from the source's size)")
-        parser.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice (default 0)")
+        add_seed(parser)
 
     c = sub.add_parser("compare", help="difference maps (kDa per blob), FSC and correlation of two maps",
                        description="Superimpose SOURCE on TARGET (or take --matrix), put both on one density "
@@ -140,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", dest="json_out", default=None, help="write compare.json here")
     c.add_argument("--out-dir", default=None, help="write compare.json, the difference maps, pictures and "
                                                    "report.html here")
-    c.add_argument("--quiet", action="store_true", help="no progress messages (the summary is still printed)")
+    add_quiet(c, "summary")
 
     v = sub.add_parser("variance", help="mean, variance and principal components over many aligned maps",
                        description="Align every MAP to REFERENCE, resample and scale it onto the reference's "
@@ -151,12 +162,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--reference-contour", type=float, default=None, help="reference contour (estimated if omitted)")
     v.add_argument("--contour-table", default=None, help="TSV of map<TAB>contour lines (others are estimated)")
     v.add_argument("--out-dir", default="variance_out", help="output folder (default variance_out)")
-    v.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
-    v.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786)")
+    add_workers(v)
     v.add_argument("--keep-all", action="store_true", help="keep maps whose alignment score is an outlier")
     v.add_argument("--components", type=int, default=0, help="principal components to write (default 0)")
     add_alignment_options(v, "global")
-    v.add_argument("--quiet", action="store_true", help="no progress messages (the summary is still printed)")
+    add_quiet(v, "summary")
 
     b = sub.add_parser("batch", help="align many pairs from a table; resumable",
                        description="PAIRS.tsv has columns source, target and optional source_contour, "
@@ -164,15 +174,14 @@ def _parser() -> argparse.ArgumentParser:
                                    "finishes, and a rerun skips finished pairs.")
     b.add_argument("pairs", help="PAIRS.tsv")
     b.add_argument("--out", required=True, help="RESULTS.tsv (appended to; a rerun skips finished pairs)")
-    b.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
-    b.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786)")
+    add_workers(b)
     b.add_argument("--retry-errors", action="store_true", help="run the pairs that failed before again")
     b.add_argument("--db", default=None, help="catalogue folder made by cryoalign index: the maps it holds are "
                                               "not prepared again; the pairs are aligned with its parameters "
                                               "(--sampling as given to index, default 5)")
     add_alignment_options(b)
     b.add_argument("--top", type=int, default=d.top, help=f"candidates per pair (default {d.top})")
-    b.add_argument("--quiet", action="store_true", help="no progress messages (the summary is still printed)")
+    add_quiet(b, "summary")
 
     ix = sub.add_parser("index", help="prepare many maps once and store them in a searchable catalogue",
                         description="Prepare every MAP (file or EMDB ID) once and store it in DIR (SQLite "
@@ -183,9 +192,8 @@ def _parser() -> argparse.ArgumentParser:
     ix.add_argument("--contour-table", default=None, help="TSV of map<TAB>contour lines (others: EMDB "
                                                           "header level, else estimated)")
     ix.add_argument("--sampling", type=float, default=None, help="sampling interval in Å (default 5)")
-    ix.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
-    ix.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786)")
-    ix.add_argument("--quiet", action="store_true", help="no progress messages (the summary is still printed)")
+    add_workers(ix)
+    add_quiet(ix, "summary")
 
     se = sub.add_parser("search", help="rank the maps of a catalogue by how well they superimpose on QUERY",
                         description="Prepare QUERY, pre-filter the catalogue by a rotation-invariant shape "
@@ -199,10 +207,9 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--prefilter", type=int, default=50,
                     help="entries aligned after the signature pre-filter (default 50; 0 aligns every entry)")
     se.add_argument("--sampling", type=float, default=None, help="sampling interval in Å (as the index)")
-    se.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
-    se.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786)")
+    add_workers(se)
     se.add_argument("--json", dest="json_out", default=None, help="write the hits as JSON here")
-    se.add_argument("--quiet", action="store_true", help="no progress messages (the table is still printed)")
+    add_quiet(se, "table")
 
     r = sub.add_parser("rmsd", help="true RMSD of a model under an estimated transform",
                        description="RMSD (Å) of MODEL moved by the estimated matrix against a reference: "
@@ -223,30 +230,25 @@ def _parser() -> argparse.ArgumentParser:
 
 # Library messages name parameters ("try source_contour=2.5"); each command shows them
 # as its own flags ("try --source-contour 2.5").
+_ALIGNMENT_FLAGS = {"sampling_A": "--sampling", "seed": "--seed", "mode='global'": "--global", "mode='local'": "--local"}
+_WORKER_FLAGS = {"jobs": "--jobs", "scheduler": "--scheduler"}
 FLAGS = {
-    "align": {"source_contour": "--source-contour", "target_contour": "--target-contour",
-              "sampling_A": "--sampling", "top": "--top", "jobs": "--jobs", "seed": "--seed",
-              "max_hypotheses": "--hypotheses", "mode='global'": "--global", "mode='local'": "--local",
-              "scheduler": "--scheduler", "wide_search": "--wide-search"},
+    "align": {**_ALIGNMENT_FLAGS, **_WORKER_FLAGS, "source_contour": "--source-contour",
+              "target_contour": "--target-contour", "top": "--top", "max_hypotheses": "--hypotheses",
+              "wide_search": "--wide-search"},
     "fit": {"contour=": "--contour", "target_contour": "--contour", "sampling_A": "--sampling", "top": "--top",
             "jobs": "--jobs", "seed": "--seed", "chains": "--chains", "resolution_A": "--resolution"},
     "simulate": {"resolution_A": "--resolution", "voxel_A": "--voxel", "chains": "--chains"},
     "rmsd": {},
-    "compare": {"source_contour": "--source-contour", "target_contour": "--target-contour",
-                "sampling_A": "--sampling", "jobs": "--jobs", "seed": "--seed", "matrix": "--matrix",
-                "density_Da_per_A3": "--density", "min_blob_A3": "--min-blob",
-                "mode='global'": "--global", "mode='local'": "--local"},
-    "variance": {"reference_contour": "--reference-contour", "contours": "--contour-table",
-                 "keep_all": "--keep-all", "components": "--components", "jobs": "--jobs",
-                 "scheduler": "--scheduler", "sampling_A": "--sampling", "seed": "--seed",
-                 "mode='global'": "--global", "mode='local'": "--local"},
-    "index": {"contours": "--contour-table", "sampling_A": "--sampling", "jobs": "--jobs",
-              "scheduler": "--scheduler"},
-    "search": {"contour=": "--contour", "top": "--top", "prefilter": "--prefilter", "sampling_A": "--sampling",
-               "jobs": "--jobs", "scheduler": "--scheduler"},
-    "batch": {"jobs": "--jobs", "scheduler": "--scheduler", "retry_errors": "--retry-errors", "db=": "--db",
-              "sampling_A": "--sampling", "seed": "--seed", "top": "--top",
-              "mode='global'": "--global", "mode='local'": "--local"},
+    "compare": {**_ALIGNMENT_FLAGS, "source_contour": "--source-contour", "target_contour": "--target-contour",
+                "jobs": "--jobs", "matrix": "--matrix", "density_Da_per_A3": "--density",
+                "min_blob_A3": "--min-blob"},
+    "variance": {**_ALIGNMENT_FLAGS, **_WORKER_FLAGS, "reference_contour": "--reference-contour",
+                 "contours": "--contour-table", "keep_all": "--keep-all", "components": "--components"},
+    "index": {**_WORKER_FLAGS, "contours": "--contour-table", "sampling_A": "--sampling"},
+    "search": {**_WORKER_FLAGS, "contour=": "--contour", "top": "--top", "prefilter": "--prefilter",
+               "sampling_A": "--sampling"},
+    "batch": {**_ALIGNMENT_FLAGS, **_WORKER_FLAGS, "retry_errors": "--retry-errors", "db=": "--db", "top": "--top"},
 }
 VALUE_OPTIONS = ("--source-contour", "--target-contour", "--contour", "--reference-contour", "--seed", "--top",
                  "--jobs", "--sampling", "--voxel", "--resolution", "--hypotheses", "--density", "--components",
@@ -354,14 +356,12 @@ class _ElapsedFormatter(logging.Formatter):
 
 def _cmd_align(args) -> int:
     from . import io
-    from .config import AlignConfig
     from .emdb import load_map
     from .errors import InputError
 
-    config = AlignConfig(sampling_A=args.sampling, seed=args.seed, keypoints=args.keypoints,
-                         mode=args.mode or "auto", top=args.top, jobs=args.jobs, map_refine=args.map_refine,
-                         check_hand=args.check_hand, max_hypotheses=args.hypotheses,
-                         wide_search=args.wide_search)
+    config = _alignment_config(args, keypoints=args.keypoints, top=args.top, jobs=args.jobs,
+                               map_refine=args.map_refine, check_hand=args.check_hand,
+                               max_hypotheses=args.hypotheses, wide_search=args.wide_search)
     if args.flipped_out and not args.check_hand:
         raise InputError("--flipped-out needs --check-hand")
     if args.source_model and not args.out_dir:

@@ -47,15 +47,11 @@ def load_matrices(path) -> list[np.ndarray]:
             mats.append([float(v) for v in text.replace(",", " ").split()])
         except ValueError:
             mats = []
-    out = [_as_4x4(m, path) for m in mats]
+    out = [as_rigid(m, f" in {path}") for m in mats]
     if not out:
         raise InputError(f"no matrix found in {path}: give a cryoalign result JSON (key 'matrix'), "
                          "a case.json ('T_gt'), or 12/16 numbers in row-major order")
     return out
-
-
-def _as_4x4(m, path) -> np.ndarray:
-    return as_rigid(m, f" in {path}")
 
 
 def as_rigid(m, where: str = "") -> np.ndarray:
