@@ -184,7 +184,7 @@ def coarse_hypotheses(src: PreparedMap, tgt: PreparedMap, config: AlignConfig,
         top_i, top_s, best_src = nearest_tables(src.features.descriptors, tgt.features.descriptors,
                                                 config.descriptor_top_k)
         n = len(src.cloud)
-        screen = np.arange(0, n, max(1, -(-n // config.mask_screen_points)))
+        screen = subsample(np.arange(n), config.mask_screen_points)
         shared = _Shared(src_cloud=src.cloud, src_features=src.features, tgt_cloud=tgt.cloud,
                          tgt_features=tgt.features, tgt_tree=tgt.tree, top_index=top_i, top_similarity=top_s,
                          best_source_of_target=best_src, plan=plan, config=config, screen=screen)
@@ -198,7 +198,7 @@ def coarse_hypotheses(src: PreparedMap, tgt: PreparedMap, config: AlignConfig,
         coarse = distinct(results, src.cloud.points_A[screen].mean(0), config, pose=lambda r: r[3], limit=count)
     hypotheses = [Hypothesis(T_target_source=T, found_by=f"mask {k + 1} clique {h + 1}", key=(k, h),
                              mask_centre_A=tuple(float(v) for v in plan.centres_A[k]))
-                  for _, k, h, T in coarse[:count]]
+                  for _, k, h, T in coarse]
     stats = dict(mask_radius_A=plan.radius_A, mask_step_A=plan.step_A, masks_considered=plan.considered,
                  masks_searched=m, coarse_poses=len(results), distinct_coarse_poses_kept=len(coarse),
                  refined_poses=len(hypotheses), jobs=jobs)

@@ -23,7 +23,7 @@ from .config import AlignConfig
 from .errors import InputError
 from .prepare import PreparedMap, prepare, resolve_contour
 from .confidence import assess
-from .rank import Hypothesis, rank
+from .rank import Hypothesis, distinct, rank
 from .robust import without_outliers
 from .timing import Timer
 from .types import AlignResult, DensityMap
@@ -129,8 +129,6 @@ def _break_ties(src, tgt, candidates, config):
     """Distinct poses scoring within the ambiguity margin of the best: compare them again
     on every source voxel above contour (up to `tie_break_points`), refined there, and reorder them
     by that correlation.  Whatever still ties stays flagged."""
-    from dataclasses import replace
-
     from . import maprefine
 
     tied = [0] + [k - 1 for k in _equivalent_ranks(candidates, config.symmetry_margin)]
@@ -156,7 +154,6 @@ def _too_big_to_widen(src, tgt, config) -> bool:
 def _wider(src, tgt, candidates, config, timer, verdict):
     """Add map-optimised placements found without descriptors (recall.py) and rank again."""
     from . import recall
-    from .rank import distinct
 
     if verdict == "low":
         log.info("the best candidate is weak (confidence low): searching more widely")
@@ -170,7 +167,7 @@ def _wider(src, tgt, candidates, config, timer, verdict):
         return candidates, {"ran": True, "kept": 0}
     more = rank(src, tgt, extra, config, with_js=config.mode == "global", timer=timer)
     merged = sorted(candidates + more, key=lambda c: -c.score.value)
-    merged = distinct(merged, src.centre_A, config)[:config.top]
+    merged = distinct(merged, src.centre_A, config, limit=config.top)
     won = merged[0].found_by.startswith("wide search")
     if won:
         log.info("the wider search found a better pose (score %.3f, was %.3f)", merged[0].score.value,
@@ -300,8 +297,6 @@ def check_hand(result: AlignResult, src_map: DensityMap, tgt: PreparedMap, confi
     """Align the mirror image of the source the same way and compare the scores: the
     verdict is "mirrored" when it scores `hand_margin` better, "same" when worse, else
     "unclear"."""
-    from dataclasses import replace
-
     log.info("hand check: aligning the mirror image of the source ...")
     flipped, F = mirror(src_map)
     with timer.stage("hand check"):

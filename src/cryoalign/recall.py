@@ -47,7 +47,7 @@ def placements(src: PreparedMap, tgt: PreparedMap, config: AlignConfig, *,
             fit = maprefine.refine(sample, smooth, T, rounds=2, iterations=30)
             found.append((fit.correlation, (s, k), fit.T_target_source))
     found.sort(key=lambda f: (-f[0], f[1]))
-    best = distinct(found, src.centre_A, config, pose=lambda f: f[2])[:config.wide_keep]
+    best = distinct(found, src.centre_A, config, pose=lambda f: f[2], limit=config.wide_keep)
     log.info("wider search: %d map-optimised placements, best correlation %.3f",
              len(found), best[0][0] if best else float("nan"))
     return [Hypothesis(T_target_source=T, found_by=f"wide search {n + 1}", key=(1000 + n,))
