@@ -258,12 +258,10 @@ def as_map(m) -> DensityMap:
 def resolve_level(density: DensityMap, contour, param: str) -> tuple[float, bool]:
     """(contour level, estimated?): the given level checked against the map, or an
     estimate from its background (the alignment's own rule)."""
-    try:
-        from .prepare import resolve_contour
-    except ImportError:                                 # older layout
-        from .pipeline import resolve_contour
-    level, estimated = resolve_contour(density, contour, param)
-    return float(getattr(level, "contour", level)), bool(estimated)
+    from .prepare import resolve_contour
+
+    region, estimated = resolve_contour(density, contour, param)
+    return float(region.contour), bool(estimated)
 
 
 def as_rigid_matrix(matrix) -> np.ndarray:
@@ -490,5 +488,5 @@ def write_compare_outputs(result: CompareResult, out_dir, target_map_path=None, 
         if report:
             from .report import compare_sections, write_report
             title = "cryoalign compare"
-            write_report(path("report.html"), title, compare_sections(result, images, doc))
+            write_report(path("report.html"), title, compare_sections(result, images))
     return written

@@ -120,7 +120,8 @@ def write_align_folder(folder, result, src_map: DensityMap, tgt_map: DensityMap,
 
     io.write_text(out("result.json"), json.dumps(doc, indent=1) + "\n")
     io.write_text(out("params.json"), json.dumps(doc["params"], indent=1) + "\n")
-    io.write_map(resample_onto(src_map, tgt_map, result.T_target_source), out("source_on_target.mrc"))
+    moved = resample_onto(src_map, tgt_map, result.T_target_source)
+    io.write_map(moved, out("source_on_target.mrc"))
     models = []
     if source_model is not None:
         io.write_model(io.transform_model(source_model, result.T_target_source),
@@ -139,7 +140,7 @@ def write_align_folder(folder, result, src_map: DensityMap, tgt_map: DensityMap,
         from . import pictures as pics
         from .report import align_sections, write_report
 
-        images = pics.align_pictures(src_map, tgt_map, result.T_target_source, folder)
+        images = pics.align_pictures(src_map, tgt_map, result.T_target_source, folder, after=moved)
         written += images
         write_report(out("report.html"), "cryoalign superposition", align_sections(result, images))
     return written

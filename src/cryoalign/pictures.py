@@ -68,14 +68,15 @@ def projections(target: DensityMap, rows: list, path, *, title: str | None = Non
     target overlaid in blue and the source in orange."""
     plt = _pyplot()
     fig, axes = plt.subplots(len(rows), 3, figsize=(12, 4.1 * len(rows)), squeeze=False)
+    target_mips = [_mip(target.data, axis) for _, axis, _ in AXES]
     for r, (label, source_data) in enumerate(rows):
+        empty = " (source outside this box)" if not np.any(source_data > np.median(source_data)) else ""
         for c, (dropped, axis, shown) in enumerate(AXES):
             ax = axes[r][c]
-            img = _overlay(_mip(target.data, axis), _mip(source_data, axis))
+            img = _overlay(target_mips[c], _mip(source_data, axis))
             ax.imshow(img, origin="lower", extent=_extent(target, shown), interpolation="nearest")
             ax.set_xlabel(f"{shown[0]} (Å)")
             ax.set_ylabel(f"{shown[1]} (Å)")
-            empty = " (source outside this box)" if not np.any(source_data > np.median(source_data)) else ""
             ax.set_title(f"{label}: projection along {dropped}{empty}", fontsize=10)
     _legend(fig)
     if title:
@@ -91,15 +92,17 @@ def _legend(fig):
                loc="lower center", ncol=3, frameon=False)
 
 
-def align_pictures(src_map, tgt_map, T_target_source, out_dir) -> list:
+def align_pictures(src_map, tgt_map, T_target_source, out_dir, *, after: DensityMap | None = None) -> list:
     """Before/after projections of a superposition (before = the source in its own world
-    coordinates, i.e. moved by the identity) on the target's grid; returns [png path]."""
+    coordinates, i.e. moved by the identity) on the target's grid; returns [png path].
+    after: the source already resampled by T_target_source (`outputs.resample_onto`), when
+    the caller has it."""
     from .outputs import resample_onto
     from .comparison import as_map
 
     src_map, tgt_map = as_map(src_map), as_map(tgt_map)
     before = resample_onto(src_map, tgt_map, np.eye(4)).data
-    after = resample_onto(src_map, tgt_map, np.asarray(T_target_source, float)).data
+    after = (after if after is not None else resample_onto(src_map, tgt_map, np.asarray(T_target_source, float))).data
     path = os.path.join(os.fspath(out_dir), "align_projections.png")
     return [projections(tgt_map, [("before", before), ("after", after)], path,
                         title="maximum-intensity projections on the target's grid")]

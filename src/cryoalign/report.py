@@ -1,7 +1,7 @@
 """One self-contained HTML page per run: pictures embedded as base64 data URIs, inline CSS,
 no network resource, so the file can be mailed or archived alone.
 
-    write_report("report.html", "cryoalign compare", compare_sections(result, images, doc))
+    write_report("report.html", "cryoalign compare", compare_sections(result, images))
 
 A section is a dict: ``{"heading": str, "text": str (optional), "tables": [{"columns":
 [...], "rows": [[...], ...]}] (optional), "images": [png paths] (optional)}``.
@@ -106,11 +106,7 @@ def align_sections(result, images: list) -> list:
         rows.append([k, round(float(c.score.value), 4), round(float(c.score.vector_agreement), 3),
                      round(tf.rotation_angle_deg(M), 2), ", ".join(f"{v:.1f}" for v in M[:3, 3]), c.found_by])
     return [
-        {"heading": "Inputs",
-         "tables": [{"columns": ["", "map", "contour"],
-                     "rows": [[side, p.get(side) or "(in memory)",
-                               f"{p[f'{side}_contour']:.4g}" + (" (estimated)" if p[f"{side}_contour_estimated"] else "")]
-                              for side in ("source", "target")]}]},
+        _inputs(p),
         {"heading": "Superposition", "text": "T_target_source maps source world coordinates (Å) onto the target's. "
                                              "Projections: target in blue, source in orange, white where both.",
          "tables": [_matrix_table(T), {"columns": ["", "value"], "rows": summary}], "images": list(images)},
@@ -120,7 +116,16 @@ def align_sections(result, images: list) -> list:
     ]
 
 
-def compare_sections(result, images: list, doc: dict | None = None) -> list:
+def _inputs(p: dict) -> dict:
+    """The "Inputs" section: each map and its contour (from a result's params)."""
+    return {"heading": "Inputs",
+            "tables": [{"columns": ["", "map", "contour"],
+                        "rows": [[side, p.get(side) or "(in memory)",
+                                  f"{p[f'{side}_contour']:.4g}" + (" (estimated)" if p[f"{side}_contour_estimated"] else "")]
+                                 for side in ("source", "target")]}]}
+
+
+def compare_sections(result, images: list) -> list:
     """Sections for a `compare.CompareResult` (images from `pictures.compare_pictures`)."""
     from . import transform as tf
 
@@ -133,12 +138,7 @@ def compare_sections(result, images: list, doc: dict | None = None) -> list:
     if result.alignment is not None:
         pose.append(["alignment score", round(float(result.alignment.score.value), 4)])
     sections = [
-        {"heading": "Inputs",
-         "tables": [{"columns": ["", "map", "contour"],
-                     "rows": [["source", p.get("source") or "(in memory)",
-                               f"{p['source_contour']:.4g}" + (" (estimated)" if p["source_contour_estimated"] else "")],
-                              ["target", p.get("target") or "(in memory)",
-                               f"{p['target_contour']:.4g}" + (" (estimated)" if p["target_contour_estimated"] else "")]]}]},
+        _inputs(p),
         {"heading": "Superposition", "text": "T_target_source maps source world coordinates (Å) onto the target's.",
          "tables": [_matrix_table(T), {"columns": ["", "value"], "rows": pose}],
          "images": [by_name[n] for n in ("projections.png",) if n in by_name]},
