@@ -169,13 +169,12 @@ def align_pair(task: dict) -> dict:
                        stored=task["features"])
         loaded = result.params.get("from_catalogue")
         from_db = None if loaded is None else ",".join(loaded) or "-"
-        record = result.to_json()
+        params = result.params
         return dict(status="ok", score=float(result.score.value),
                     correlation=_optional_float(result.score.correlation),
-                    confidence=record.get("confidence"), ambiguous=bool(result.ambiguous),
-                    mode=record.get("params", {}).get("mode"),
-                    source_contour_used=_optional_float(record.get("params", {}).get("source_contour")),
-                    target_contour_used=_optional_float(record.get("params", {}).get("target_contour")),
+                    confidence=result.confidence, ambiguous=bool(result.ambiguous), mode=params.get("mode"),
+                    source_contour_used=_optional_float(params.get("source_contour")),
+                    target_contour_used=_optional_float(params.get("target_contour")),
                     matrix=[float(v) for row in result.T_target_source for v in row],
                     time_s=round(time.perf_counter() - started, 3), error=None, from_db=from_db)
     except Exception as exc:   # recorded on the pair's line; the other pairs go on

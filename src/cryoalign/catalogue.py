@@ -583,6 +583,7 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
         timings["refine"] = time.perf_counter() - aligning
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        _QUERY_CACHE.clear()        # with jobs=1 the query's map was cached in this process
 
     hits, errors = [], []
     for i in chosen:
@@ -599,7 +600,7 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
     refined = {usable[i]["id"] for i in leaders}
     hits.sort(key=lambda h: (h.entry_id not in refined, -h.score, h.signature_distance, h.entry_id))
     timings["total"] = time.perf_counter() - started
-    run_params = dict(params, mode="global", wide_search=full_config.as_dict().get("wide_search"),
+    run_params = dict(params, mode="global", wide_search=full_config.wide_search,
                       contour=float(region.contour), contour_source=contour_source, top=top, prefilter=prefilter,
                       refine=refine, screen={"max_hypotheses": screen_config.max_hypotheses,
                                              "map_refine_max": screen_config.map_refine_max},
@@ -613,10 +614,7 @@ def search_config(config: AlignConfig) -> AlignConfig:
     (a pipeline stage that retries weak answers from many random orientations: in a
     catalogue most entries are not the query's molecule, and every one of them would
     pay for it)."""
-    config = config.replace(mode="global")
-    if "wide_search" in config.as_dict():
-        config = config.replace(wide_search="never")
-    return config
+    return config.replace(mode="global", wide_search="never")
 
 
 def _params_mismatch(db: str, entries: list, params: dict, *, user: str = "the search",
