@@ -212,6 +212,16 @@ def choose_mode(r, p_full):
     return "full" if r.random() < p_full else "check"
 
 
+def _map_under_test(case, r, p_full, name, content, contour=None):
+    """`content` written at `name` as the map under test, at `contour`, on the source side
+    in 70% of cases, its mode drawn (the random draws in this order: role, mode)."""
+    case.files[name] = content
+    case.map_path = name
+    case.contour = contour
+    case.role = "source" if r.random() < 0.7 else "target"
+    case.mode = choose_mode(r, p_full)
+
+
 # ----------------------------------------------------------------------------- families
 def _float_values(orig):
     return [0.0, -0.0, -1.0, -abs(orig) if orig else -5.0, float("nan"), float("inf"), float("-inf"),
@@ -556,11 +566,8 @@ def gen_gzip(case, r, p_full):
         content = b"\x1f\x8b" + bytes(rng.integers(0, 256, r.choice([0, 1, 8, 100]), dtype=np.uint8))
         case.note("gzip magic followed by random bytes")
     name = r.choice(["in/map.mrc.gz", "in/map.mrc.gz", "in/map.mrc"])
-    case.files[name] = content
-    case.map_path = name
-    case.contour = str(BASE_MAPS[key][1]) if r.random() < 0.5 else None
-    case.role = "source" if r.random() < 0.7 else "target"
-    case.mode = choose_mode(r, p_full)
+    contour = str(BASE_MAPS[key][1]) if r.random() < 0.5 else None
+    _map_under_test(case, r, p_full, name, content, contour)
 
 
 def gen_random(case, r, p_full):
@@ -589,11 +596,7 @@ def gen_random(case, r, p_full):
             content[212:216] = b"DD\x00\x00"
         content = bytes(content)
     case.note(f"{len(content)} bytes ({kind})")
-    name = r.choice(["in/rand.mrc", "in/rand.map", "in/rand.ccp4", "in/rand"])
-    case.files[name] = content
-    case.map_path = name
-    case.role = "source" if r.random() < 0.7 else "target"
-    case.mode = choose_mode(r, p_full)
+    _map_under_test(case, r, p_full, r.choice(["in/rand.mrc", "in/rand.map", "in/rand.ccp4", "in/rand"]), content)
 
 
 def gen_text(case, r, p_full):
@@ -623,11 +626,8 @@ def gen_text(case, r, p_full):
         t[208:212] = b"MAP "
         content = bytes(t)
     case.note(f"{kind} text, {len(content)} bytes")
-    name = r.choice(["in/notes.mrc", "in/notes.map", "in/notes.txt", "in/notes.ccp4"])
-    case.files[name] = content
-    case.map_path = name
-    case.role = "source" if r.random() < 0.7 else "target"
-    case.mode = choose_mode(r, p_full)
+    _map_under_test(case, r, p_full, r.choice(["in/notes.mrc", "in/notes.map", "in/notes.txt", "in/notes.ccp4"]),
+                    content)
 
 
 def gen_path(case, r, p_full):
