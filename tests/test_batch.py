@@ -438,3 +438,36 @@ def test_emdb_ids_are_found_in_the_catalogue_at_the_header_contour(work, archive
     assert (rows["EMD-1234"]["from_db"], rows["emd:1234"]["from_db"]) == ("source,target", "target")
     same = [c for c in MAP_COLUMNS if c != "from_db"]
     assert _lines(work / "stored.tsv", same) == _lines(work / "plain.tsv", same)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_on_a_first_run_keeps_the_finished_lines_and_a_rerun_resumes(work, jobs):
+    """Issue 20.3: Ctrl-C used to delete RESULTS.tsv (the header was a journaled output)."""
+    rows = [PAIRS[0], ("maps/moved.mrc", "maps/emd_5168_monomer.mrc.gz", "", ""), PAIRS[1],
+            ("maps/emd_3696_5A.mrc.gz", "maps/emd_3695_5A.mrc.gz", "0.69", "1.25")]
+    pairs, out = _table(work, rows), work / "results.tsv"
+    command = [sys.executable, "-m", "cryoalign", "batch", str(pairs), "--out", str(out), "--jobs", jobs,
+               "--global", "--sampling", "5"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out.exists() and out.read_text().count("\n") >= 2):   # header and one result
+            assert proc.poll() is None, "the batch ended before it could be interrupted"
+            assert time.monotonic() < deadline, "no result line within 90 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and err.decode().strip().endswith("cryoalign: interrupted")
+    assert out.exists(), "Ctrl-C deleted RESULTS.tsv"
+    text = out.read_text()
+    assert text.endswith("\n")
+    done = _rows(out)
+    assert 1 <= len(done) < 4 and all(r["status"] == "ok" for r in done)
+    summary = batch(pairs, out, jobs=1, config=fast_config())
+    assert (summary.skipped, summary.ran) == (len(done), 4 - len(done))
+    assert out.read_text().startswith(text)                       # the kept lines are untouched
+    assert sorted((r["source"], r["target"]) for r in _rows(out)) == sorted(r[:2] for r in rows)

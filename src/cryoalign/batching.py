@@ -315,7 +315,7 @@ def prepare_results(out_tsv: str, *, retry_errors: bool = False) -> set:
         raise InputError(f"cannot write {out_tsv}: folder {folder} does not exist; create it first")
     header = "\t".join(RESULT_COLUMNS) + "\n"
     if not os.path.exists(out_tsv) or os.path.getsize(out_tsv) == 0:
-        write_text(out_tsv, header)
+        write_text(out_tsv, header, journal=False)      # resumable: kept when the run stops
         return set()
     with open(out_tsv, "rb") as fh:
         raw = fh.read()
@@ -325,13 +325,13 @@ def prepare_results(out_tsv: str, *, retry_errors: bool = False) -> set:
         os.truncate(out_tsv, keep)
         raw = raw[:keep]
         if not raw:
-            write_text(out_tsv, header)
+            write_text(out_tsv, header, journal=False)      # resumable: kept when the run stops
             return set()
     lines = raw.decode("utf-8", errors="replace").splitlines()
     if lines[0] == "\t".join(RESULT_COLUMNS[:-1]):     # written by 0.2.0, before the from_db column
         log.info("%s: written before the from_db column; the column is added (blank on its lines)", out_tsv)
         lines = [lines[0] + "\tfrom_db"] + [line + "\t" if line else line for line in lines[1:]]
-        write_text(out_tsv, "".join(line + "\n" for line in lines))
+        write_text(out_tsv, "".join(line + "\n" for line in lines), journal=False)
     if lines[0] + "\n" != header:
         raise InputError(f"{out_tsv} is not a cryoalign batch results table (its first line is not the expected "
                          "header); give another output file or move it away")
@@ -339,7 +339,7 @@ def prepare_results(out_tsv: str, *, retry_errors: bool = False) -> set:
     if retry_errors and any(row.get("status") != "ok" for row in rows):
         kept = [line for line, row in zip(lines[1:], rows) if row.get("status") == "ok"]
         log.info("%d error line(s) removed from %s: those pairs run again", len(rows) - len(kept), out_tsv)
-        write_text(out_tsv, header + "".join(line + "\n" for line in kept))
+        write_text(out_tsv, header + "".join(line + "\n" for line in kept), journal=False)
         rows = [row for row in rows if row.get("status") == "ok"]
     return {(row.get("source"), row.get("target"), row.get("source_contour", ""), row.get("target_contour", ""))
             for row in rows}

@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -290,6 +291,7 @@ def main(argv=None) -> int:
     argv = _join_negative_values(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     handler = _setup_logging(getattr(args, "quiet", False), args.command)
+    previous_sigterm = _catch_sigterm()
     try:
         import warnings
 
@@ -303,9 +305,9 @@ def main(argv=None) -> int:
     except InputError as exc:
         print(f"cryoalign: error: {flagged(str(exc), args.command)}", file=sys.stderr)
         return EXIT_INPUT
-    except KeyboardInterrupt:
-        print("cryoalign: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:       # Ctrl-C, or SIGTERM (Terminated): pools stopped, partial outputs removed
+        print(f"cryoalign: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}", file=sys.stderr)
+        return 128 + (15 if isinstance(exc, Terminated) else 2)
     except Exception:  # a bug: show the traceback so it can be reported
         import traceback
 
@@ -314,6 +316,27 @@ def main(argv=None) -> int:
         return EXIT_INTERNAL
     finally:
         logging.getLogger("cryoalign").removeHandler(handler)     # main() may be called again (tests, scripts)
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: handled like Ctrl-C (worker pools stopped, a resumable run's finished work
+    kept, other partial outputs removed), exit code 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _catch_sigterm():
+    """Turn SIGTERM into Terminated (only the main thread can set a handler); returns the
+    previous handler, or None when none was set."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def run() -> None:

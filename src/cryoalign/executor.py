@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 from .errors import InputError
@@ -82,7 +83,8 @@ def _processes(fn, items, jobs: int):
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     method = "fork" if "fork" in mp.get_all_start_methods() else None
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context(method))
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context(method),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
     try:
         pending = {pool.submit(fn, item): index for index, item in enumerate(items)}
         while pending:
@@ -92,6 +94,43 @@ def _processes(fn, items, jobs: int):
                 yield index, future.result()
     finally:
         _stop_pool(pool)
+
+
+PR_SET_PDEATHSIG = 1            # linux/prctl.h
+WATCH_INTERVAL_S = 0.5
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: the worker ends when its parent does, however the parent ends
+    (kill -9, SIGTERM, a crash), so no worker lives on under PID 1 holding its memory.
+
+    On Linux the kernel sends SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG);
+    everywhere a daemon thread also checks the parent's pid every WATCH_INTERVAL_S (the
+    prctl signal follows the parent *thread* that started the worker).  Ctrl-C is left to
+    the parent (it stops the pool) and SIGTERM has its default meaning in a worker."""
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):     # no prctl: the watchdog below still works
+            pass
+    if os.getppid() != parent_pid:            # the parent died before the prctl call
+        os._exit(1)
+
+    def watch():
+        while True:
+            time.sleep(WATCH_INTERVAL_S)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="cryoalign-parent-watch", daemon=True).start()
 
 
 def _stop_pool(pool) -> None:
