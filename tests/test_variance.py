@@ -137,15 +137,31 @@ def test_contour_table_errors(tmp_path):
     table.write_text("a.mrc\t0.5\nmissing.mrc\t0.7\n")
     with pytest.raises(InputError) as err:
         read_contour_table(table)
-    assert str(err.value) == f"{table} line 2: map file not found: missing.mrc"
+    assert str(err.value) == (f"contour table {table} has 1 problem(s): line 2: map file not found: missing.mrc; "
+                              "fix the table and rerun")
     table.write_text("# header\na.mrc 0.5 extra\n")
     with pytest.raises(InputError) as err:
         read_contour_table(table)
-    assert str(err.value) == f"{table} line 2: expected 'map<TAB>contour', got 'a.mrc 0.5 extra'"
+    assert str(err.value) == (f"contour table {table} has 1 problem(s): line 2: expected 'map<TAB>contour', got "
+                              "'a.mrc 0.5 extra'; fix the table and rerun")
     table.write_text("a.mrc\thigh\n")
     with pytest.raises(InputError) as err:
         read_contour_table(table)
-    assert str(err.value) == f"{table} line 1: contour 'high' is not a number"
+    assert str(err.value) == (f"contour table {table} has 1 problem(s): line 1: contour 'high' is not a number; "
+                              "fix the table and rerun")
+
+
+def test_a_broken_contour_table_reports_every_problem_with_its_line(tmp_path):
+    """Issue 20.6: only the first problem was reported."""
+    (tmp_path / "a.mrc").write_bytes(b"")
+    table = tmp_path / "t.tsv"
+    table.write_text("# map\tcontour\na.mrc\thigh\nmissing.mrc\t0.7\n\nb.mrc 1 2\na.mrc\tinf\n")
+    with pytest.raises(InputError) as err:
+        read_contour_table(table)
+    assert str(err.value) == (
+        f"contour table {table} has 4 problem(s): line 2: contour 'high' is not a number; line 3: map file not "
+        "found: missing.mrc; line 5: expected 'map<TAB>contour', got 'b.mrc 1 2'; line 6: contour 'inf' is not a "
+        "finite number; fix the table and rerun")
 
 
 def test_fewer_than_two_maps(tmp_path, data_dir):

@@ -83,7 +83,7 @@ import numpy as np
 from .config import AlignConfig
 from .errors import InputError
 from .executor import run_tasks
-from .io import file_sha256
+from .io import check_writable_folder, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -280,9 +280,17 @@ def open_db(db, *, create: bool) -> sqlite3.Connection:
         if not create:
             raise InputError(f"catalogue not found: {db} does not exist; {_index_hint(db)}")
         parent = os.path.dirname(os.path.abspath(db))
+        if os.path.exists(parent) and not os.path.isdir(parent):
+            raise InputError(f"cannot create the catalogue {db}: {parent} is a file; choose another --db folder")
         if not os.path.isdir(parent):
             raise InputError(f"cannot create the catalogue {db}: folder {parent} does not exist; create it first")
-        os.makedirs(db)
+        check_writable_folder(db, "--db")
+        try:
+            os.makedirs(db)
+        except OSError as exc:
+            raise InputError(f"cannot create the catalogue {db}: {exc.strerror}; choose a writable --db folder") from None
+    elif create and os.path.isdir(db):
+        check_writable_folder(db, "--db")
     elif not os.path.isdir(db):
         raise InputError(f"{db} is a file, not a catalogue folder; give a folder (new, empty, or made by index)")
     if not os.path.exists(path):
@@ -394,8 +402,12 @@ def index(maps, db, *, contours: dict | None = None, config: AlignConfig | None 
         for spec in specs:
             spec["params_hash"] = params_hash(params, spec["contour"])
         done = {tuple(row) for row in conn.execute("SELECT file_hash, params_hash FROM entries")}
-        todo, seen = [], set()
+        todo, seen, first_of_hash = [], set(), {}
         for spec in specs:
+            first = first_of_hash.setdefault(spec["file_hash"], spec["map"])
+            if first != spec["map"]:
+                log.warning("warning: %s and %s are the same file (SHA-256 %s...): the map is given twice",
+                            first, spec["map"], spec["file_hash"][:12])
             key = (spec["file_hash"], spec["params_hash"])
             if key in done or key in seen:
                 continue
@@ -438,6 +450,7 @@ def _resolve_maps(maps: list, contours: dict) -> list[dict]:
     specs, missing, seen = [], [], set()
     for name in maps:
         if name in seen:
+            log.warning("warning: %s is given twice: indexed once", name)
             continue
         seen.add(name)
         given = contours.get(name, contours.get(os.path.abspath(name)))

@@ -689,13 +689,10 @@ def _cmd_variance(args) -> int:
     config = _alignment_config(args, jobs=1)
     contours = read_contour_table(args.contour_table) if args.contour_table else None
     _refuse_overwriting_inputs([], [args.reference, *args.maps, args.contour_table], folder=args.out_dir)
+    io.check_writable_folder(args.out_dir, "--out-dir")      # a file, or an unwritable place: refused
     if os.path.isdir(args.out_dir) and os.listdir(args.out_dir) and \
             not os.path.exists(os.path.join(args.out_dir, io.WORK_MARK)):
         io.check_output_folder(args.out_dir)        # refuses a folder of someone else's files
-    if not os.path.isdir(args.out_dir) or not os.listdir(args.out_dir):
-        os.makedirs(args.out_dir, exist_ok=True)
-        io.write_text(os.path.join(args.out_dir, io.WORK_MARK), "a cryoalign variance run (resumable)\n",
-                      journal=False)
     result = variance(args.reference, args.maps, contours=contours, reference_contour=args.reference_contour,
                       out_dir=args.out_dir, jobs=args.jobs, scheduler=args.scheduler, keep_all=args.keep_all,
                       components=args.components, config=config, progress=not args.quiet)

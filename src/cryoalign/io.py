@@ -408,6 +408,23 @@ def check_writable(path) -> None:
         raise InputError(f"cannot write {path}: it is a directory; give a file name")
 
 
+def check_writable_folder(path, flag: str) -> None:
+    """Fail before any work when `path` cannot be (or become) a folder this command adds
+    files to (a resumable run's folder, a catalogue): a file, below a file, or in a place
+    that is not writable.  `flag` names the option in the message (--out-dir, --db)."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"{flag} {path} is a file, not a folder; give a new folder or one this command wrote")
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise InputError(f"cannot create {flag} {path}: {probe} is a file; choose another {flag}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "folder" if probe == os.path.abspath(path) else f"cannot create it: {probe}"
+        raise InputError(f"{flag} {path}: {what} is not writable; choose a writable location for {flag}")
+
+
 def file_sha256(path, chunk: int = 2 ** 22) -> str:
     """SHA-256 of a file's bytes (read in chunks)."""
     import hashlib

@@ -50,6 +50,7 @@ OUTLIER_MADS = 3.0         # robust standard deviations below the median score .
 OUTLIER_MIN_GAP = 0.1      # ... but never closer to the median than this
 SLAB = 32                  # z-slices per step when streaming maps
 PCA_MEMORY_BYTES = 256 * 2 ** 20   # masked maps held at once while building the Gram matrix
+MAX_LISTED_PROBLEMS = 10   # problems of a contour table named in its error
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,31 +83,55 @@ class VarianceResult:
 # ----------------------------------------------------------------------------- inputs
 def read_contour_table(path) -> dict:
     """``map<TAB>contour`` lines (``#`` comments and blank lines allowed) -> {map: contour}.
-    Relative map paths are taken relative to the table's folder."""
+    Relative map paths are taken relative to the table's folder.  Every problem of the
+    table (with its line number) is reported in one InputError."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"contour table not found: {path}")
+    if os.path.isdir(path):
+        raise InputError(f"contour table {path} is a folder; give a TSV file of map<TAB>contour lines")
     folder = os.path.dirname(os.path.abspath(path))
-    table = {}
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            text = line.split("#", 1)[0].strip()
-            if not text:
-                continue
-            parts = text.split("\t") if "\t" in text else text.split()
-            parts = [p.strip() for p in parts if p.strip()]
-            if len(parts) != 2:
-                raise InputError(f"{path} line {number}: expected 'map<TAB>contour', got {line.strip()!r}")
-            try:
-                level = float(parts[1])
-            except ValueError:
-                raise InputError(f"{path} line {number}: contour {parts[1]!r} is not a number") from None
-            if not math.isfinite(level):
-                raise InputError(f"{path} line {number}: contour {parts[1]!r} is not a finite number")
-            name = parts[0] if os.path.isabs(parts[0]) else os.path.join(folder, parts[0])
-            if not os.path.exists(name):
-                raise InputError(f"{path} line {number}: map file not found: {parts[0]}")
-            table[os.path.abspath(name)] = level
+    table, problems, line_of = {}, [], {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the contour table {path} ({exc}); give a text file of map<TAB>contour "
+                         "lines") from None
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        parts = text.split("\t") if "\t" in text else text.split()
+        parts = [p.strip() for p in parts if p.strip()]
+        if len(parts) != 2:
+            problems.append(f"line {number}: expected 'map<TAB>contour', got {line.strip()!r}")
+            continue
+        try:
+            level = float(parts[1])
+        except ValueError:
+            level = None
+            problems.append(f"line {number}: contour {parts[1]!r} is not a number")
+        if level is not None and not math.isfinite(level):
+            problems.append(f"line {number}: contour {parts[1]!r} is not a finite number")
+            level = None
+        name = parts[0] if os.path.isabs(parts[0]) else os.path.join(folder, parts[0])
+        if not os.path.exists(name):
+            problems.append(f"line {number}: map file not found: {parts[0]}")
+            continue
+        key = os.path.abspath(name)
+        if key in line_of and level is not None and table.get(key, level) != level:
+            problems.append(f"line {number}: {parts[0]} is already given on line {line_of[key]} with "
+                            f"another contour ({table[key]:g})")
+            continue
+        line_of[key] = number
+        if level is not None:
+            table[key] = level
+    if problems:
+        shown = "; ".join(problems[:MAX_LISTED_PROBLEMS])
+        more = f"; and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
+        raise InputError(f"contour table {path} has {len(problems)} problem(s): {shown}{more}; fix the table "
+                         "and rerun")
     return table
 
 
@@ -120,12 +145,10 @@ def variance(reference, maps, *, contours=None, reference_contour=None, out_dir,
 
     contours: {map path: contour or None} (see `read_contour_table`); missing maps get an
     estimated contour.  config: `AlignConfig` (default mode "global")."""
-    from . import pictures
     from .config import AlignConfig
-    from .executor import resolve_jobs, run_tasks
-    from .io import file_sha256, read_map, write_map, write_text
+    from .executor import resolve_jobs
+    from .io import read_map
     from .comparison import resolve_level
-    from .report import variance_sections, write_report
 
     t0 = time.perf_counter()
     paths = [_as_path(m, "map") for m in maps]
@@ -148,17 +171,67 @@ def variance(reference, maps, *, contours=None, reference_contour=None, out_dir,
 
     out_dir = os.fspath(out_dir)
     work = os.path.join(out_dir, WORK_DIR)
+    created = _open_work_folder(out_dir, work)
+    try:
+        return _run(paths, ref_path, ref_map, ref_contour, ref_est, contours, config_dict, out_dir, work, jobs,
+                    scheduler, keep_all, components, progress, t0)
+    except InputError:
+        _remove_unused_work_folder(out_dir, work, created)     # a refused run leaves nothing behind
+        raise
+
+
+def _open_work_folder(out_dir: str, work: str) -> bool:
+    """Create `out_dir` (when missing), its `.work/` and the WORK_MARK; True when `out_dir`
+    was created now.  Unwritable places and files are refused (InputError) first."""
+    from .io import WORK_MARK, check_writable_folder, write_text
+
+    check_writable_folder(out_dir, "--out-dir")
+    created = not os.path.exists(out_dir)
     try:
         os.makedirs(work, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create output folder {out_dir}: {exc.strerror}; choose a writable location") from None
+    if not os.path.exists(os.path.join(out_dir, WORK_MARK)):
+        write_text(os.path.join(out_dir, WORK_MARK), "a cryoalign variance run (resumable)\n", journal=False)
+    return created
 
-    from . import __version__
+
+def _remove_unused_work_folder(out_dir: str, work: str, created: bool) -> None:
+    """After a refusal: remove `.work/` and the mark when no map's result is stored in it
+    (nothing to resume), and `out_dir` itself when this run created it and it is empty."""
+    import contextlib
+    import shutil
+
+    from .io import WORK_MARK
+
+    if os.path.isdir(work) and any(name.endswith(".json") for name in os.listdir(work)):
+        return                                  # finished maps: a rerun resumes from them
+    shutil.rmtree(work, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.remove(os.path.join(out_dir, WORK_MARK))
+    if created:
+        with contextlib.suppress(OSError):
+            os.rmdir(out_dir)                   # only when empty
+
+
+def _run(paths, ref_path, ref_map, ref_contour, ref_est, contours, config_dict, out_dir, work, jobs, scheduler,
+         keep_all, components, progress, t0) -> VarianceResult:
+    from . import __version__, pictures
     from .comparison import DEFAULT_SCALE_METHOD
+    from .executor import run_tasks
+    from .io import file_sha256, write_map, write_text
+    from .report import variance_sections, write_report
+
     ref_hash = file_sha256(ref_path)
     items, records = [], [None] * len(paths)
+    first_of_hash = {}
     for index, p in enumerate(paths):
-        key_doc = {"map": os.path.abspath(p), "map_sha256": file_sha256(p), "contour": contours.get(os.path.abspath(p)),
+        digest = file_sha256(p)
+        first = first_of_hash.setdefault(digest, p)
+        if first != p:
+            log.warning("warning: %s and %s are the same file (SHA-256 %s...): the map is given twice and "
+                        "counts twice in the mean and variance; list each map once", first, p, digest[:12])
+        key_doc = {"map": os.path.abspath(p), "map_sha256": digest, "contour": contours.get(os.path.abspath(p)),
                    "reference": os.path.abspath(ref_path), "reference_sha256": ref_hash,
                    "reference_contour": ref_contour, "config": config_dict, "scale": DEFAULT_SCALE_METHOD,
                    "version": __version__}

@@ -1,0 +1,115 @@
+"""Issue 20.6: what a user meets at the command line (real subprocesses): bad places for
+outputs are one line with exit code 2 and leave nothing behind, duplicates are named."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+READ_ONLY_CAPS = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+def _cryoalign(*args, read_only_respected=False, cwd=None):
+    """Run the command line; with read_only_respected, root loses its permission override
+    (so a read-only folder is read-only for it too)."""
+    prefix = []
+    if read_only_respected and os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: read-only folders cannot be tested")
+        prefix = READ_ONLY_CAPS
+    return subprocess.run(prefix + [sys.executable, "-m", "cryoalign", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def _error_line(proc) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-800:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def places(tmp_path):
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    (tmp_path / "a-file").write_text("x\n")
+    os.chmod(ro, 0o555)
+    yield tmp_path
+    os.chmod(ro, 0o755)
+
+
+@pytest.fixture
+def monomer(data_dir):
+    return data_dir / "emd_5168_monomer.mrc.gz"
+
+
+def test_variance_out_dir_in_a_read_only_place(places, monomer):
+    proc = _cryoalign("variance", monomer, monomer, monomer, "--out-dir", places / "read-only" / "v",
+                      read_only_respected=True)
+    assert _error_line(proc) == (f"cryoalign: error: --out-dir {places}/read-only/v: cannot create it: "
+                                 f"{places}/read-only is not writable; choose a writable location for --out-dir")
+    assert os.listdir(places / "read-only") == []
+
+
+def test_variance_out_dir_that_is_a_file(places, monomer):
+    proc = _cryoalign("variance", monomer, monomer, monomer, "--out-dir", places / "a-file")
+    assert _error_line(proc) == (f"cryoalign: error: --out-dir {places}/a-file is a file, not a folder; give a new "
+                                 "folder or one this command wrote")
+    proc = _cryoalign("variance", monomer, monomer, monomer, "--out-dir", places / "a-file" / "v")
+    assert _error_line(proc) == (f"cryoalign: error: cannot create --out-dir {places}/a-file/v: {places}/a-file is "
+                                 "a file; choose another --out-dir")
+
+
+def test_index_db_in_a_read_only_place(places, monomer):
+    proc = _cryoalign("index", monomer, "--db", places / "read-only" / "db", read_only_respected=True)
+    assert _error_line(proc) == (f"cryoalign: error: --db {places}/read-only/db: cannot create it: "
+                                 f"{places}/read-only is not writable; choose a writable location for --db")
+    proc = _cryoalign("index", monomer, "--db", places / "read-only", read_only_respected=True)
+    assert _error_line(proc) == (f"cryoalign: error: --db {places}/read-only: folder is not writable; choose a "
+                                 "writable location for --db")
+    assert os.listdir(places / "read-only") == []
+
+
+def test_index_db_below_a_file(places, monomer):
+    proc = _cryoalign("index", monomer, "--db", places / "a-file" / "db")
+    assert _error_line(proc) == (f"cryoalign: error: cannot create the catalogue {places}/a-file/db: "
+                                 f"{places}/a-file is a file; choose another --db folder")
+
+
+def test_a_refused_variance_leaves_no_folder_behind(tmp_path, monomer):
+    out = tmp_path / "var"
+    proc = _cryoalign("variance", monomer, monomer, "--out-dir", out)
+    assert _error_line(proc).startswith("cryoalign: error: variance needs at least two maps")
+    assert not out.exists()
+    table = tmp_path / "contours.tsv"
+    table.write_text(f"{monomer}\tlow\n")
+    proc = _cryoalign("variance", monomer, monomer, monomer, "--contour-table", table, "--out-dir", out)
+    assert "contour 'low' is not a number" in _error_line(proc)
+    assert not out.exists()
+
+
+def test_a_refusal_after_the_folder_exists_removes_the_work_mark(tmp_path, data_dir, monomer):
+    # the folder is made, then the map cannot be aligned (not a map): no finished work, nothing kept
+    broken = tmp_path / "broken.mrc"
+    broken.write_bytes(b"not a map\n" * 50)
+    out = tmp_path / "var"
+    proc = _cryoalign("variance", monomer, broken, broken, "--out-dir", out, "--jobs", "1")
+    assert proc.returncode == 2, proc.stderr
+    assert not out.exists(), sorted(os.listdir(out))
+
+
+def test_the_same_map_twice_is_named(tmp_path, monomer):
+    copy = tmp_path / "copy.mrc.gz"
+    shutil.copy(monomer, copy)
+    proc = _cryoalign("index", monomer, copy, "--db", tmp_path / "db", "--jobs", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert (f"warning: {monomer} and {copy} are the same file (SHA-256 " in proc.stderr
+            and "the map is given twice" in proc.stderr)
+    proc = _cryoalign("variance", monomer, monomer, copy, "--out-dir", tmp_path / "var", "--jobs", "1",
+                      "--sampling", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert (f"warning: {monomer} and {copy} are the same file (SHA-256 " in proc.stderr
+            and "counts twice in the mean and variance; list each map once" in proc.stderr)
