@@ -132,12 +132,40 @@ def test_a_table_written_before_the_from_db_column_is_resumed(work):
     pairs = _table(work, [PAIRS[0], PAIRS[2]])
     batch(pairs, out, jobs=1, config=fast_config())
     header, first, _ = out.read_text().splitlines()
-    assert header.endswith("\tfrom_db") and first.endswith("\t")
-    out.write_text(header[: -len("\tfrom_db")] + "\n" + first[:-1] + "\n")     # as 0.2.0 left it, one pair done
+    assert header.endswith("\tfrom_db\toptions") and first.endswith("\t" + json.dumps(
+        {"mode": "global", "sampling_A": 5.0}, separators=(",", ":")))
+    old_first = first[: first.rindex("\t")]                                     # without the options
+    out.write_text(header[: -len("\tfrom_db\toptions")] + "\n" + old_first[:-1] + "\n")   # as 0.2.0 left it
     summary = batch(pairs, out, jobs=1, config=fast_config())
     assert (summary.ran, summary.skipped) == (1, 1)
-    assert out.read_text().splitlines()[:2] == [header, first]
+    assert out.read_text().splitlines()[:2] == [header, old_first + "\t"]       # options unknown: blank
     assert sorted(r["status"] for r in _rows(out)) == ["error", "ok"]
+
+
+def test_the_confidence_column_holds_the_verdict(work):
+    """Issue 20.6: it held the whole confidence JSON object."""
+    out = work / "results.tsv"
+    batch(_table(work, [PAIRS[0]]), out, jobs=1, config=fast_config())
+    assert _rows(out)[0]["confidence"] in ("high", "medium", "low")
+
+
+def test_a_rerun_with_other_options_is_refused_naming_them(work):
+    """Issue 20.6: a rerun with other options silently reused the old lines."""
+    out = work / "results.tsv"
+    pairs = _table(work, [PAIRS[0], PAIRS[2]])
+    command = [sys.executable, "-m", "cryoalign", "batch", str(pairs), "--out", str(out), "--jobs", "1"]
+    first = subprocess.run(command + ["--global", "--sampling", "5"], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    before = out.read_bytes()
+    again = subprocess.run(command + ["--global", "--sampling", "4"], capture_output=True, text=True)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        f"cryoalign: error: {out} holds 2 line(s) made with other options (--global, --sampling 5.0) than this "
+        "run (--global, --sampling 4.0); rerun with the options of those lines, or give another --out (one "
+        "results table holds one set of options)"]
+    assert out.read_bytes() == before
+    same = subprocess.run(command + ["--global", "--sampling", "5", "--jobs", "2"], capture_output=True, text=True)
+    assert same.returncode == 0 and "0 run now" in same.stdout and "2 finished earlier" in same.stdout
 
 
 def test_retry_errors_runs_failed_pairs_again_keeping_one_line_each(work):

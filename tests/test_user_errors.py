@@ -113,3 +113,17 @@ def test_the_same_map_twice_is_named(tmp_path, monomer):
     assert proc.returncode == 0, proc.stderr
     assert (f"warning: {monomer} and {copy} are the same file (SHA-256 " in proc.stderr
             and "counts twice in the mean and variance; list each map once" in proc.stderr)
+
+
+def test_a_closed_pipe_is_no_traceback_and_the_outputs_stay(tmp_path, monomer):
+    """`cryoalign compare ... | head`: the reader goes away before the summary is printed."""
+    matrix = tmp_path / "identity.txt"
+    matrix.write_text("1 0 0 0\n0 1 0 0\n0 0 1 0\n")
+    out = tmp_path / "compare.json"
+    proc = subprocess.Popen([sys.executable, "-m", "cryoalign", "compare", monomer, monomer, "--matrix", matrix,
+                             "--json", out], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()                      # as `head` does once it has read its lines
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "internal error" not in err
+    assert out.exists()                      # written, and not removed as a failed command's output

@@ -62,7 +62,9 @@ RESULT_COLUMNS = (
     "matrix",                                                  # T_target_source, 16 numbers row-major
     "time_s", "error",
     "from_db",                                                 # maps loaded from the catalogue: source,target /
-)                                                              # source / target / - (none); blank without one
+                                                               # source / target / - (none); blank without one
+    "options",                                                 # the options the line was made with (`options_text`)
+)
 MAX_LISTED_PROBLEMS = 10
 
 
@@ -121,7 +123,8 @@ def batch(pairs_tsv, out_tsv, *, jobs: int | None = None, scheduler: str | None 
         log.info("catalogue %s: the maps it holds are loaded, not prepared; every pair is aligned with its "
                  "parameters (sampling interval %g Å)", os.fspath(db), config.sampling_A)
     out_tsv = os.fspath(out_tsv)
-    finished = prepare_results(out_tsv, retry_errors=retry_errors)
+    options = options_text(config)
+    finished = prepare_results(out_tsv, retry_errors=retry_errors, options=options)
     todo = [pair for pair in pairs if pair.key not in finished]
     if len(todo) < len(pairs):
         log.info("%d of %d pairs already in %s: skipped", len(pairs) - len(todo), len(pairs), out_tsv)
@@ -139,7 +142,7 @@ def batch(pairs_tsv, out_tsv, *, jobs: int | None = None, scheduler: str | None 
         for index, outcome in run_tasks(align_pair, tasks, jobs=jobs, scheduler=scheduler,
                                         progress=progress, desc="pairs"):
             pair = todo[index]
-            _append_line(fd, format_row(pair, outcome))
+            _append_line(fd, format_row(pair, dict(outcome, options=options)))
             if outcome["status"] == "ok":
                 ok += 1
                 log.info("line %d: %s -> %s: score %.3f (%.1f s%s)", pair.line, pair.source, pair.target,
@@ -172,7 +175,7 @@ def align_pair(task: dict) -> dict:
         params = result.params
         return dict(status="ok", score=float(result.score.value),
                     correlation=_optional_float(result.score.correlation),
-                    confidence=result.confidence, ambiguous=bool(result.ambiguous), mode=params.get("mode"),
+                    confidence=(result.confidence or {}).get("verdict"), ambiguous=bool(result.ambiguous), mode=params.get("mode"),
                     source_contour_used=_optional_float(params.get("source_contour")),
                     target_contour_used=_optional_float(params.get("target_contour")),
                     matrix=[float(v) for row in result.T_target_source for v in row],
@@ -304,12 +307,31 @@ def _unique(pairs: list[Pair]) -> list[Pair]:
 
 
 # ----------------------------------------------------------------------------- the results table
-def prepare_results(out_tsv: str, *, retry_errors: bool = False) -> set:
+def options_text(config: AlignConfig) -> str:
+    """What a line records of the options it was made with: the configuration's fields
+    that differ from the defaults (`jobs` aside: it never changes a result), compact JSON
+    ("{}": the defaults)."""
+    defaults, mine = dataclasses.asdict(AlignConfig()), dataclasses.asdict(config)
+    changed = {k: v for k, v in mine.items() if k != "jobs" and v != defaults.get(k)}
+    return json.dumps(changed, sort_keys=True, separators=(",", ":"))
+
+
+def _shown_options(text: str) -> str:
+    try:
+        changed = json.loads(text)
+    except ValueError:
+        return text
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(changed.items())) or "the defaults"
+
+
+def prepare_results(out_tsv: str, *, retry_errors: bool = False, options: str | None = None) -> set:
     """Make `out_tsv` ready for appending and return the keys of the pairs it already holds.
 
     Creates it with the header line; cuts away a last line without its newline (a
     run killed while writing); with `retry_errors` drops the error lines so those
-    pairs run again."""
+    pairs run again.  options (`options_text` of this run): lines made with other
+    options are refused (InputError) rather than silently reused; lines written before
+    the options were recorded are reused, with a warning."""
     folder = os.path.dirname(os.path.abspath(out_tsv))
     if not os.path.isdir(folder):
         raise InputError(f"cannot write {out_tsv}: folder {folder} does not exist; create it first")
@@ -328,14 +350,20 @@ def prepare_results(out_tsv: str, *, retry_errors: bool = False) -> set:
             write_text(out_tsv, header, journal=False)      # resumable: kept when the run stops
             return set()
     lines = raw.decode("utf-8", errors="replace").splitlines()
-    if lines[0] == "\t".join(RESULT_COLUMNS[:-1]):     # written by 0.2.0, before the from_db column
-        log.info("%s: written before the from_db column; the column is added (blank on its lines)", out_tsv)
-        lines = [lines[0] + "\tfrom_db"] + [line + "\t" if line else line for line in lines[1:]]
-        write_text(out_tsv, "".join(line + "\n" for line in lines), journal=False)
+    for missing in (2, 1):     # written by 0.2.0 (no from_db, no options) or before the options column
+        if lines[0] == "\t".join(RESULT_COLUMNS[:-missing]):
+            added = RESULT_COLUMNS[-missing:]
+            log.info("%s: written before the %s column(s); added (blank on its lines)", out_tsv, ", ".join(added))
+            lines = [lines[0] + "".join("\t" + c for c in added)] + [line + "\t" * missing if line else line
+                                                                     for line in lines[1:]]
+            write_text(out_tsv, "".join(line + "\n" for line in lines), journal=False)
+            break
     if lines[0] + "\n" != header:
         raise InputError(f"{out_tsv} is not a cryoalign batch results table (its first line is not the expected "
                          "header); give another output file or move it away")
     rows = [dict(zip(RESULT_COLUMNS, line.split("\t"))) for line in lines[1:] if line]
+    if options is not None:
+        _check_options(out_tsv, rows, options)
     if retry_errors and any(row.get("status") != "ok" for row in rows):
         kept = [line for line, row in zip(lines[1:], rows) if row.get("status") == "ok"]
         log.info("%d error line(s) removed from %s: those pairs run again", len(rows) - len(kept), out_tsv)
@@ -343,6 +371,19 @@ def prepare_results(out_tsv: str, *, retry_errors: bool = False) -> set:
         rows = [row for row in rows if row.get("status") == "ok"]
     return {(row.get("source"), row.get("target"), row.get("source_contour", ""), row.get("target_contour", ""))
             for row in rows}
+
+
+def _check_options(out_tsv: str, rows: list, options: str) -> None:
+    other = [row for row in rows if row.get("options") and row["options"] != options]
+    if other:
+        raise InputError(f"{out_tsv} holds {len(other)} line(s) made with other options "
+                         f"({_shown_options(other[0]['options'])}) than this run ({_shown_options(options)}); "
+                         "rerun with the options of those lines, or give another --out (one results table holds "
+                         "one set of options)")
+    unknown = sum(1 for row in rows if not row.get("options"))
+    if unknown:
+        log.warning("warning: %d line(s) of %s were written before the options were recorded: reused as they "
+                    "are (give another --out to align those pairs with this run's options)", unknown, out_tsv)
 
 
 def format_row(pair: Pair, outcome: dict) -> str:

@@ -299,7 +299,7 @@ def main(argv=None) -> int:
 
         from .io import output_journal
 
-        with output_journal(), warnings.catch_warnings(), np.errstate(all="ignore"):
+        with output_journal(), warnings.catch_warnings(), np.errstate(all="ignore"), _PipeSafeStdout():
             warnings.simplefilter("ignore", RuntimeWarning)   # numeric warnings never reach the terminal
             return COMMANDS[args.command](args)
     except InputError as exc:
@@ -318,6 +318,44 @@ def main(argv=None) -> int:
         logging.getLogger("cryoalign").removeHandler(handler)     # main() may be called again (tests, scripts)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+class _PipeSafeStdout:
+    """stdout while a command runs: when the reader has gone (`cryoalign compare ... | head`)
+    the rest of the text is dropped instead of raising BrokenPipeError, so the command
+    ends normally (its files written and kept, exit code unchanged) without a traceback."""
+
+    def __enter__(self):
+        self.stream, sys.stdout = sys.stdout, self
+        return self
+
+    def __exit__(self, *exc):
+        sys.stdout = self.stream
+        return False
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def _drop(self):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())      # later flushes (and the exit's) go nowhere
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):   # not a real file (tests capture stdout)
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 class Terminated(KeyboardInterrupt):
