@@ -127,3 +127,17 @@ def test_a_closed_pipe_is_no_traceback_and_the_outputs_stay(tmp_path, monomer):
     assert proc.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "BrokenPipeError" not in err and "internal error" not in err
     assert out.exists()                      # written, and not removed as a failed command's output
+
+
+@pytest.mark.parametrize("mode,hinted", [("local", True), ("global", False), ("auto", False)])
+def test_the_swap_hint_only_for_a_local_alignment(caplog, mode, hinted):
+    """Issue 20.6: the hint ("did you mean to swap the two maps?") was printed in global mode."""
+    import logging
+
+    from cryoalign import AlignConfig
+    from cryoalign.pipeline import choose_mode_and_sampling
+
+    with caplog.at_level(logging.INFO, logger="cryoalign"):
+        config, _ = choose_mode_and_sampling(3.0e6, 1.0e6, AlignConfig(mode=mode))
+    assert config.mode == ("local" if mode == "local" else "global")
+    assert ("did you mean to swap the two maps?" in caplog.text) == hinted

@@ -189,7 +189,7 @@ def choose_mode_and_sampling(src_volume_A3: float, tgt_volume_A3: float,
             log.info("source volume above contour is %.0f%% of the target's (< %.0f%%): local alignment "
                      "(ranked placements; pass mode='global' to force a whole-map alignment)",
                      100 * ratio, 100 * config.local_volume_ratio)
-    if ratio > 1.0 and (mode == "local" or ratio * config.local_volume_ratio > 1.0):
+    if ratio > 1.0 and mode == "local":     # a whole-map alignment has no part and whole to swap
         log.warning("the source's volume above contour is %.1f times the target's: a local alignment "
                     "places the source (the part) inside the target (the whole); did you mean to swap "
                     "the two maps?", ratio)
