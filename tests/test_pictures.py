@@ -93,3 +93,22 @@ def test_report_renders_in_headless_chromium(tmp_path):
     shot = render_report.render(tmp_path / "report.html", tmp_path / "shot.png", size=(1000, 1400))
     width, height = _png_size(shot)
     assert (width, height) == (1000, 1400)
+
+
+def test_variance_picture_shows_a_maximum_off_the_central_slices(tmp_path):
+    """Issue 20.6: only the central slices were shown, and the maximum can lie off them."""
+    import matplotlib
+    import matplotlib.image
+
+    shape, voxel, origin = (36, 40, 44), np.array([2.0, 2.2, 2.5]), np.array([10.0, -5.0, 3.0])
+    data = np.zeros(shape, np.float32)
+    data[4:7, 5:8, 6:9] = 1.0                      # far from the centre (18, 20, 22)
+    data[5, 6, 7] = 2.0                            # the maximum
+    variance_map = DensityMap(data, voxel, origin)
+    assert pictures.variance_peak(data) == ((5, 6, 7), 2.0)
+    path = pictures.variance_slices(variance_map, tmp_path / "variance_slices.png")[0]
+    image = matplotlib.image.imread(path)[..., :3]
+    panels = image[:, : int(0.8 * image.shape[1])]          # the colour bar is on the right
+    brightest = np.array(matplotlib.colormaps["magma"](1.0)[:3])
+    hot = np.all(np.abs(panels - brightest) < 0.06, axis=-1)
+    assert hot.sum() >= 6, "the maximum is not visible in the panels"       # 3 projections + 3 slices

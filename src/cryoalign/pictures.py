@@ -2,7 +2,7 @@
 
     align_pictures(source_map, target_map, T, out_dir)     -> [align_projections.png]
     compare_pictures(compare_result, out_dir)              -> projections, FSC, blobs
-    variance_slices(variance_map, path, mean=, contour=)   -> [path]
+    variance_slices(variance_map, path, mean=, contour=)   -> [path] (projections, slices through the maximum)
 
 Projections are maximum-intensity projections of maps on the target's grid along z, y
 and x, drawn in world Å: the target in blue, the source in orange, added on black (where
@@ -199,36 +199,53 @@ def compare_pictures(result, out_dir) -> list:
     return paths
 
 
+def variance_peak(data: np.ndarray) -> tuple[tuple[int, int, int], float]:
+    """The voxel of largest variance, as an array index (z, y, x), and its value."""
+    flat = int(np.argmax(data))
+    return tuple(int(i) for i in np.unravel_index(flat, data.shape)), float(data.flat[flat])
+
+
 def variance_slices(variance_map: DensityMap, path, *, mean: DensityMap | None = None,
                     contour: float | None = None) -> list:
-    """Central slices of the variance map in the three planes with a colour bar (the
-    mean's contour drawn in white when given); returns [path]."""
+    """The variance map in two rows of the three planes: maximum-intensity projections
+    (where the variance lies anywhere in the box) and the slices through the voxel of
+    largest variance (circled; the largest variance need not lie on the
+    central slices).  One colour bar from 0 to that maximum; the mean's contour in white
+    when given (on projections: the outline of the mean above it).  Returns [path]."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.8), layout="constrained")
+    fig, axes = plt.subplots(2, 3, figsize=(14, 9.2), layout="constrained")
     data = variance_map.data
-    top = float(np.percentile(data, 99.9)) or float(data.max()) or 1.0
+    peak, top = variance_peak(data)
+    top = top if top > 0 else 1.0
+    peak_A = variance_map.index_to_world(np.array([peak[::-1]], float))[0]
     image = None
-    for ax, (dropped, axis, shown) in zip(axes, AXES):
-        centre = data.shape[axis] // 2
-        sl = np.take(data, centre, axis=axis)
+    for c, (dropped, axis, shown) in enumerate(AXES):
         ext = _extent(variance_map, shown)
-        image = ax.imshow(sl, origin="lower", extent=ext, cmap="magma", vmin=0, vmax=top,
-                          interpolation="nearest")
-        if mean is not None and contour is not None:
-            m = np.take(mean.data, centre, axis=axis)
-            if m.max() > contour > m.min():
-                ny, nx = m.shape
-                xs = np.linspace(ext[0], ext[1], nx + 1)
-                ys = np.linspace(ext[2], ext[3], ny + 1)
-                ax.contour(0.5 * (xs[1:] + xs[:-1]), 0.5 * (ys[1:] + ys[:-1]), m, levels=[contour],
-                           colors="white", linewidths=0.8)
-        k = "xyz".index(dropped)
-        at = variance_map.origin_A[k] + centre * variance_map.voxel_size_A[k]
-        ax.set_title(f"{shown[0]}{shown[1]} plane at {dropped} = {at:.1f} Å", fontsize=10)
-        ax.set_xlabel(f"{shown[0]} (Å)")
-        ax.set_ylabel(f"{shown[1]} (Å)")
-    bar = fig.colorbar(image, ax=list(axes), shrink=0.85)
-    bar.set_label("variance (reference density units²)")
-    title = "variance: central slices" + (" (white: mean at the reference contour)" if mean is not None else "")
+        i, j = "xyz".index(shown[0]), "xyz".index(shown[1])
+        for r, picture in enumerate((_mip(data, axis), np.take(data, peak[axis], axis=axis))):
+            ax = axes[r][c]
+            image = ax.imshow(picture, origin="lower", extent=ext, cmap="magma", vmin=0, vmax=top,
+                              interpolation="nearest")
+            if mean is not None and contour is not None:
+                m = (mean.data > contour).any(axis=axis).astype(float) if r == 0 else \
+                    np.take(mean.data, peak[axis], axis=axis)
+                level = 0.5 if r == 0 else contour
+                if m.max() > level > m.min():
+                    ny, nx = m.shape
+                    xs = np.linspace(ext[0], ext[1], nx + 1)
+                    ys = np.linspace(ext[2], ext[3], ny + 1)
+                    ax.contour(0.5 * (xs[1:] + xs[:-1]), 0.5 * (ys[1:] + ys[:-1]), m, levels=[level],
+                               colors="white", linewidths=0.8)
+            ax.plot([peak_A[i]], [peak_A[j]], "o", mfc="none", mec="#39d353", ms=16, mew=1.5)
+            k = "xyz".index(dropped)
+            ax.set_title(f"projection along {dropped} (maximum)" if r == 0 else
+                         f"{shown[0]}{shown[1]} slice through the maximum, {dropped} = {peak_A[k]:.1f} Å",
+                         fontsize=10)
+            ax.set_xlabel(f"{shown[0]} (Å)")
+            ax.set_ylabel(f"{shown[1]} (Å)")
+    bar = fig.colorbar(image, ax=[ax for row in axes for ax in row], shrink=0.85)
+    bar.set_label("variance (reference density units²), 0 to the maximum")
+    title = (f"variance: largest {top:.4g} at ({peak_A[0]:.1f}, {peak_A[1]:.1f}, {peak_A[2]:.1f}) Å (green circle)"
+             + ("; white: the mean at the reference contour" if mean is not None and contour is not None else ""))
     fig.suptitle(title, fontsize=12)
     return [_save(fig, path)]
