@@ -141,3 +141,65 @@ def test_the_swap_hint_only_for_a_local_alignment(caplog, mode, hinted):
         config, _ = choose_mode_and_sampling(3.0e6, 1.0e6, AlignConfig(mode=mode))
     assert config.mode == ("local" if mode == "local" else "global")
     assert ("did you mean to swap the two maps?" in caplog.text) == hinted
+
+
+def test_compare_prints_the_alignments_matrix_and_confidence(monomer):
+    """Issue 20.6: compare printed neither the matrix nor the alignment's confidence."""
+    proc = _cryoalign("compare", monomer, monomer, "--global", "--sampling", "5", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "T_target_source (source world Å -> target world Å, found by the alignment):"
+    import numpy as np
+    T = np.array([[float(v) for v in line.split()] for line in lines[1:5]])
+    assert np.allclose(T, np.eye(4), atol=0.05)                 # the map on itself
+    assert any(line.startswith("score ") and "vector agreement" in line for line in lines)
+    assert any(line.startswith("confidence high") for line in lines), proc.stdout
+
+
+def test_the_align_report_has_the_confidence_advice_version_and_agreement(tmp_path, monomer):
+    """Issue 20.6: the report lacked the low-confidence advice, the version and the agreement."""
+    import dataclasses
+    import re
+
+    from cryoalign import AlignConfig, __version__
+    from cryoalign.confidence import ADVICE
+    from cryoalign.pipeline import align
+    from cryoalign.report import align_sections, write_report
+
+    result = align(str(monomer), str(monomer), config=AlignConfig(mode="global", sampling_A=5.0))
+    low = dataclasses.replace(result, confidence=dict(result.confidence, verdict="low", advice=ADVICE))
+    page = pathlib_text(write_report(tmp_path / "report.html", "cryoalign superposition", align_sections(low, [])))
+    text = re.sub(r"<[^>]+>", " ", page)
+    assert "Confidence: low" in text
+    assert "What to try: check the contours" in text and "--local" in text and "--wide-search always" in text
+    assert f"written by cryoalign {__version__}" in text
+    assert "vector agreement" in text and f"{result.score.vector_agreement:.4g}" in text
+
+
+def pathlib_text(path) -> str:
+    import pathlib
+    return pathlib.Path(path).read_text()
+
+
+def test_a_forked_worker_does_not_inherit_sigterm_as_an_exception():
+    """SIGTERM of the command is handled like Ctrl-C (cli._catch_sigterm); a worker forked
+    from it (a local alignment's pool) must still die of SIGTERM when its pool ends it,
+    not raise Terminated and print a traceback."""
+    import signal
+
+    from cryoalign import cli
+
+    previous = cli._catch_sigterm()
+    try:
+        pid = os.fork()
+        if pid == 0:                                   # the worker
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                import time
+                time.sleep(5)
+            finally:
+                os._exit(3)                            # reached only when SIGTERM raised or was ignored
+        _, status = os.waitpid(pid, 0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status

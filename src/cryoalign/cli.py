@@ -363,7 +363,14 @@ class Terminated(KeyboardInterrupt):
     kept, other partial outputs removed), exit code 143."""
 
 
+_HANDLER_PID = None     # the process that set the SIGTERM handler
+
+
 def _raise_terminated(signum, frame):
+    if os.getpid() != _HANDLER_PID:      # a forked worker inherited the handler: end as SIGTERM means
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise Terminated()
 
 
@@ -372,8 +379,10 @@ def _catch_sigterm():
     previous handler, or None when none was set."""
     import threading
 
+    global _HANDLER_PID
     if threading.current_thread() is not threading.main_thread():
         return None
+    _HANDLER_PID = os.getpid()
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
@@ -493,11 +502,7 @@ def _print_summary(result, args) -> None:
     lines.append(f"{_rotation_text(T)}; translation ({T[0, 3]:.2f}, {T[1, 3]:.2f}, {T[2, 3]:.2f}) Å")
     lines.append(_score_line(s, p["mode"]) + f"; {len(result.candidates)} candidate(s)")
     if result.confidence:
-        c = result.confidence
-        e = c["evidence"]
-        lines.append(f"confidence {c['verdict']} (score {s.value:.3f}, lead {100 * e['margin']:.0f}% over the "
-                     f"next pose, overlap {e['overlap']:.2f}, score terms {'agree' if e['terms_agree'] else 'disagree'})"
-                     + (f": {flagged(c['advice'], 'align')}" if c.get("advice") else ""))
+        lines.append(_confidence_line(result, "align"))
     if p["mode"] == "local":
         lines.append("rank  score  agreement  rotation  translation (Å)            mask centre (Å)")
         for k, c in enumerate(result.candidates, 1):
@@ -532,6 +537,14 @@ def _print_summary(result, args) -> None:
     if args.out_dir:
         lines.append(f"wrote {args.out_dir}/ (open superposition.cxc in ChimeraX)")
     print("\n".join(lines))
+
+
+def _confidence_line(result, command: str) -> str:
+    c = result.confidence
+    e = c["evidence"]
+    return (f"confidence {c['verdict']} (score {result.score.value:.3f}, lead {100 * e['margin']:.0f}% over the "
+            f"next pose, overlap {e['overlap']:.2f}, score terms {'agree' if e['terms_agree'] else 'disagree'})"
+            + (f": {flagged(c['advice'], command)}" if c.get("advice") else ""))
 
 
 def _rotation_text(T) -> str:
@@ -700,8 +713,18 @@ def _cmd_compare(args) -> int:
     if args.out_dir:
         with io.output_folder(args.out_dir, "cryoalign compare") as tmp:
             write_compare_outputs(result, tmp, target_map_path=tgt_map.path)
-    lines = [f"scale: source x {result.scale.factor:.4g} + {result.scale.offset:.4g} ({result.scale.method}); "
-             f"correlation {result.correlation:.3f}"]
+    T = result.T_target_source
+    aligned = result.alignment
+    lines = ["T_target_source (source world Å -> target world Å" + (", found by the alignment):" if aligned is not None
+                                                                  else ", as given by --matrix):")]
+    lines += ["  " + "  ".join(f"{v:11.5f}" for v in row) for row in T]
+    lines.append(f"{_rotation_text(T)}; translation ({T[0, 3]:.2f}, {T[1, 3]:.2f}, {T[2, 3]:.2f}) Å")
+    if aligned is not None:
+        lines.append(_score_line(aligned.score, aligned.params["mode"]))
+        if aligned.confidence:
+            lines.append(_confidence_line(aligned, "compare"))
+    lines.append(f"scale: source x {result.scale.factor:.4g} + {result.scale.offset:.4g} ({result.scale.method}); "
+                 f"correlation {result.correlation:.3f}")
     f = result.fsc
     lines.append("FSC: 0.5 at " + (f"{f.resolution_at_05_A:.1f} Å" if f.resolution_at_05_A else "-")
                  + ", 0.143 at " + (f"{f.resolution_at_0143_A:.1f} Å" if f.resolution_at_0143_A else "-")

@@ -44,6 +44,9 @@ def write_report(path, title: str, sections: list) -> str:
             parts.append(_table(table))
         for image in section.get("images", ()):
             parts.append(_image(image))
+    from . import __version__
+
+    parts.append(f'<p class="note">written by cryoalign {html.escape(__version__)}</p>')
     parts.append("</body></html>")
     write_text(path, "\n".join(parts) + "\n")
     return os.fspath(path)
@@ -90,23 +93,28 @@ def align_sections(result, images: list) -> list:
     p = result.params
     s = result.score
     T = np.asarray(result.T_target_source)
-    summary = [["score", round(float(s.value), 4)],
+    summary = [["score (map correlation x vector agreement)", round(float(s.value), 4)],
                ["map correlation", None if s.correlation is None else round(float(s.correlation), 4)],
-               ["point similarity", round(float(s.similarity), 4)], ["overlap", round(float(s.overlap), 3)],
+               ["vector agreement", round(float(s.vector_agreement), 4)],
+               ["point similarity", round(float(s.similarity), 4)],
+               ["local correlation", None if s.local_correlation is None else round(float(s.local_correlation), 4)],
+               ["overlap", round(float(s.overlap), 3)],
                ["rotation (deg)", round(tf.rotation_angle_deg(T), 3)],
                ["translation (Å)", ", ".join(f"{v:.2f}" for v in T[:3, 3])],
                ["mode", p["mode"]], ["sampling interval (Å)", p["sampling_A"]],
                ["ambiguous", bool(result.ambiguous)]]
     confidence = getattr(result, "confidence", None)
+    sections_before = []
     if confidence:
         summary.insert(0, ["confidence", confidence["verdict"]])
+        sections_before.append(confidence_section(confidence, "align"))
     rows = []
     for k, c in enumerate(result.candidates, 1):
         M = np.asarray(c.T_target_source)
         rows.append([k, round(float(c.score.value), 4), round(float(c.score.vector_agreement), 3),
                      round(tf.rotation_angle_deg(M), 2), ", ".join(f"{v:.1f}" for v in M[:3, 3]), c.found_by])
     return [
-        _inputs(p),
+        _inputs(p), *sections_before,
         {"heading": "Superposition", "text": "T_target_source maps source world coordinates (Å) onto the target's. "
                                              "Projections: target in blue, source in orange, white where both.",
          "tables": [_matrix_table(T), {"columns": ["", "value"], "rows": summary}], "images": list(images)},
@@ -114,6 +122,26 @@ def align_sections(result, images: list) -> list:
          "tables": [{"columns": ["rank", "score", "agreement", "rotation (deg)", "translation (Å)", "found by"],
                      "rows": rows}]},
     ]
+
+
+def confidence_section(confidence: dict, command: str) -> dict:
+    """The "Confidence" section: the verdict, its evidence and, for a low answer, what to
+    try (with the command's own flags)."""
+    from .cli import flagged
+
+    e = confidence.get("evidence", {})
+    text = {"high": "high: a strong score, a clear lead over the next pose, nearly full overlap, terms agreeing.",
+            "medium": "medium: usable, but the lead, the score or the overlap is not clear-cut (symmetric "
+                      "assemblies land here).",
+            "low": "low: do not trust this answer without checking it."}.get(confidence["verdict"],
+                                                                            confidence["verdict"])
+    if confidence.get("advice"):
+        text += " What to try: " + flagged(confidence["advice"], command) + "."
+    rows = [[name, e[key]] for name, key in (("score", "score"), ("lead over the next pose", "margin"),
+                                             ("overlap", "overlap"), ("score terms agree", "terms_agree"),
+                                             ("symmetry mates", "symmetry_mates")) if key in e]
+    return {"heading": f"Confidence: {confidence['verdict']}", "text": text,
+            "tables": [{"columns": ["evidence", "value"], "rows": rows}]}
 
 
 def _inputs(p: dict) -> dict:
@@ -135,10 +163,16 @@ def compare_sections(result, images: list) -> list:
     pose = [["rotation (deg)", round(tf.rotation_angle_deg(T), 3)],
             ["translation (Å)", ", ".join(f"{v:.2f}" for v in T[:3, 3])],
             ["from", "cryoalign.align" if result.alignment is not None else "the given matrix"]]
+    confidence = []
     if result.alignment is not None:
-        pose.append(["alignment score", round(float(result.alignment.score.value), 4)])
+        a = result.alignment.score
+        pose.append(["alignment score (map correlation x vector agreement)", round(float(a.value), 4)])
+        pose.append(["vector agreement", round(float(a.vector_agreement), 4)])
+        if result.alignment.confidence:
+            pose.append(["confidence", result.alignment.confidence["verdict"]])
+            confidence.append(confidence_section(result.alignment.confidence, "compare"))
     sections = [
-        _inputs(p),
+        _inputs(p), *confidence,
         {"heading": "Superposition", "text": "T_target_source maps source world coordinates (Å) onto the target's.",
          "tables": [_matrix_table(T), {"columns": ["", "value"], "rows": pose}],
          "images": [by_name[n] for n in ("projections.png",) if n in by_name]},
