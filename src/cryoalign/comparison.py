@@ -45,9 +45,14 @@ DIFFERENCE_FRACTION = 1.0         # level >= this x target contour ...
 DIFFERENCE_NOISE_K = 3.0          # ... and >= this x robust sigma of the difference outside the molecule
 MASK_DILATE_A = 6.0               # FSC mask: union of contours grown by this ...
 MASK_SOFT_A = 3.0                 # ... then softened by a Gaussian of this sigma
-SCALE_METHODS = ("both_above_lsq", "both_above_lsq_raw", "contours", "quantiles", "either_above_lsq")
-SCALE_SMOOTH_VOXELS = 2.0         # both_above_lsq fits maps low-passed by a Gaussian of this sigma
-DEFAULT_SCALE_METHOD = "both_above_lsq"
+SCALE_METHODS = ("background_lsq", "background_quantiles", "background_median", "both_above_lsq", "both_above_lsq_raw", "contours", "quantiles",
+                 "either_above_lsq")
+SCALE_SMOOTH_VOXELS = 2.0         # the *_lsq fits read maps low-passed by a Gaussian of this sigma
+DEFAULT_SCALE_METHOD = "background_lsq"
+COUNT_FRACTION = 0.6              # a blob also counts its voxels above this x level ...
+COUNT_SHELL_A = 2.0               # ... within this distance of its voxels above the level (the blurred edge)
+MERGE_FRACTION = 0.5              # blobs joined by difference density above this x level are one blob
+WARN_DIFFERENCE_SHARE = 0.5       # warn when a difference covers more than this share of its map's molecule
 FSC_THRESHOLDS = (0.5, 0.143)
 
 
@@ -76,10 +81,12 @@ class Blob:
     volume_A3: float
     centre_A: tuple
     voxels: int
+    pieces: int = 1
 
     def as_dict(self) -> dict:
         return {"mass_kDa": round(self.mass_kDa, 3), "volume_A3": round(self.volume_A3, 1),
-                "centre_A": [round(float(v), 3) for v in self.centre_A], "voxels": self.voxels}
+                "centre_A": [round(float(v), 3) for v in self.centre_A], "voxels": self.voxels,
+                "pieces": self.pieces}
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,10 +99,12 @@ class Difference:
     mass_kDa: float
     blobs: tuple
     labels: np.ndarray
+    molecule_volume_A3: float | None = None
 
     def as_dict(self) -> dict:
         return {"level": self.level, "volume_A3": round(self.volume_A3, 1),
-                "mass_kDa": round(self.mass_kDa, 3), "blobs": [b.as_dict() for b in self.blobs]}
+                "mass_kDa": round(self.mass_kDa, 3), "blobs": [b.as_dict() for b in self.blobs],
+                "molecule_volume_A3": None if self.molecule_volume_A3 is None else round(self.molecule_volume_A3, 1)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,6 +149,7 @@ class CompareResult:
     alignment: object | None
     params: dict
     timings_s: dict = field(default_factory=dict)
+    warnings: tuple = ()
 
     def to_json(self) -> dict:
         from . import __version__
@@ -152,6 +162,7 @@ class CompareResult:
             "difference": {k: v.as_dict() for k, v in self.difference.items()},
             "alignment": self.alignment.to_json() if self.alignment is not None else None,
             "params": self.params,
+            "warnings": list(self.warnings),
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
         }
 
@@ -165,24 +176,41 @@ class CompareResult:
 def compare(source, target, *, source_contour=None, target_contour=None, matrix=None, config=None,
             density_Da_per_A3: float = PROTEIN_DA_PER_A3, min_blob_A3: float | None = None,
             fsc_mask: bool = True, scale_method: str = DEFAULT_SCALE_METHOD,
-            difference_fraction: float = DIFFERENCE_FRACTION) -> CompareResult:
+            difference_fraction: float = DIFFERENCE_FRACTION, merge_fraction: float | None = MERGE_FRACTION,
+            within_contours: bool = True, shared_sigma: bool = True,
+            count_fraction: float = COUNT_FRACTION) -> CompareResult:
     """Superimpose `source` on `target` (or use `matrix`) and compare them.
 
     source, target: map paths or `DensityMap`s.  matrix: 4x4 `T_target_source`
     (array, nested list or a path to a result JSON / 12 or 16 numbers); None aligns
     first with `cryoalign.align` (`config`: an `AlignConfig`, default mode auto).
-    Contours default to an estimate from each map's background.
+    Contours default to an estimate from each map (`pointcloud.estimate_contour`).
+    merge_fraction: blobs connected through difference density above this fraction of the
+    level are reported as one (None: no merging).  within_contours: a voxel of
+    target - source must be above the target's contour, one of source - target above the
+    source's (so neither difference can exceed its map's molecule).  shared_sigma: the level
+    is also at least k x the robust spread of the difference over the voxels inside both
+    molecules (maps that disagree voxel by voxel need a larger difference to count).
     Raises `InputError` for a non-rigid matrix or maps that do not overlap."""
+    from .pointcloud import contour_warning
+
     t0 = time.perf_counter()
     timings = {}
+    warnings = []
     src_map, tgt_map = as_map(source), as_map(target)
     sc, sc_est = resolve_level(src_map, source_contour, "source_contour")
     tc, tc_est = resolve_level(tgt_map, target_contour, "target_contour")
+    for density, level, est, param in ((src_map, sc, sc_est, "source_contour"), (tgt_map, tc, tc_est, "target_contour")):
+        message = contour_warning(density, level, param) if est else None
+        if message:
+            warnings.append(message)
     _check_positive(density_Da_per_A3, "density_Da_per_A3", "0.81 Da/Å^3 for protein")
     min_blob = DEFAULT_MIN_BLOB_A3 if min_blob_A3 is None else float(min_blob_A3)
     if not (min_blob >= 0 and math.isfinite(min_blob)):
         raise InputError(f"min_blob_A3 must be a non-negative number of Å^3, got {min_blob_A3}")
     _check_positive(difference_fraction, "difference_fraction", "1.0")
+    if merge_fraction is not None and not (isinstance(merge_fraction, (int, float)) and 0 < merge_fraction <= 1):
+        raise InputError(f"merge_fraction must be a number in (0, 1] or None, got {merge_fraction!r}; e.g. 0.5")
     if scale_method not in SCALE_METHODS:
         raise InputError(f"scale_method must be one of {', '.join(SCALE_METHODS)}, got {scale_method!r}")
 
@@ -196,32 +224,55 @@ def compare(source, target, *, source_contour=None, target_contour=None, matrix=
         T = as_rigid_matrix(matrix)
 
     t = time.perf_counter()
-    moved = resample_onto(src_map, tgt_map, T)
+    s_bg, t_bg = map_background(src_map.data, sc), map_background(tgt_map.data, tc)
+    # resampled about the background, so the target grid outside the source's box reads background, not 0
+    moved = resample_onto(DensityMap(data=src_map.data - np.float32(s_bg), voxel_size_A=src_map.voxel_size_A,
+                                     origin_A=src_map.origin_A), tgt_map, T)
+    np.add(moved.data, np.float32(s_bg), out=moved.data)
     timings["resample"] = time.perf_counter() - t
     check_overlap(moved.data, tgt_map.data, sc, tc)
 
     t = time.perf_counter()
-    scale = fit_scale(moved.data, tgt_map.data, sc, tc, method=scale_method)
+    t_mol = tgt_map.data > tc
+    # the source's molecule on the target grid: its above-contour mask resampled (> 0.5), which keeps
+    # its volume (thresholding the resampled density grows a masked map by up to a voxel all round)
+    s_mol = resample_onto(DensityMap(data=(src_map.data > sc).astype(np.float32), voxel_size_A=src_map.voxel_size_A,
+                                     origin_A=src_map.origin_A), tgt_map, T).data > 0.5
+    scale = fit_scale(moved.data, tgt_map.data, sc, tc, method=scale_method, backgrounds=(s_bg, t_bg),
+                      masks=(s_mol, t_mol))
     scaled = DensityMap(data=scale.apply(moved.data), voxel_size_A=tgt_map.voxel_size_A.copy(),
                         origin_A=tgt_map.origin_A.copy())
     timings["scale"] = time.perf_counter() - t
     log.info("scale (%s): source x %.4g %+.4g", scale.method, scale.factor, scale.offset)
 
     t = time.perf_counter()
-    molecule = (moved.data > sc) | (tgt_map.data > tc)
+    molecule = s_mol | t_mol
     diff = tgt_map.data - scaled.data
     sigma = background_sigma(diff, molecule)
-    level = max(difference_fraction * tc, DIFFERENCE_NOISE_K * sigma)
+    shared = s_mol & t_mol
+    sigma_shared = robust_sigma(diff[shared]) if shared_sigma and np.count_nonzero(shared) >= 1000 else 0.0
+    level = max(difference_fraction * tc, DIFFERENCE_NOISE_K * max(sigma, sigma_shared))
+    voxel_A3 = float(np.prod(tgt_map.voxel_size_A))
     differences, diff_maps = {}, {}
-    for name, values in (("target_minus_source", diff), ("source_minus_target", -diff)):
+    for name, values, own, who in (("target_minus_source", diff, t_mol, "target"),
+                                   ("source_minus_target", -diff, s_mol, "source")):
         d = difference_blobs(values, level, tgt_map.voxel_size_A, tgt_map.origin_A, min_blob_A3=min_blob,
-                             density_Da_per_A3=density_Da_per_A3)
+                             density_Da_per_A3=density_Da_per_A3, within=own if within_contours else None,
+                             merge_fraction=merge_fraction, count_fraction=count_fraction)
+        own_volume = float(np.count_nonzero(own)) * voxel_A3
+        d = Difference(level=d.level, volume_A3=d.volume_A3, mass_kDa=d.mass_kDa, blobs=d.blobs, labels=d.labels,
+                       molecule_volume_A3=own_volume)
         differences[name] = d
         diff_maps[name] = DensityMap(data=np.where(d.labels > 0, values, 0).astype(np.float32),
                                      voxel_size_A=tgt_map.voxel_size_A.copy(), origin_A=tgt_map.origin_A.copy())
         log.info("%s: %.1f kDa in %d blob(s) above %.4g", name, d.mass_kDa, len(d.blobs), level)
+        message = difference_warning(name, who, d.volume_A3, own_volume)
+        if message:
+            warnings.append(message)
     del diff
     timings["difference"] = time.perf_counter() - t
+    for message in warnings:
+        log.warning("%s", message)
 
     t = time.perf_counter()
     correlation = masked_correlation(scaled.data, tgt_map.data, molecule)
@@ -232,16 +283,41 @@ def compare(source, target, *, source_contour=None, target_contour=None, matrix=
 
     params = {"source": src_map.path, "target": tgt_map.path, "source_contour": sc, "target_contour": tc,
               "source_contour_estimated": sc_est, "target_contour_estimated": tc_est,
+              "source_background": s_bg, "target_background": t_bg,
               "density_Da_per_A3": density_Da_per_A3, "min_blob_A3": min_blob,
               "difference_fraction": difference_fraction, "difference_noise_k": DIFFERENCE_NOISE_K,
-              "difference_sigma": sigma, "connectivity": 6, "blob_centre": "difference-density weighted",
+              "difference_sigma": sigma, "difference_sigma_shared": sigma_shared, "connectivity": 6, "blob_centre": "difference-density weighted",
+              "merge_fraction": merge_fraction, "within_contours": within_contours, "shared_sigma": shared_sigma,
               "scale_method": scale_method, "fsc_mask": fsc_mask,
               "fsc_mask_dilate_A": MASK_DILATE_A if fsc_mask else None,
               "fsc_mask_soft_A": MASK_SOFT_A if fsc_mask else None,
               "aligned": alignment is not None}
     return CompareResult(T_target_source=T, scale=scale, correlation=correlation, fsc=curve,
                          difference=differences, source_on_target=scaled, difference_maps=diff_maps,
-                         source=src_map, target=tgt_map, alignment=alignment, params=params, timings_s=timings)
+                         source=src_map, target=tgt_map, alignment=alignment, params=params, timings_s=timings,
+                         warnings=tuple(warnings))
+
+
+def difference_warning(name: str, who: str, volume_A3: float, own_volume_A3: float) -> str | None:
+    """The warning when a difference covers more than WARN_DIFFERENCE_SHARE of its own map's
+    volume above contour (the maps then differ over most of the molecule: a wrong
+    superposition, or contours that enclose very different volumes), else None."""
+    if own_volume_A3 <= 0 or volume_A3 <= WARN_DIFFERENCE_SHARE * own_volume_A3:
+        return None
+    return (f"{name} is {volume_A3:,.0f} Å^3, {100.0 * volume_A3 / own_volume_A3:.0f}% of the {who}'s "
+            f"{own_volume_A3:,.0f} Å^3 above its contour: the maps differ over most of the molecule; check the "
+            "superposition and that the two contours enclose comparable volumes")
+
+
+def map_background(data: np.ndarray, contour: float, *, margin_voxels: int = 2) -> float:
+    """The background density of a map: the median of its voxels outside the molecule (the
+    voxels above contour grown by a margin), or of those below contour when fewer than 1000
+    lie outside; 0 for a map masked to 0."""
+    outside = ~ndimage.binary_dilation(data > contour, iterations=margin_voxels)
+    sample = data[outside] if np.count_nonzero(outside) >= 1000 else data[data < contour]
+    if sample.size > 4_000_000:
+        sample = sample[:: sample.size // 4_000_000 + 1]
+    return float(np.median(sample)) if sample.size else 0.0
 
 
 def as_map(m) -> DensityMap:
@@ -286,27 +362,55 @@ def check_overlap(source_on_target: np.ndarray, target: np.ndarray, source_conto
 
 
 def fit_scale(source: np.ndarray, target: np.ndarray, source_contour: float, target_contour: float,
-              method: str = DEFAULT_SCALE_METHOD) -> Scale:
+              method: str = DEFAULT_SCALE_METHOD, backgrounds: tuple | None = None,
+              masks: tuple | None = None) -> Scale:
     """Linear map ``factor * source + offset`` onto the target's densities.
 
     source, target: same-shape arrays on one grid (source already resampled).
+    backgrounds: (source, target) background densities (`map_background`; default 0, 0).
+    masks: (source, target) boolean molecule masks to use instead of ``> contour``.
     Methods (measured in benchmarks/compare_chains.py --scale):
-      both_above_lsq    least squares over voxels above both contours, on both maps
-                        low-passed by a Gaussian of SCALE_SMOOTH_VOXELS voxels (default):
-                        trilinear resampling lowers the source's peaks, which tilts a fit
-                        on the raw voxels (factor +22% on a simulated case), and the
-                        low-pass gives both maps the same blur;
+      background_lsq    the offset is fixed so that the source's background lands on the
+                        target's (empty solvent cannot be lifted into density); the factor
+                        is the least-squares slope through that point over the voxels above
+                        both contours, both maps low-passed by a Gaussian of
+                        SCALE_SMOOTH_VOXELS voxels (default);
+      both_above_lsq    least squares (slope and offset) over the voxels above both contours
+                        on the low-passed maps: trilinear resampling lowers the source's
+                        peaks, which tilts a fit on the raw voxels, and the low-pass gives
+                        both maps the same blur; its free offset can lift the source's
+                        background to about the target's contour (README example: +0.69);
       both_above_lsq_raw  the same on the raw voxels;
       contours          source contour -> target contour, source median -> target median;
       quantiles         least squares between the 200 quantiles of the voxels above each
                         map's own contour;
       either_above_lsq  least squares over voxels above either contour."""
-    s_above, t_above = source > source_contour, target > target_contour
+    s_bg, t_bg = (0.0, 0.0) if backgrounds is None else (float(backgrounds[0]), float(backgrounds[1]))
+    s_above, t_above = (source > source_contour, target > target_contour) if masks is None else masks
     if method == "contours":
         s_med, t_med = float(np.median(source)), float(np.median(target))
         span = source_contour - s_med
         factor = (target_contour - t_med) / span if span > 0 else target_contour / source_contour
         return Scale(float(factor), float(t_med - factor * s_med), method)
+    if method.startswith("background_"):
+        sel = s_above & t_above
+        if method == "background_median":
+            xs, ys = (source[sel] - s_bg).astype(float), (target[sel] - t_bg).astype(float)
+        else:
+            xs = ndimage.gaussian_filter(source - np.float32(s_bg), SCALE_SMOOTH_VOXELS, mode="constant")[sel]
+            ys = ndimage.gaussian_filter(target - np.float32(t_bg), SCALE_SMOOTH_VOXELS, mode="constant")[sel]
+            xs, ys = xs.astype(float), ys.astype(float)
+        if method == "background_quantiles" and xs.size:
+            q = np.linspace(0.05, 0.95, 91)
+            xs, ys = np.quantile(xs, q), np.quantile(ys, q)
+        if method == "background_median" and xs.size:
+            xs, ys = np.array([np.median(xs)]), np.array([np.median(ys)])
+        den = float(xs @ xs)
+        factor = float(xs @ ys) / den if den > 0 else 0.0
+        if not (factor > 0 and math.isfinite(factor)):
+            span = source_contour - s_bg
+            factor = (target_contour - t_bg) / span if span > 0 and target_contour > t_bg else 1.0
+        return Scale(float(factor), float(t_bg - factor * s_bg), method)
     if method == "quantiles":
         q = np.linspace(0.0, 1.0, 201)
         xs, ys = np.quantile(source[s_above], q), np.quantile(target[t_above], q)
@@ -325,6 +429,15 @@ def fit_scale(source: np.ndarray, target: np.ndarray, source_contour: float, tar
     return Scale(float(factor), float(offset), method)
 
 
+def robust_sigma(values: np.ndarray) -> float:
+    """1.4826 x the median absolute deviation of `values` about their median."""
+    sample = values.ravel()
+    if sample.size > 4_000_000:
+        sample = sample[:: sample.size // 4_000_000 + 1]
+    med = float(np.median(sample))
+    return float(1.4826 * np.median(np.abs(sample - med)))
+
+
 def background_sigma(values: np.ndarray, molecule: np.ndarray, *, margin_voxels: int = 2) -> float:
     """Robust standard deviation (1.4826 x MAD) of `values` outside the molecule (grown by
     a margin); over all voxels when fewer than 1000 lie outside."""
@@ -337,13 +450,44 @@ def background_sigma(values: np.ndarray, molecule: np.ndarray, *, margin_voxels:
 
 
 def difference_blobs(values: np.ndarray, level: float, voxel_size_A, origin_A, *, min_blob_A3: float,
-                     density_Da_per_A3: float = PROTEIN_DA_PER_A3) -> Difference:
-    """Face-connected regions of `values` > level, dust (< min_blob_A3) dropped, largest first.
+                     density_Da_per_A3: float = PROTEIN_DA_PER_A3, within: np.ndarray | None = None,
+                     merge_fraction: float | None = MERGE_FRACTION,
+                     count_fraction: float = COUNT_FRACTION) -> Difference:
+    """Regions of `values` > level, dust (< min_blob_A3) dropped, largest first.
 
-    values: (nz, ny, nx) difference density; voxel_size_A, origin_A: (3,) x, y, z."""
+    values: (nz, ny, nx) difference density; voxel_size_A, origin_A: (3,) x, y, z.
+    within: boolean mask a counted voxel must also lie in (the map's own molecule).
+    Merge rule: face-connected pieces above the level that are joined by face-connected
+    voxels above merge_fraction x level (hysteresis, as in edge detection) are one blob;
+    its volume and mass count only the voxels above the level, `pieces` says how many
+    pieces it joined.  None: every face-connected piece is its own blob."""
     voxel_A3 = float(np.prod(voxel_size_A))
     above = values > level
-    labels, count = ndimage.label(above)          # default structure: 6-connectivity
+    if within is not None:
+        above &= within
+    steps = int(math.floor(COUNT_SHELL_A / float(np.max(voxel_size_A)) + 1e-9))
+    if count_fraction < 1.0 and steps > 0:   # the edge: voxels above count_fraction x level next to the blob
+        edge = ndimage.binary_dilation(above, iterations=steps) & (values > count_fraction * level)
+        above |= edge if within is None else edge & within
+        del edge
+    pieces, n_pieces = ndimage.label(above)          # default structure: 6-connectivity
+    if merge_fraction is not None and n_pieces > 1:
+        groups, count = ndimage.label((values > merge_fraction * level) | above)
+        labels = np.where(above, groups, 0)
+        present = np.zeros(count + 1, bool)
+        present[labels.ravel()] = True
+        present[0] = False
+        remap = np.cumsum(present) * present          # labels without gaps
+        labels = remap[labels].astype(np.int32)
+        count = int(present[1:].sum())
+        # pieces per group: each piece lies in exactly one group
+        piece_group = np.zeros(n_pieces + 1, np.int64)
+        piece_group[pieces.ravel()] = labels.ravel()
+        per_group = np.bincount(piece_group[1:], minlength=count + 1)
+    else:
+        labels, count = pieces, n_pieces
+        per_group = np.ones(count + 1, np.int64)
+    del pieces
     out = np.zeros(values.shape, np.int32)
     blobs = []
     if count:
@@ -353,7 +497,7 @@ def difference_blobs(values: np.ndarray, level: float, voxel_size_A, origin_A, *
         keep = keep[np.argsort(-sizes[keep], kind="stable")]
         if keep.size:
             idx = np.arange(1, keep.size + 1)
-            weights = np.where(above, values, 0).astype(np.float64)
+            weights = np.where(labels > 0, np.maximum(values, 0), 0).astype(np.float64)
             centres = np.array(ndimage.center_of_mass(weights, labels, keep)).reshape(-1, 3)
             rank_of = np.zeros(count + 1, np.int32)
             rank_of[keep] = idx
@@ -362,7 +506,8 @@ def difference_blobs(values: np.ndarray, level: float, voxel_size_A, origin_A, *
                 volume = float(sizes[label]) * voxel_A3
                 centre = np.asarray(origin_A, float) + zyx[::-1] * np.asarray(voxel_size_A, float)
                 blobs.append(Blob(mass_kDa=volume * density_Da_per_A3 / 1000.0, volume_A3=volume,
-                                  centre_A=tuple(float(v) for v in centre), voxels=int(sizes[label])))
+                                  centre_A=tuple(float(v) for v in centre), voxels=int(sizes[label]),
+                                  pieces=int(per_group[label])))
     volume = sum(b.volume_A3 for b in blobs)
     return Difference(level=float(level), volume_A3=volume, mass_kDa=volume * density_Da_per_A3 / 1000.0,
                       blobs=tuple(blobs), labels=out)

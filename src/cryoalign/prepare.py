@@ -46,6 +46,9 @@ def resolve_contour(density: DensityMap, contour: float | None, param: str) -> t
     if estimated:
         level = pointcloud.estimate_contour(density)
         log.info("%s not given: estimated %.6g from the map's background noise", param, level)
+        warning = pointcloud.contour_warning(density, level, param)
+        if warning:
+            log.warning("%s", warning)
     else:
         level = float(contour)
         if not math.isfinite(level):
