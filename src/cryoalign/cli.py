@@ -603,13 +603,14 @@ def _cmd_fit(args) -> int:
     result = fit.fit_model(st, density, resolution_A=args.resolution, chains=_split_chains(args.chains),
                            contour=contour, config=config)
     suffix = io.model_suffix(args.model)
-    written = []
+    written, names = [], {}
     with io.output_folder(out, "cryoalign fit") as tmp:
         for c in result.chains:
             for k, cand in enumerate(c.placements, 1):
                 path = os.path.join(tmp, f"chain_{c.chain}_rank{k}{suffix}")
                 io.write_model(fit.chain_structure(st, c.chain, cand.T_target_source), path)
                 written.append(path)
+                names[(c.chain, k)] = os.path.basename(path)
         assembled = f"assembled{suffix}"
         if result.assembled:
             io.write_model(fit.assembled_structure(st, result), os.path.join(tmp, assembled))
@@ -617,7 +618,10 @@ def _cmd_fit(args) -> int:
         io.write_text(os.path.join(tmp, "fit.json"), json.dumps(result.to_json(), indent=1) + "\n")
         final = os.path.abspath(out)
         outputs.fit_script(os.path.join(tmp, "fit.cxc"), map_path=density.path, contour=result.target_contour,
-                           assembled=os.path.join(final, assembled) if result.assembled else None, folder=final)
+                           assembled=os.path.join(final, assembled) if result.assembled else None, folder=final,
+                           best=[(c.chain, os.path.join(final, names[(c.chain, 1)])) for c in result.chains
+                                 if c.placements])
+        outputs.write_fit_pictures(tmp, result, st, density, model=args.model, map_path=args.map, written=names)
     lines = ["chain  rank  score  agreement  confidence  (score = map correlation x vector agreement)"]
     for c in result.chains:
         for k, cand in enumerate(c.placements, 1):
@@ -627,9 +631,14 @@ def _cmd_fit(args) -> int:
                          f"{cand.score.vector_agreement:9.3f}  {verdict:>10}{mark}")
     if result.left_out:
         lines.append(f"left out of the assembled model (every placement clashes): {', '.join(result.left_out)}")
+    fewer = [f"{c.chain} ({len(c.placements)})" for c in result.chains if 0 < len(c.placements) < args.top]
+    if fewer:
+        lines.append(f"fewer placements than --top {args.top} for chain(s) {', '.join(fewer)}: the other coarse "
+                     "placements converged onto these poses when refined (placements are distinct poses, "
+                     f"{config.same_pose_A:g} Å or {config.same_pose_deg:g}° apart)")
     lines.append(f"time {result.timings_s['total']:.2f} s")
     lines.append(f"wrote {out}/ ({len(written)} placed chain models, assembled{suffix}, "
-                 "placements.tsv, fit.json; open fit.cxc in ChimeraX)")
+                 "placements.tsv, fit.json, fit_placements.png; open report.html, or fit.cxc in ChimeraX)")
     print("\n".join(lines))
     return 0
 

@@ -67,17 +67,32 @@ def chimerax_script(path, *, target_map: str, target_contour: float, source_map:
     write_text(path, "\n".join(lines) + "\n")
 
 
+CHAIN_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
+                 "#469990", "#9a6324", "#800000", "#808000", "#000075", "#fabed4", "#ffe119", "#dcbeff")
+
+
 def fit_script(path, *, map_path: str, contour: float, assembled: str | None = None,
-               folder: str | None = None) -> None:
-    """Write a .cxc that opens the map (grey mesh) and the assembled model, coloured by chain."""
+               folder: str | None = None, best: tuple = ()) -> None:
+    """Write a .cxc that opens the map (grey mesh), every chain's rank-1 placement (`best`:
+    (chain, model path) pairs, one colour each) and the assembled model (hidden: the
+    rank-1 placements of identical chains may share one copy, the assembled model never)."""
     name = _relative_to(folder or os.path.dirname(os.path.abspath(path)))
     lines = ["# cryoalign fit: open in ChimeraX",
-             "# The models below are numbered #1, #2 so the script starts from an empty session:",
+             "# The models below are numbered #1, #2, ... so the script starts from an empty session:",
              "# it closes whatever is open. Save your session first if you need it.",
              "close session", f"open {_q(name(map_path))}",
              f"volume #1 level {contour:.6g} style mesh color #9b9b9b"]
+    number = 1
+    for k, (chain, model) in enumerate(best):
+        number += 1
+        lines += [f"# #{number}: chain {chain}, rank-1 placement",
+                  f"open {_q(name(model))}", f"color #{number} {CHAIN_COLOURS[k % len(CHAIN_COLOURS)]}"]
     if assembled:
-        lines += [f"open {_q(name(assembled))}", "color #2 bychain"]
+        number += 1
+        lines += [f"# #{number}: the assembled model (no clashes); show it with: show #{number} models",
+                  f"open {_q(name(assembled))}", f"color #{number} bychain"]
+        if best:
+            lines.append(f"hide #{number} models")
     lines.append("view")
     write_text(path, "\n".join(lines) + "\n")
 
@@ -144,3 +159,24 @@ def write_align_folder(folder, result, src_map: DensityMap, tgt_map: DensityMap,
         written += images
         write_report(out("report.html"), "cryoalign superposition", align_sections(result, images))
     return written
+
+
+def write_fit_pictures(folder, result, st, density, *, model: str, map_path: str, written: dict) -> list[str]:
+    """fit_placements.png (each chain's placements on the map's projections) and
+    report.html for a `fit.FitResult`; returns the files written."""
+    from . import pictures
+    from .fit import _trace
+    from .report import fit_sections, write_report
+
+    rows = []
+    for c in result.chains:
+        if not c.placements:
+            continue
+        trace = _trace(st, c.chain)
+        rows.append((c.chain, (c.confidence or {}).get("verdict", "-"),
+                     [(k, float(p.score.value), tf.apply(np.asarray(p.T_target_source, float), trace))
+                      for k, p in enumerate(c.placements, 1)]))
+    image = pictures.fit_placements(density, rows, os.path.join(folder, "fit_placements.png"))
+    page = write_report(os.path.join(folder, "report.html"), "cryoalign fit",
+                        fit_sections(result, [image], model=model, map_path=map_path, written=written))
+    return [image, page]

@@ -2,6 +2,7 @@
 
     align_pictures(source_map, target_map, T, out_dir)     -> [align_projections.png]
     compare_pictures(compare_result, out_dir)              -> projections, FSC, blobs
+    fit_placements(target_map, rows, path)                  -> path (each chain's placements)
     variance_slices(variance_map, path, mean=, contour=)   -> [path] (projections, slices through the maximum)
 
 Projections are maximum-intensity projections of maps on the target's grid along z, y
@@ -249,3 +250,45 @@ def variance_slices(variance_map: DensityMap, path, *, mean: DensityMap | None =
              + ("; white: the mean at the reference contour" if mean is not None and contour is not None else ""))
     fig.suptitle(title, fontsize=12)
     return [_save(fig, path)]
+
+
+MAX_FIT_ROWS = 12           # chains drawn in fit_placements.png (the report's table lists them all)
+
+
+def fit_placements(target: DensityMap, rows: list, path) -> str:
+    """The map's maximum-intensity projections (grey), one row per chain, with that
+    chain's placements drawn as their CA/P traces: rank 1 thick, later ranks thinner,
+    each labelled with its rank at its centre.  rows: [(chain, verdict, [(rank, score,
+    trace (N, 3) world Å), ...])]; at most MAX_FIT_ROWS are drawn."""
+    plt = _pyplot()
+    shown_rows = rows[:MAX_FIT_ROWS]
+    n = max(1, len(shown_rows))
+    fig, axes = plt.subplots(n, 3, figsize=(13, 3.9 * n + 0.6), squeeze=False)
+    mips = [_normalised(_mip(target.data, axis)) for _, axis, _ in AXES]
+    colours = plt.get_cmap("tab10")
+    for r, (chain, verdict, placements) in enumerate(shown_rows):
+        for c, (dropped, axis, shown) in enumerate(AXES):
+            ax = axes[r][c]
+            ext = _extent(target, shown)
+            ax.imshow(mips[c], origin="lower", extent=ext, cmap="gray", vmin=0, vmax=1.3, interpolation="nearest")
+            i, j = "xyz".index(shown[0]), "xyz".index(shown[1])
+            for rank, score, trace in reversed(placements):       # rank 1 drawn last, on top
+                colour = colours((rank - 1) % 10)
+                ax.plot(trace[:, i], trace[:, j], "-", color=colour, lw=2.0 if rank == 1 else 0.9,
+                        alpha=1.0 if rank == 1 else 0.75)
+                centre = trace.mean(0)
+                ax.annotate(f"{rank}", (centre[i], centre[j]), color="white", fontsize=9, fontweight="bold",
+                            ha="center", va="center",
+                            bbox=dict(boxstyle="circle,pad=0.15", fc=colour, alpha=0.85, lw=0))
+            ax.set_xlim(ext[0], ext[1])
+            ax.set_ylim(ext[2], ext[3])
+            ax.set_xlabel(f"{shown[0]} (Å)")
+            ax.set_ylabel(f"{shown[1]} (Å)")
+            scores = ", ".join(f"{rank}: {score:.3f}" for rank, score, _ in placements[:5])
+            ax.set_title(f"chain {chain} ({verdict}), along {dropped}" + (f"\nscores {scores}" if c == 0 else ""),
+                         fontsize=9)
+    more = f"; {len(rows) - len(shown_rows)} more chain(s) in the report's table" if len(rows) > len(shown_rows) else ""
+    fig.suptitle("placements of each chain on the map's projections (rank at the trace's centre; verdict of rank 1)"
+                 + more, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    return _save(fig, path)

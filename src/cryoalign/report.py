@@ -226,3 +226,63 @@ def variance_sections(result, images: list) -> list:
                                      "rows": [[c["index"], c["share"], os.path.basename(c["path"])]
                                               for c in result.components]}]})
     return sections
+
+
+FIT_ADVICE = ("check --contour (the EMDB recommended level) and --resolution; chains of a few hundred residues "
+              "in a map on a coarse grid have featureless simulated density (README, Limits): give the map at its "
+              "native voxel size")
+
+
+def fit_sections(result, images: list, *, model: str, map_path: str, written: dict | None = None) -> list:
+    """Sections for a `fit.FitResult` (images from `pictures.fit_placements`); written:
+    {(chain, rank): file name} of the placed chain models."""
+    from . import transform as tf
+
+    written = written or {}
+    chains = []
+    for c in result.chains:
+        best = c.placements[0] if c.placements else None
+        assembled = result.assembled.get(c.chain)
+        chains.append([c.chain, c.atoms, len(c.placements), None if best is None else round(float(best.score.value), 4),
+                       None if best is None else round(float(best.score.vector_agreement), 3),
+                       (c.confidence or {}).get("verdict", "not placed"),
+                       "-" if assembled is None else assembled + 1])
+    rows = []
+    for c in result.chains:
+        for k, p in enumerate(c.placements, 1):
+            T = np.asarray(p.T_target_source)
+            rows.append([c.chain, k, round(float(p.score.value), 4), round(float(p.score.vector_agreement), 3),
+                         round(float(p.score.overlap), 3), round(tf.rotation_angle_deg(T), 2),
+                         ", ".join(f"{v:.1f}" for v in T[:3, 3]),
+                         "yes" if result.assembled.get(c.chain) == k - 1 else "", written.get((c.chain, k), "")])
+    low = [c.chain for c in result.chains if (c.confidence or {}).get("verdict") == "low"]
+    fewer = [f"{c.chain} ({len(c.placements)})" for c in result.chains if 0 < len(c.placements) < result.params.get("top", 0)]
+    text = ("score = map correlation x vector agreement of the chain's simulated density; the verdict is the "
+            "rank-1 placement's (high, medium, low).")
+    if low:
+        text += f" Low: chain(s) {', '.join(low)}; what to try: {FIT_ADVICE}."
+    if fewer:
+        text += (f" Fewer placements than --top {result.params.get('top')}: {', '.join(fewer)}: the other "
+                 "coarse placements converged onto these poses when refined (distinct poses differ by more "
+                 f"than {result.params.get('same_pose_A', 3):g} Å or {result.params.get('same_pose_deg', 10):g}°).")
+    if result.left_out:
+        text += f" Left out of the assembled model (every placement clashes): {', '.join(result.left_out)}."
+    return [
+        {"heading": "Inputs",
+         "tables": [{"columns": ["", "value"],
+                     "rows": [["model", model], ["map", map_path], ["resolution (Å)", result.resolution_A],
+                              ["map contour", f"{result.target_contour:.4g}"
+                               + (" (estimated)" if result.target_contour_estimated else "")],
+                              ["sampling interval (Å)", result.params.get("sampling_A")],
+                              ["time (s)", round(result.timings_s.get("total", 0.0), 2)]]}]},
+        {"heading": "Chains", "text": text,
+         "tables": [{"columns": ["chain", "trace atoms", "placements", "best score", "agreement", "confidence",
+                                 "assembled rank"], "rows": chains}]},
+        {"heading": "Placements on the map",
+         "text": "The map's maximum-intensity projections in grey; each chain's placements as CA/P traces "
+                 "(rank 1 thick). fit.cxc opens every chain's rank-1 placement in ChimeraX.",
+         "images": list(images)},
+        {"heading": "Every placement",
+         "tables": [{"columns": ["chain", "rank", "score", "agreement", "overlap", "rotation (deg)",
+                                 "translation (Å)", "assembled", "file"], "rows": rows}]},
+    ]
