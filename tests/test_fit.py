@@ -220,13 +220,14 @@ def test_cli_fit_writes_every_output(cli_fit):
     assert all(1 <= len(c["placements"]) <= 2 for c in doc["chains"])
     assert {p.name for p in out.glob("chain_*_rank*.pdb")} == expected          # no chain A files
     assert {p.name for p in out.iterdir()} == expected | {".cryoalign", "assembled.pdb", "placements.tsv", "fit.json",
-                                                          "fit.cxc"}
+                                                          "fit.cxc", "report.html", "fit_placements.png"}
     rows = (out / "placements.tsv").read_text().splitlines()
     assert rows[0].split("\t")[:3] == ["chain", "rank", "score"]
     assert len(rows) == 1 + len(expected)
     assert sorted(r.split("\t")[0] for r in rows[1:] if r.endswith("\tyes")) == ["B", "C"]
     script = (out / "fit.cxc").read_text()
     assert "three.mrc" in script and "assembled.pdb" in script and "level" in script
+    assert "open chain_B_rank1.pdb" in script and "open chain_C_rank1.pdb" in script    # every rank-1 chain
 
 
 def test_cli_fit_models_sit_on_the_density(cli_fit, case):
