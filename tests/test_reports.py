@@ -38,3 +38,37 @@ def test_fit_writes_a_report_a_picture_and_a_script_opening_every_rank_1_chain(t
     script = (out / "fit.cxc").read_text().splitlines()
     assert "open chain_9_rank1.pdb" in script and "open assembled.pdb" in script
     assert script.index("open chain_9_rank1.pdb") < script.index("open assembled.pdb")
+
+
+def test_batch_writes_a_report_of_the_whole_table(tmp_path, data_dir):
+    import shutil
+
+    shutil.copy(data_dir / "emd_5168_monomer.mrc.gz", tmp_path / "m.mrc.gz")
+    (tmp_path / "broken.mrc").write_bytes(b"not a map\n" * 40)
+    (tmp_path / "pairs.tsv").write_text("source\ttarget\nm.mrc.gz\tm.mrc.gz\nbroken.mrc\tm.mrc.gz\n")
+    proc = _cryoalign("batch", tmp_path / "pairs.tsv", "--out", tmp_path / "results.tsv", "--jobs", "1",
+                      "--global", "--sampling", "5", "--quiet")
+    assert f"report {tmp_path / 'results.html'}" in proc.stdout
+    assert (tmp_path / "results_scores.png").read_bytes()[:8] == PNG_MAGIC
+    text = _page_text(tmp_path / "results.html")
+    assert re.search(r"2 pair\(s\), 1 aligned \(confidence high [01], medium [01], low [01]\), 1 error\(s\)", text)
+    assert re.search(r"m\.mrc\.gz m\.mrc\.gz ok [01](\.\d+)? (high|medium|low) global", text)
+    assert "broken.mrc m.mrc.gz error" in text
+    # a file of that name that cryoalign did not write is left alone
+    (tmp_path / "results.html").write_text("my notes\n")
+    proc = _cryoalign("batch", tmp_path / "pairs.tsv", "--out", tmp_path / "results.tsv", "--jobs", "1",
+                      "--global", "--sampling", "5")
+    assert (tmp_path / "results.html").read_text() == "my notes\n"
+    assert "was not written by cryoalign batch: no report written" in proc.stderr
+
+
+def test_search_out_dir_writes_hits_a_picture_and_a_report(tmp_path, data_dir):
+    maps = [data_dir / "emd_5168_monomer.mrc.gz", data_dir / "emd_3695_5A.mrc.gz"]
+    _cryoalign("index", *maps, "--db", tmp_path / "db", "--jobs", "1", "--quiet")
+    out = tmp_path / "search-out"
+    proc = _cryoalign("search", maps[0], "--db", tmp_path / "db", "--jobs", "1", "--out-dir", out, "--quiet")
+    assert f"wrote {out}/" in proc.stdout
+    assert {p.name for p in out.iterdir()} == {".cryoalign", "hits.json", "search_hits.png", "report.html"}
+    assert (out / "search_hits.png").read_bytes()[:8] == PNG_MAGIC
+    text = _page_text(out / "report.html")
+    assert "Hits" in text and re.search(r"\b1 \S*emd_5168_monomer\.mrc\.gz [01](\.\d+)? ", text), text[:1500]

@@ -97,6 +97,7 @@ class BatchSummary:
     skipped: int                    # already in RESULTS.tsv
     out_path: str
     time_s: float
+    report: str | None = None       # the HTML report of the whole table (`write_report`), None when not written
 
     def __repr__(self):
         return (f"<BatchSummary pairs={self.pairs} ran={self.ran} ok={self.ok} errors={self.errors} "
@@ -153,8 +154,49 @@ def batch(pairs_tsv, out_tsv, *, jobs: int | None = None, scheduler: str | None 
                 log.warning("line %d: %s -> %s failed: %s", pair.line, pair.source, pair.target, outcome["error"])
     finally:
         os.close(fd)
+    report = write_report(out_tsv)
     return BatchSummary(pairs=len(pairs), ran=ok + errors, ok=ok, errors=errors, skipped=len(pairs) - len(todo),
-                        out_path=out_tsv, time_s=time.perf_counter() - started)
+                        out_path=out_tsv, time_s=time.perf_counter() - started, report=report)
+
+
+REPORT_TITLE = "cryoalign batch"
+
+
+def report_paths(out_tsv: str) -> tuple[str, str]:
+    """(report.html, scores.png) beside RESULTS.tsv: RESULTS.html and RESULTS_scores.png."""
+    stem = os.path.splitext(out_tsv)[0]
+    return stem + ".html", stem + "_scores.png"
+
+
+def write_report(out_tsv: str) -> str | None:
+    """Write the HTML report of the whole results table (every line, this run's and earlier
+    ones; scores by verdict as a picture) and return its path.  A file of that name that
+    cryoalign did not write is left alone (warning; the table is the result)."""
+    from . import pictures
+    from .report import batch_sections, write_report as write_page
+
+    page, image = report_paths(out_tsv)
+    ours = os.path.exists(page) and _our_page(page)
+    for path in (page, image):
+        if os.path.exists(path) and not ours:
+            log.warning("warning: %s exists and was not written by cryoalign batch: no report written (move it "
+                        "away to get one)", path)
+            return None
+    with open(out_tsv, encoding="utf-8", errors="replace") as fh:
+        lines = fh.read().splitlines()
+    rows = [dict(zip(RESULT_COLUMNS, line.split("\t"))) for line in lines[1:] if line]
+    try:
+        pictures.batch_scores(rows, image)
+        write_page(page, REPORT_TITLE, batch_sections(rows, [image], out_tsv=out_tsv))
+    except InputError as exc:          # an unwritable folder: the table is written, the report is extra
+        log.warning("warning: no report written: %s", exc)
+        return None
+    return page
+
+
+def _our_page(path: str) -> bool:
+    with open(path, "rb") as fh:
+        return f"<title>{REPORT_TITLE}</title>".encode() in fh.read(600)
 
 
 # ----------------------------------------------------------------------------- the task

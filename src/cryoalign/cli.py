@@ -210,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--sampling", type=float, default=None, help="sampling interval in Å (as the index)")
     add_workers(se)
     se.add_argument("--json", dest="json_out", default=None, help="write the hits as JSON here")
+    se.add_argument("--out-dir", default=None, help="write hits.json, search_hits.png (the best hits moved onto "
+                                                    "the query) and report.html here")
     add_quiet(se, "table")
 
     r = sub.add_parser("rmsd", help="true RMSD of a model under an estimated transform",
@@ -786,7 +788,8 @@ def _cmd_batch(args) -> int:
     summary = batch(args.pairs, args.out, jobs=args.jobs, scheduler=args.scheduler, config=config, db=args.db,
                     retry_errors=args.retry_errors, progress=not args.quiet)
     print(f"{summary.pairs} pair(s): {summary.ran} run now ({summary.ok} ok, {summary.errors} error), "
-          f"{summary.skipped} finished earlier; results in {args.out}")
+          f"{summary.skipped} finished earlier; results in {args.out}"
+          + (f"; report {summary.report}" if summary.report else ""))
     return 0
 
 
@@ -813,12 +816,22 @@ def _cmd_search(args) -> int:
     if args.json_out:
         io.check_writable(args.json_out)
         _refuse_overwriting_inputs([args.json_out], [args.query])
+    if args.out_dir:
+        _refuse_overwriting_inputs([], [args.query], folder=args.out_dir)
+        io.check_output_folder(args.out_dir)
     result = search(args.query, args.db, contour=args.contour, top=args.top,
                     prefilter=args.prefilter or None, config=AlignConfig(sampling_A=args.sampling),
                     jobs=args.jobs, scheduler=args.scheduler, progress=not args.quiet)
+    text = json.dumps(result.to_json(), indent=1) + "\n"
     if args.json_out:
-        io.write_text(args.json_out, json.dumps(result.to_json(), indent=1) + "\n")
-    print(format_table(result))
+        io.write_text(args.json_out, text)
+    if args.out_dir:
+        from . import outputs
+
+        with io.output_folder(args.out_dir, "cryoalign search") as tmp:
+            io.write_text(os.path.join(tmp, "hits.json"), text)
+            outputs.write_search_pictures(tmp, result, args.query)
+    print(format_table(result) + (f"\nwrote {args.out_dir}/ (hits.json; open report.html)" if args.out_dir else ""))
     return 0
 
 

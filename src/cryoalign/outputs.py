@@ -180,3 +180,29 @@ def write_fit_pictures(folder, result, st, density, *, model: str, map_path: str
     page = write_report(os.path.join(folder, "report.html"), "cryoalign fit",
                         fit_sections(result, [image], model=model, map_path=map_path, written=written))
     return [image, page]
+
+
+SEARCH_PICTURE_HITS = 3     # hits drawn on the query in search_hits.png
+
+
+def write_search_pictures(folder, result, query) -> list[str]:
+    """search_hits.png (the best hits whose map files are at hand, moved onto the query)
+    and report.html for a `catalogue.SearchResult`; returns the files written."""
+    from . import pictures
+    from .emdb import resolve_map
+    from .io import read_map
+    from .report import search_sections, write_report
+
+    images = []
+    if result.hits:
+        query_map = read_map(resolve_map(query)[0])
+        rows = []
+        for k, h in enumerate(result.hits[:SEARCH_PICTURE_HITS], 1):
+            if os.path.isfile(h.path):
+                entry = read_map(h.path)
+                rows.append((f"hit {k} ({h.score:.3f})",
+                             resample_onto(entry, query_map, np.asarray(h.T_query_entry, float)).data))
+        if rows:
+            images.append(pictures.search_hits(query_map, rows, os.path.join(folder, "search_hits.png")))
+    page = write_report(os.path.join(folder, "report.html"), "cryoalign search", search_sections(result, images))
+    return images + [page]

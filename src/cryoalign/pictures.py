@@ -3,6 +3,8 @@
     align_pictures(source_map, target_map, T, out_dir)     -> [align_projections.png]
     compare_pictures(compare_result, out_dir)              -> projections, FSC, blobs
     fit_placements(target_map, rows, path)                  -> path (each chain's placements)
+    search_hits(query_map, hits, path)                      -> path (the best hits on the query)
+    batch_scores(rows, path)                                -> path (scores by verdict)
     variance_slices(variance_map, path, mean=, contour=)   -> [path] (projections, slices through the maximum)
 
 Projections are maximum-intensity projections of maps on the target's grid along z, y
@@ -64,7 +66,8 @@ def _overlay(target_p, source_p) -> np.ndarray:
     return np.clip(rgb, 0.0, 1.0)
 
 
-def projections(target: DensityMap, rows: list, path, *, title: str | None = None) -> str:
+def projections(target: DensityMap, rows: list, path, *, title: str | None = None,
+                names: tuple = ("target", "source")) -> str:
     """One row of three projections per (label, source-on-target data) in `rows`, the
     target overlaid in blue and the source in orange."""
     plt = _pyplot()
@@ -79,16 +82,16 @@ def projections(target: DensityMap, rows: list, path, *, title: str | None = Non
             ax.set_xlabel(f"{shown[0]} (Å)")
             ax.set_ylabel(f"{shown[1]} (Å)")
             ax.set_title(f"{label}: projection along {dropped}{empty}", fontsize=10)
-    _legend(fig)
+    _legend(fig, names)
     if title:
         fig.suptitle(title, fontsize=12)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97 if title else 1))
     return _save(fig, path)
 
 
-def _legend(fig):
+def _legend(fig, names=("target", "source")):
     from matplotlib.patches import Patch
-    fig.legend(handles=[Patch(color=TARGET_RGB, label="target"), Patch(color=SOURCE_RGB, label="source"),
+    fig.legend(handles=[Patch(color=TARGET_RGB, label=names[0]), Patch(color=SOURCE_RGB, label=names[1]),
                         Patch(color=(1, 1, 1), label="both", ec="black")],
                loc="lower center", ncol=3, frameon=False)
 
@@ -291,4 +294,45 @@ def fit_placements(target: DensityMap, rows: list, path) -> str:
     fig.suptitle("placements of each chain on the map's projections (rank at the trace's centre; verdict of rank 1)"
                  + more, fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
+    return _save(fig, path)
+
+
+def search_hits(query: DensityMap, hits: list, path) -> str:
+    """The query's projections (blue) with each hit moved onto it (orange), one row per
+    hit: hits = [(label, entry data resampled on the query's grid)]."""
+    return projections(query, hits, path, title="search: the best hits (orange) moved onto the query (blue)",
+                       names=("query", "hit"))
+
+
+VERDICT_COLOURS = {"high": "#2e7d32", "medium": "#f9a825", "low": "#c62828", "": "#9e9e9e"}
+
+
+def batch_scores(rows: list, path) -> str:
+    """Histogram of the pairs' scores stacked by confidence verdict, and the count of each
+    status.  rows: RESULTS.tsv lines as dicts."""
+    plt = _pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw=dict(width_ratios=(3, 1)))
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("score")]
+    scores = {v: [float(r["score"]) for r in ok if (r.get("confidence") or "") == v] for v in VERDICT_COLOURS}
+    values = [x for xs in scores.values() for x in xs]
+    top = max([1.0] + values)
+    bins = np.linspace(min([0.0] + values), top, 21)
+    kept = [v for v in VERDICT_COLOURS if scores[v]]
+    if kept:
+        ax.hist([scores[v] for v in kept], bins=bins, stacked=True, color=[VERDICT_COLOURS[v] for v in kept],
+                label=[v or "no verdict" for v in kept])
+        ax.legend(title="confidence")
+    ax.set_xlabel("score (map correlation x vector agreement)")
+    ax.set_ylabel("pairs")
+    ax.set_title(f"{len(ok)} aligned pair(s)", fontsize=10)
+    statuses = ["ok", "error"]
+    counts = [sum(1 for r in rows if r.get("status") == s) for s in statuses]
+    bx.bar(statuses, counts, color=["#1f4e99", "#c62828"])
+    for k, c in enumerate(counts):
+        bx.annotate(str(c), (k, c), ha="center", va="bottom")
+    bx.set_title("status", fontsize=10)
+    from matplotlib.ticker import MaxNLocator
+    for axis in (ax, bx):
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
     return _save(fig, path)

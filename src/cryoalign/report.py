@@ -286,3 +286,50 @@ def fit_sections(result, images: list, *, model: str, map_path: str, written: di
          "tables": [{"columns": ["chain", "rank", "score", "agreement", "overlap", "rotation (deg)",
                                  "translation (Å)", "assembled", "file"], "rows": rows}]},
     ]
+
+
+def search_sections(result, images: list) -> list:
+    """Sections for a `catalogue.SearchResult` (images from `pictures.search_hits`)."""
+    from . import transform as tf
+
+    rows = []
+    for k, h in enumerate(result.hits, 1):
+        T = np.asarray(h.T_query_entry)
+        rows.append([k, h.map, round(h.score, 4), round(h.alignment_score, 4), round(h.coverage, 3),
+                     None if h.correlation is None else round(h.correlation, 4), round(h.signature_distance, 3),
+                     round(tf.rotation_angle_deg(T), 2), ", ".join(f"{v:.1f}" for v in T[:3, 3])])
+    sections = [
+        {"heading": "Query", "text": f"{result.query}: {result.searched} of {result.entries} entries aligned "
+                                     "(the closest by shape signature).",
+         "tables": [{"columns": ["", "value"],
+                     "rows": [[k, v] for k, v in sorted(result.params.items()) if not isinstance(v, (dict, list))]}]},
+        {"heading": "Hits",
+         "text": "score = alignment score (map correlation x vector agreement) x coverage (the fraction of the "
+                 "query's points the moved entry covers): a part of the query fits well but covers little.",
+         "tables": [{"columns": ["rank", "map", "score", "alignment score", "coverage", "correlation",
+                                 "signature distance", "rotation (deg)", "translation (Å)"], "rows": rows}],
+         "images": list(images)},
+    ]
+    if result.errors:
+        sections.append({"heading": "Entries that could not be aligned",
+                         "tables": [{"columns": ["map", "error"], "rows": [list(e) for e in result.errors]}]})
+    return sections
+
+
+def batch_sections(rows: list, images: list, *, out_tsv: str) -> list:
+    """Sections for a batch results table (rows: its lines as dicts)."""
+    counts = {v: sum(1 for r in rows if r.get("status") == "ok" and r.get("confidence") == v)
+              for v in ("high", "medium", "low")}
+    errors = [r for r in rows if r.get("status") != "ok"]
+    table = [[r.get("source"), r.get("target"), r.get("status"),
+              round(float(r["score"]), 4) if r.get("score") else None, r.get("confidence") or None,
+              r.get("mode") or None, r.get("error") or ""] for r in rows]
+    return [
+        {"heading": "Summary",
+         "text": f"{out_tsv}: {len(rows)} pair(s), {len(rows) - len(errors)} aligned (confidence high "
+                 f"{counts['high']}, medium {counts['medium']}, low {counts['low']}), {len(errors)} error(s). "
+                 "A low answer needs checking: see the README's Confidence section.",
+         "images": list(images)},
+        {"heading": "Pairs", "tables": [{"columns": ["source", "target", "status", "score", "confidence", "mode",
+                                                     "error"], "rows": table}]},
+    ]
