@@ -203,3 +203,17 @@ def test_a_forked_worker_does_not_inherit_sigterm_as_an_exception():
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
+
+
+def test_fewer_placements_than_top_are_explained(monomer):
+    """Issue 20.6: `--top 5` gave 4 placements without a word: placements are distinct
+    poses, and coarse placements that converge onto one pose when refined count once."""
+    proc = _cryoalign("align", monomer, monomer, "--local", "--top", "40", "--sampling", "5", "--jobs", "1",
+                      "--quiet", "--wide-search", "never")
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if "fewer than --top 40" in line)
+    assert line.endswith("the other coarse placements converged onto these poses when refined (placements are "
+                         "distinct poses, 3 Å or 10° apart)")
+    count = int(line.split()[0])
+    ranks = [line for line in proc.stdout.splitlines() if line[:4].strip().isdigit()]
+    assert 1 <= count < 40 and len(ranks) == count

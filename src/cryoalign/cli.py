@@ -505,6 +505,10 @@ def _print_summary(result, args) -> None:
     lines.append(_score_line(s, p["mode"]) + f"; {len(result.candidates)} candidate(s)")
     if result.confidence:
         lines.append(_confidence_line(result, "align"))
+    if p["mode"] == "local" and len(result.candidates) < args.top:
+        lines.append(f"{len(result.candidates)} distinct placement(s), fewer than --top {args.top}: the other coarse "
+                     "placements converged onto these poses when refined (placements are distinct poses, "
+                     f"{p.get('same_pose_A', 3):g} Å or {p.get('same_pose_deg', 10):g}° apart)")
     if p["mode"] == "local":
         lines.append("rank  score  agreement  rotation  translation (Å)            mask centre (Å)")
         for k, c in enumerate(result.candidates, 1):
