@@ -217,3 +217,25 @@ def test_fewer_placements_than_top_are_explained(monomer):
     count = int(line.split()[0])
     ranks = [line for line in proc.stdout.splitlines() if line[:4].strip().isdigit()]
     assert 1 <= count < 40 and len(ranks) == count
+
+
+def test_help_texts_name_each_commands_own_maps():
+    """Issue 20.6: `variance --local` named SOURCE/TARGET, search's ranking and .xz were missing."""
+    import contextlib
+    import io as _io
+
+    from cryoalign.cli import _parser
+
+    def help_of(command):
+        text = _io.StringIO()
+        with contextlib.redirect_stdout(text), pytest.raises(SystemExit):
+            _parser().parse_args([command, "--help"])
+        return " ".join(text.getvalue().split())
+
+    variance = help_of("variance")
+    assert "SOURCE" not in variance and "TARGET" not in variance
+    assert "--local each MAP is a part of REFERENCE (local alignment) instead of the default whole-map" in variance
+    assert "--global whole-map alignment (default)" in variance
+    assert "each source is a part of its target" in help_of("batch")
+    assert "x coverage (the share of the query the entry covers)" in help_of("search")
+    assert ".gz/.bz2/.xz" in help_of("align") and ".gz/.bz2/.xz" in help_of("search")

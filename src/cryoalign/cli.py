@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("align", help="find T_target_source superimposing SOURCE on TARGET",
                        description="Global or local alignment of two maps (CryoAlign method, then "
                                    "refinement on the maps).")
-    a.add_argument("source", help="moving map (.mrc/.map/.ccp4, optionally .gz/.bz2) or an EMDB ID (EMD-1234)")
+    a.add_argument("source", help="moving map (.mrc/.map/.ccp4, optionally .gz/.bz2/.xz) or an EMDB ID (EMD-1234)")
     a.add_argument("target", help="fixed map or EMDB ID")
     a.add_argument("--source-contour", type=float, default=None,
                    help="source contour level (EMDB recommended level); estimated if omitted")
@@ -118,15 +118,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--voxel", type=float, default=None, help="voxel size in Å (default resolution/3)")
     add_quiet(s)
 
-    _alignment_options = [("--local", dict(dest="mode", action="store_const", const="local",
-                                            help="SOURCE is a part of TARGET (local alignment)")),
-                          ("--global", dict(dest="mode", action="store_const", const="global",
-                                             help="whole-map alignment"))]
-
-    def add_alignment_options(parser, default_mode=None):
+    def add_alignment_options(parser, default_mode=None, part="SOURCE is a part of TARGET"):
         group = parser.add_mutually_exclusive_group()
-        for flag, kwargs in _alignment_options:
-            group.add_argument(flag, **kwargs)
+        group.add_argument("--local", dest="mode", action="store_const", const="local",
+                           help=f"{part} (local alignment)" + (" instead of the default whole-map alignment"
+                                                               if default_mode == "global" else ""))
+        group.add_argument("--global", dest="mode", action="store_const", const="global",
+                           help="whole-map alignment" + (" (default)" if default_mode == "global" else ""))
         parser.set_defaults(mode=default_mode)
         parser.add_argument("--sampling", type=float, default=None,
                             help="point-cloud sampling interval in Å (default: chosen from the source's size)")
@@ -166,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     add_workers(v)
     v.add_argument("--keep-all", action="store_true", help="keep maps whose alignment score is an outlier")
     v.add_argument("--components", type=int, default=0, help="principal components to write (default 0)")
-    add_alignment_options(v, "global")
+    add_alignment_options(v, "global", part="each MAP is a part of REFERENCE")
     add_quiet(v, "summary")
 
     b = sub.add_parser("batch", help="align many pairs from a table; resumable",
@@ -180,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--db", default=None, help="catalogue folder made by cryoalign index: the maps it holds are "
                                               "not prepared again; the pairs are aligned with its parameters "
                                               "(--sampling as given to index, default 5)")
-    add_alignment_options(b)
+    add_alignment_options(b, part="each source is a part of its target")
     b.add_argument("--top", type=int, default=d.top, help=f"candidates per pair (default {d.top})")
     add_quiet(b, "summary")
 
@@ -199,8 +197,10 @@ def _parser() -> argparse.ArgumentParser:
     se = sub.add_parser("search", help="rank the maps of a catalogue by how well they superimpose on QUERY",
                         description="Prepare QUERY, pre-filter the catalogue by a rotation-invariant shape "
                                     "signature, align the closest entries onto the query from their stored "
-                                    "features and rank them by the alignment score.")
-    se.add_argument("query", help="query map (file or EMDB ID)")
+                                    "features and rank them by score = alignment score (map correlation x "
+                                    "vector agreement) x coverage (the share of the query the entry covers), "
+                                    "so a part of the query that fits well ranks below the whole.")
+    se.add_argument("query", help="query map (.mrc/.map/.ccp4, optionally .gz/.bz2/.xz, or an EMDB ID)")
     se.add_argument("--db", required=True, help="catalogue folder made by cryoalign index")
     se.add_argument("--contour", type=float, default=None, help="query contour (EMDB header level or estimated "
                                                                 "if omitted)")
