@@ -239,3 +239,15 @@ def test_help_texts_name_each_commands_own_maps():
     assert "each source is a part of its target" in help_of("batch")
     assert "x coverage (the share of the query the entry covers)" in help_of("search")
     assert ".gz/.bz2/.xz" in help_of("align") and ".gz/.bz2/.xz" in help_of("search")
+
+
+def test_the_readme_examples_outputs_are_ignored_by_git():
+    """Issue 20.6: `example-out/` (the quick start's folder) showed up in `git status`."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists() or not shutil.which("git"):
+        pytest.skip("not a git checkout")
+    for folder in ("example-out", "compare-out", "var-out", "fit-out"):
+        proc = subprocess.run(["git", "check-ignore", "-q", f"{folder}/result.json"], cwd=root)
+        assert proc.returncode == 0, f"{folder}/ is not in .gitignore"
