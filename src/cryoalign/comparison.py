@@ -8,16 +8,22 @@ Steps (one function each, in `compare`):
 
 1. pose: the given matrix, or `cryoalign.align` (mode from the config, default auto);
 2. `resample_onto`: the moved source sampled on the target's grid (trilinear);
-3. `fit_scale`: source densities put on the target's scale, ``s' = factor * s + offset``,
-   by least squares over the voxels above BOTH contours (the shared molecule: a chain
-   present in one map only does not bias it; see `SCALE_METHODS` for the alternatives
-   measured);
+3. `fit_scale`: source densities put on the target's scale, ``s' = factor * s + offset``:
+   the offset puts the source's background on the target's (empty solvent is never lifted
+   into density), the factor is a least-squares slope over the voxels inside BOTH
+   molecules (a chain present in one map only does not bias it; see `SCALE_METHODS` for
+   the alternatives measured);
 4. `difference`: ``target - s'`` and ``s' - target``; a voxel counts as difference when
    it exceeds ``level = max(fraction * target_contour, k * sigma)`` (fraction 1.0, k 3,
-   sigma the robust standard deviation, 1.4826 x MAD, of the difference map outside the
-   molecule); face-connected (6-connectivity) components smaller than `min_blob_A3`
-   (default 1000 Å^3, about 7 residues) are dust and dropped.  Volume = kept voxels x
-   voxel volume; mass = volume x 0.81 Da/Å^3 (protein);
+   sigma the larger robust standard deviation, 1.4826 x MAD, of the difference map outside
+   the molecule and inside both molecules) and lies inside its own map's molecule (target
+   - source above the target's contour, source - target above the source's), plus the
+   blob's edge: voxels above COUNT_FRACTION x level within COUNT_SHELL_A of it;
+   face-connected (6-connectivity) pieces joined by difference above MERGE_FRACTION x
+   level, or closer than MERGE_GAP_A, are one blob; blobs smaller than `min_blob_A3` (default 1000 Å^3, about 7
+   residues) are dust and dropped.  Volume = kept voxels x voxel volume; mass = volume x
+   0.81 Da/Å^3 (protein).  A difference over more than half its map's molecule is warned
+   about (`CompareResult.warnings`);
 5. `fsc`: Fourier shell correlation in shells of physical spatial frequency (any box,
    anisotropic voxels), with an optional soft mask, and the correlation about the mean
    over the union of both contours.
@@ -51,7 +57,8 @@ SCALE_SMOOTH_VOXELS = 2.0         # the *_lsq fits read maps low-passed by a Gau
 DEFAULT_SCALE_METHOD = "background_lsq"
 COUNT_FRACTION = 0.6              # a blob also counts its voxels above this x level ...
 COUNT_SHELL_A = 2.0               # ... within this distance of its voxels above the level (the blurred edge)
-MERGE_FRACTION = 0.5              # blobs joined by difference density above this x level are one blob
+MERGE_FRACTION = 0.5              # blobs joined by difference density above this x level are one blob ...
+MERGE_GAP_A = 7.0                 # ... and so are blobs whose voxels come within this distance
 WARN_DIFFERENCE_SHARE = 0.5       # warn when a difference covers more than this share of its map's molecule
 FSC_THRESHOLDS = (0.5, 0.143)
 
@@ -178,7 +185,7 @@ def compare(source, target, *, source_contour=None, target_contour=None, matrix=
             fsc_mask: bool = True, scale_method: str = DEFAULT_SCALE_METHOD,
             difference_fraction: float = DIFFERENCE_FRACTION, merge_fraction: float | None = MERGE_FRACTION,
             within_contours: bool = True, shared_sigma: bool = True,
-            count_fraction: float = COUNT_FRACTION) -> CompareResult:
+            count_fraction: float = COUNT_FRACTION, merge_gap_A: float = MERGE_GAP_A) -> CompareResult:
     """Superimpose `source` on `target` (or use `matrix`) and compare them.
 
     source, target: map paths or `DensityMap`s.  matrix: 4x4 `T_target_source`
@@ -186,7 +193,7 @@ def compare(source, target, *, source_contour=None, target_contour=None, matrix=
     first with `cryoalign.align` (`config`: an `AlignConfig`, default mode auto).
     Contours default to an estimate from each map (`pointcloud.estimate_contour`).
     merge_fraction: blobs connected through difference density above this fraction of the
-    level are reported as one (None: no merging).  within_contours: a voxel of
+    level, or whose voxels come within merge_gap_A, are reported as one (None: no merging).  within_contours: a voxel of
     target - source must be above the target's contour, one of source - target above the
     source's (so neither difference can exceed its map's molecule).  shared_sigma: the level
     is also at least k x the robust spread of the difference over the voxels inside both
@@ -258,7 +265,8 @@ def compare(source, target, *, source_contour=None, target_contour=None, matrix=
                                    ("source_minus_target", -diff, s_mol, "source")):
         d = difference_blobs(values, level, tgt_map.voxel_size_A, tgt_map.origin_A, min_blob_A3=min_blob,
                              density_Da_per_A3=density_Da_per_A3, within=own if within_contours else None,
-                             merge_fraction=merge_fraction, count_fraction=count_fraction)
+                             merge_fraction=merge_fraction, count_fraction=count_fraction,
+                             merge_gap_A=merge_gap_A)
         own_volume = float(np.count_nonzero(own)) * voxel_A3
         d = Difference(level=d.level, volume_A3=d.volume_A3, mass_kDa=d.mass_kDa, blobs=d.blobs, labels=d.labels,
                        molecule_volume_A3=own_volume)
@@ -287,7 +295,8 @@ def compare(source, target, *, source_contour=None, target_contour=None, matrix=
               "density_Da_per_A3": density_Da_per_A3, "min_blob_A3": min_blob,
               "difference_fraction": difference_fraction, "difference_noise_k": DIFFERENCE_NOISE_K,
               "difference_sigma": sigma, "difference_sigma_shared": sigma_shared, "connectivity": 6, "blob_centre": "difference-density weighted",
-              "merge_fraction": merge_fraction, "within_contours": within_contours, "shared_sigma": shared_sigma,
+              "merge_fraction": merge_fraction, "merge_gap_A": merge_gap_A, "count_fraction": count_fraction, "count_shell_A": COUNT_SHELL_A,
+              "within_contours": within_contours, "shared_sigma": shared_sigma,
               "scale_method": scale_method, "fsc_mask": fsc_mask,
               "fsc_mask_dilate_A": MASK_DILATE_A if fsc_mask else None,
               "fsc_mask_soft_A": MASK_SOFT_A if fsc_mask else None,
@@ -452,13 +461,14 @@ def background_sigma(values: np.ndarray, molecule: np.ndarray, *, margin_voxels:
 def difference_blobs(values: np.ndarray, level: float, voxel_size_A, origin_A, *, min_blob_A3: float,
                      density_Da_per_A3: float = PROTEIN_DA_PER_A3, within: np.ndarray | None = None,
                      merge_fraction: float | None = MERGE_FRACTION,
-                     count_fraction: float = COUNT_FRACTION) -> Difference:
+                     count_fraction: float = COUNT_FRACTION, merge_gap_A: float = MERGE_GAP_A) -> Difference:
     """Regions of `values` > level, dust (< min_blob_A3) dropped, largest first.
 
     values: (nz, ny, nx) difference density; voxel_size_A, origin_A: (3,) x, y, z.
     within: boolean mask a counted voxel must also lie in (the map's own molecule).
     Merge rule: face-connected pieces above the level that are joined by face-connected
-    voxels above merge_fraction x level (hysteresis, as in edge detection) are one blob;
+    voxels above merge_fraction x level (hysteresis, as in edge detection), or whose voxels
+    come within merge_gap_A (on grids finer than merge_gap_A / 2), are one blob;
     its volume and mass count only the voxels above the level, `pieces` says how many
     pieces it joined.  None: every face-connected piece is its own blob."""
     voxel_A3 = float(np.prod(voxel_size_A))
@@ -472,7 +482,11 @@ def difference_blobs(values: np.ndarray, level: float, voxel_size_A, origin_A, *
         del edge
     pieces, n_pieces = ndimage.label(above)          # default structure: 6-connectivity
     if merge_fraction is not None and n_pieces > 1:
-        groups, count = ndimage.label((values > merge_fraction * level) | above)
+        joined = (values > merge_fraction * level) | above
+        if merge_gap_A > 0:
+            joined |= ndimage.binary_dilation(above, structure=_ball(0.5 * merge_gap_A, voxel_size_A))
+        groups, count = ndimage.label(joined)
+        del joined
         labels = np.where(above, groups, 0)
         present = np.zeros(count + 1, bool)
         present[labels.ravel()] = True
@@ -511,6 +525,14 @@ def difference_blobs(values: np.ndarray, level: float, voxel_size_A, origin_A, *
     volume = sum(b.volume_A3 for b in blobs)
     return Difference(level=float(level), volume_A3=volume, mass_kDa=volume * density_Da_per_A3 / 1000.0,
                       blobs=tuple(blobs), labels=out)
+
+
+def _ball(radius_A: float, voxel_size_A) -> np.ndarray:
+    """Boolean (z, y, x) ellipsoid of `radius_A` on a grid of these voxel sizes (at least the centre)."""
+    vs_zyx = np.asarray(voxel_size_A, float)[::-1]
+    r = np.floor(radius_A / vs_zyx + 1e-9).astype(int)
+    grid = np.meshgrid(*[np.arange(-k, k + 1) * v for k, v in zip(r, vs_zyx)], indexing="ij")
+    return sum(g ** 2 for g in grid) <= radius_A ** 2 + 1e-9
 
 
 def masked_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:

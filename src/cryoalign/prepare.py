@@ -45,7 +45,7 @@ def resolve_contour(density: DensityMap, contour: float | None, param: str) -> t
     estimated = contour is None
     if estimated:
         level = pointcloud.estimate_contour(density)
-        log.info("%s not given: estimated %.6g from the map's background noise", param, level)
+        log.info("%s not given: estimated %.6g from the map's density", param, level)
         warning = pointcloud.contour_warning(density, level, param)
         if warning:
             log.warning("%s", warning)
