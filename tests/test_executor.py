@@ -153,3 +153,20 @@ def test_workers_end_when_the_parent_is_killed(series, tmp_path, kind, sig):
                     p.kill()
             except psutil.Error:
                 pass
+
+
+def test_an_interrupt_while_workers_are_forked_is_raised_afterwards_not_lost():
+    """Found by the `signal` fuzz family: SIGTERM arriving while the pool forked its workers
+    ran the handler inside logging's at-fork hook, where the exception is printed and
+    dropped ("Exception ignored in: _releaseLock"), and the command went on.  Inside
+    `signals_deferred` the handler's exception is kept and raised when the block ends."""
+    from cryoalign.executor import defer, signals_deferred
+
+    ran_on = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            assert defer(KeyboardInterrupt())          # what the handler does inside the block
+            assert defer(KeyboardInterrupt())          # a second one is the same interrupt
+            ran_on.append("rest of the block")
+    assert ran_on == ["rest of the block"]
+    assert not defer(KeyboardInterrupt())               # outside the block: the handler raises at once

@@ -251,3 +251,11 @@ def test_the_readme_examples_outputs_are_ignored_by_git():
     for folder in ("example-out", "compare-out", "var-out", "fit-out"):
         proc = subprocess.run(["git", "check-ignore", "-q", f"{folder}/result.json"], cwd=root)
         assert proc.returncode == 0, f"{folder}/ is not in .gitignore"
+
+
+def test_an_output_below_a_file_names_the_file(places, monomer):
+    """Found by the `readonly` fuzz family: `--json a-file/new/r.json` said "folder
+    a-file/new does not exist; create it first", which cannot be done."""
+    proc = _cryoalign("align", monomer, monomer, "--json", places / "a-file" / "new" / "r.json")
+    assert _error_line(proc) == (f"cryoalign: error: cannot write {places}/a-file/new/r.json: {places}/a-file is a "
+                                 "file, not a folder; choose another location")

@@ -42,7 +42,9 @@ SENTINEL = "1e30"                                         # contour above any pa
 FAMILY_WEIGHTS = {"header": 30, "data": 18, "gzip": 10, "random": 8, "text": 5, "path": 4,
                   "contour": 9, "model": 7, "output": 7, "options": 2,
                   "odd_thin": 3, "odd_stack": 1, "odd_cellb": 3, "odd_outlier": 3, "odd_overflow": 2,
-                  "odd_compressed": 3, "concurrent": 0.6}
+                  "odd_compressed": 3, "concurrent": 0.6,
+                  # opt-in (weight 0: the cases of every seed are unchanged; `--families signal,readonly`)
+                  "signal": 0, "readonly": 0}
 
 # ----------------------------------------------------------------------------- MRC header layout
 INT, FLOAT, BYTES = "i", "f", "4s"
@@ -1158,9 +1160,111 @@ def gen_concurrent(case, r, p_full):
                  if kind == "model_vs_none" else ""))
 
 
+# ----------------------------------------------------------------------------- signals and read-only places
+SIGNAL_COMMANDS = ["batch", "index", "variance"]
+SIGNALS = ["SIGINT", "SIGTERM", "SIGKILL"]
+
+
+def _series_files(case, r, n=4):
+    """n small valid maps (the 5168 monomer with shifted ORIGINs: distinct files, same molecule)."""
+    raw = base_raw("5168")
+    names = []
+    for k in range(n):
+        b = bytearray(raw)
+        for axis in "xyz":
+            set_field(b, "ORIGIN." + axis, get_field(raw, "ORIGIN." + axis) + r.uniform(-8, 8))
+        case.files[f"in/m{k}.mrc"] = bytes(b)
+        names.append(f"m{k}.mrc")
+    return names
+
+
+def _signal_argv(command, names):
+    maps = ["{case}/in/" + n for n in names]
+    if command == "batch":
+        return ["batch", "{case}/in/pairs.tsv", "--out", "{case}/out/results.tsv", "--jobs", "2", "--global",
+                "--sampling", "5", "--quiet"]
+    if command == "index":
+        return ["index", *maps, "--db", "{case}/out/db", "--jobs", "2", "--quiet"]
+    return ["variance", maps[0], *maps[1:], "--out-dir", "{case}/out/var", "--jobs", "2", "--sampling", "5",
+            "--quiet"]
+
+
+def gen_signal(case, r, p_full):
+    """`batch`, `index` or `variance` with 2 workers (a subprocess) stopped by SIGINT, SIGTERM or
+    SIGKILL once its workers exist, or after a random delay.  The harness checks the exit code
+    (130 / 143 / killed, or 0 when it finished first), that no worker outlives the parent, that
+    RESULTS.tsv holds only whole lines, and that a rerun finishes (each pair once)."""
+    command = r.choice(SIGNAL_COMMANDS)
+    sig = r.choice(SIGNALS)
+    case.kind = f"{command}/{sig}"
+    case.mode = "full"
+    case.json_out = None
+    names = _series_files(case, r, n=r.choice([3, 4]))
+    case.files["in/pairs.tsv"] = ("source\ttarget\n" + "".join(
+        f"{a}\t{b}\n" for a, b in zip(names, names[1:] + names[:1]))).encode()
+    case.files["out"] = ("dir",)
+    case.argv = _signal_argv(command, names)
+    case.extra.update(signal=sig, when=r.choice(["workers", "workers", "delay"]), delay_s=r.uniform(0.3, 4.0),
+                      pairs=len(names))
+    case.map_path = None
+    case.note(f"{command} killed by {sig} " + ("once its workers exist" if case.extra["when"] == "workers"
+                                               else f"after {case.extra['delay_s']:.2f} s"))
+
+
+READONLY_KINDS = ["variance", "index", "batch", "align_json", "align_out_dir", "compare_out_dir", "fit_out_dir"]
+READONLY_PLACES = ["read-only folder", "below a read-only folder", "a file", "below a file"]
+
+
+def gen_readonly(case, r, p_full):
+    """An output in a place that cannot take it: a read-only folder (root loses its override:
+    the harness runs the command under `setpriv`), a new folder below one, an existing file, or
+    a path below a file.  Expected: exit 2, one error line, nothing written, inputs unchanged."""
+    kind = r.choice(READONLY_KINDS)
+    place = r.choice(READONLY_PLACES)
+    case.kind = f"{kind}: {place}"
+    case.mode = "check"
+    case.json_out = None
+    names = _series_files(case, r, n=3)
+    case.files["in/pairs.tsv"] = ("source\ttarget\n" + "".join(f"{a}\t{b}\n" for a, b in zip(names, names[1:])))\
+        .encode()
+    case.files["out/ro"] = ("ro-dir",)
+    case.files["out/a-file"] = b"not a folder\n"
+    case.inputs.append("out/a-file")
+    target = {"read-only folder": "{case}/out/ro", "below a read-only folder": "{case}/out/ro/new",
+              "a file": "{case}/out/a-file", "below a file": "{case}/out/a-file/new"}[place]
+    if kind not in ("variance", "index", "batch"):
+        # a folder the run replaces whole may be an empty read-only one (its parent is writable),
+        # and --json may overwrite an existing file: use the places nothing can be written to
+        target = {"{case}/out/ro": "{case}/out/ro/new", "{case}/out/a-file": "{case}/out/a-file/new"}.get(target, target)
+    maps = ["{case}/in/" + n for n in names]
+    if kind == "variance":
+        argv = ["variance", *maps, "--out-dir", target, "--jobs", "1"]
+    elif kind == "index":
+        argv = ["index", *maps, "--db", target, "--jobs", "1"]
+    elif kind == "batch":
+        argv = ["batch", "{case}/in/pairs.tsv", "--out", target + ("/r.tsv" if "file" not in place else ""),
+                "--jobs", "1"]
+    elif kind == "align_json":
+        argv = ["align", *maps[:2], "--json", target + "/r.json"]
+    elif kind == "compare_out_dir":
+        argv = ["compare", *maps[:2], "--out-dir", target]
+    elif kind == "fit_out_dir":
+        case.files["in/model.pdb"] = model_text("3mfp.pdb.gz")
+        argv = ["fit", "{case}/in/model.pdb", maps[0], "--resolution", "6", "--out-dir", target]
+    else:
+        argv = ["align", *maps[:2], "--out-dir", target]
+    if kind in ("variance", "index") and place == "read-only folder":
+        case.note("the read-only folder exists (empty): it cannot take the run's files")
+    case.argv = argv + (["--quiet"] if r.random() < 0.5 else [])
+    case.extra["place"] = place
+    case.map_path = None
+    case.note(f"{kind} into {place}")
+
+
 GENERATORS.update({"odd_thin": gen_odd_thin, "odd_stack": gen_odd_stack, "odd_cellb": gen_odd_cellb,
                    "odd_outlier": gen_odd_outlier, "odd_overflow": gen_odd_overflow,
-                   "odd_compressed": gen_odd_compressed, "concurrent": gen_concurrent})
+                   "odd_compressed": gen_odd_compressed, "concurrent": gen_concurrent,
+                   "signal": gen_signal, "readonly": gen_readonly})
 
 
 # ----------------------------------------------------------------------------- a case from (seed, index)
@@ -1168,7 +1272,8 @@ def make_case(seed, index, p_full, families=None) -> Case:
     """Case `index` of `seed`: generated from (seed, index) only, so any case can be replayed alone."""
     r = random.Random(f"cryoalign-fuzz:{seed}:{index}")
     fams = families or list(FAMILY_WEIGHTS)
-    family = r.choices(fams, weights=[FAMILY_WEIGHTS[f] for f in fams])[0]
+    weights = [FAMILY_WEIGHTS[f] or (1 if families else 0) for f in fams]   # opt-in ones when named
+    family = r.choices(fams, weights=weights)[0]
     case = Case(index=index, family=family)
     GENERATORS[family](case, r, p_full)
     if case.argv is None:

@@ -425,6 +425,10 @@ def run_case(case: Case, folder: pathlib.Path, timeout: float) -> dict:
     """Materialize and run one case; the classification dict."""
     if case.family == "concurrent":
         return run_concurrent(case, folder, timeout)
+    if case.family == "signal":
+        return run_signal(case, folder, timeout)
+    if case.family == "readonly":
+        return run_readonly(case, folder, timeout)
     materialize(case, folder)
     argv = [a.replace("{case}", str(folder)) for a in case.argv]
     map_arg = None
@@ -615,6 +619,128 @@ def run_concurrent(case: Case, folder: pathlib.Path, timeout: float) -> dict:
     classify(case, res, problems, crash_tb)
     res["exit"] = res_exit
     return res
+
+
+# ----------------------------------------------------------------------------- signals
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143, "SIGKILL": -signal.SIGKILL}
+ORPHAN_GRACE_S = 5.0      # workers must be gone this long after their parent
+
+
+def _children(pid) -> list:
+    import psutil
+
+    try:
+        return [c for c in psutil.Process(pid).children(recursive=True)
+                if "resource_tracker" not in " ".join(c.cmdline())]
+    except psutil.Error:
+        return []
+
+
+def run_signal(case: Case, folder: pathlib.Path, timeout: float) -> dict:
+    """Family `signal`: the command as a subprocess, stopped by case.extra["signal"] once two
+    workers exist (or after a delay); then the checks of `gen_signal`, and a rerun."""
+    import psutil
+
+    materialize(case, folder)
+    argv = [a.replace("{case}", str(folder)) for a in case.argv]
+    res = new_result(case, argv)
+    problems, crash_tb = [], ""
+    sig = getattr(signal, case.extra["signal"])
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "cryoalign", *argv], cwd=folder, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    workers, sent = [], False
+    try:
+        while proc.poll() is None and time.perf_counter() - t0 < timeout:
+            workers = _children(proc.pid) or workers
+            if (case.extra["when"] == "workers" and len(workers) >= 2) or \
+                    (case.extra["when"] == "delay" and time.perf_counter() - t0 >= case.extra["delay_s"]):
+                proc.send_signal(sig)
+                sent = True
+                break
+            time.sleep(0.02)
+        _, stderr = proc.communicate(timeout=max(5.0, timeout - (time.perf_counter() - t0)))
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        res.update(outcome="hang", signature=f"timeout > {timeout:g} s (signal {case.kind})", seconds=timeout)
+        return res
+    res["seconds"] = time.perf_counter() - t0
+    res["exit"] = code = proc.returncode
+    res["stderr"] = stderr[-4000:]
+    _, alive = psutil.wait_procs([w for w in workers if w.is_running()], timeout=ORPHAN_GRACE_S)
+    if alive:
+        problems.append(("crash", f"{len(alive)} worker(s) outlived the parent ({case.kind})"))
+        for w in alive:
+            with contextlib.suppress(psutil.Error):
+                w.kill()
+    if "Traceback" in stderr:
+        crash_tb = stderr
+        problems.append(("crash", "traceback after the signal"))
+    expected = SIGNAL_EXIT[case.extra["signal"]] if sent else 0
+    if code not in (expected, 0):
+        problems.append(("crash", f"exit {code} after {case.extra['signal']} (expected {expected})"))
+    results = folder / "out" / "results.tsv"
+    if results.exists():
+        text = results.read_text(errors="replace")
+        if case.extra["signal"] != "SIGKILL" and text and not text.endswith("\n"):
+            problems.append(("partial output", "results.tsv ends inside a line after a catchable signal"))
+    elif case.kind.startswith("batch") and case.extra["signal"] != "SIGKILL" and sent and \
+            code == expected and "pairs" in case.extra:
+        pass                                     # stopped before the first line: nothing to keep
+    # the rerun finishes the work
+    rerun = subprocess.run([sys.executable, "-m", "cryoalign", *argv], cwd=folder, env=subprocess_env(),
+                           capture_output=True, text=True, timeout=timeout)
+    res["stderr"] += f"\n--- rerun: exit {rerun.returncode}\n" + rerun.stderr[-1500:]
+    if rerun.returncode != 0:
+        problems.append(("bad result", f"the rerun after {case.extra['signal']} exited {rerun.returncode}"))
+        if "Traceback" in rerun.stderr:
+            crash_tb = rerun.stderr
+    elif case.kind.startswith("batch"):
+        lines = [ln for ln in results.read_text().splitlines()[1:] if ln]
+        keys = [tuple(ln.split("\t")[:2]) for ln in lines]
+        if len(keys) != case.extra["pairs"] or len(set(keys)) != len(keys):
+            problems.append(("bad result", f"after the rerun results.tsv holds {len(keys)} line(s) "
+                                           f"({len(set(keys))} pairs) for {case.extra['pairs']} pairs"))
+    elif case.kind.startswith("variance") and not (folder / "out" / "var" / "variance.mrc").exists():
+        problems.append(("bad result", "no variance.mrc after the rerun"))
+    res_exit = res["exit"]
+    res["exit"] = 0 if not problems else 2
+    classify(case, res, problems, crash_tb)
+    res["exit"] = res_exit
+    return res
+
+
+# ----------------------------------------------------------------------------- read-only places
+READ_ONLY_CAPS = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+def run_readonly(case: Case, folder: pathlib.Path, timeout: float) -> dict:
+    """Family `readonly`: the command as a subprocess (under `setpriv` without the permission
+    override when run as root, so a read-only folder is read-only); it must exit 2 with one
+    error line, write nothing and change no input."""
+    materialize(case, folder)
+    argv = [a.replace("{case}", str(folder)) for a in case.argv]
+    res = new_result(case, argv)
+    prefix = READ_ONLY_CAPS if os.geteuid() == 0 and shutil.which("setpriv") else []
+    before = snapshot(folder)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(prefix + [sys.executable, "-m", "cryoalign", *argv], cwd=folder,
+                              env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        res.update(outcome="hang", signature=f"timeout > {timeout:g} s (readonly {case.kind})", seconds=timeout)
+        return res
+    res["seconds"] = time.perf_counter() - t0
+    res["exit"] = proc.returncode
+    res["stderr"] = proc.stderr[-4000:]
+    problems = []
+    check_messages(case, proc.returncode, proc.stdout, proc.stderr, [], problems)
+    if proc.returncode == 0 and not (os.geteuid() == 0 and not prefix):
+        problems.append(("bad result", f"exit 0 writing into {case.extra['place']}"))
+    check_files(case, before, snapshot(folder), proc.returncode, problems)
+    return classify(case, res, problems, proc.stderr if "Traceback" in proc.stderr else "")
 
 
 # ----------------------------------------------------------------------------- workers

@@ -320,6 +320,8 @@ def main(argv=None) -> int:
         logging.getLogger("cryoalign").removeHandler(handler)     # main() may be called again (tests, scripts)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
+            if signal.getsignal(signal.SIGINT) is _raise_terminated:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class _PipeSafeStdout:
@@ -369,11 +371,15 @@ _HANDLER_PID = None     # the process that set the SIGTERM handler
 
 
 def _raise_terminated(signum, frame):
+    from .executor import defer
+
     if os.getpid() != _HANDLER_PID:      # a forked worker inherited the handler: end as SIGTERM means
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return
-    raise Terminated()
+    exc = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    if not defer(exc):                   # while workers are forked: raised once they are
+        raise exc
 
 
 def _catch_sigterm():
@@ -385,6 +391,8 @@ def _catch_sigterm():
     if threading.current_thread() is not threading.main_thread():
         return None
     _HANDLER_PID = os.getpid()
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _raise_terminated)      # Ctrl-C: KeyboardInterrupt, deferred the same way
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
 

@@ -11,6 +11,7 @@ what a task returns depends only on its item, never on the executor or the worke
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -86,7 +87,8 @@ def _processes(fn, items, jobs: int):
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context(method),
                                initializer=die_with_parent, initargs=(os.getpid(),))
     try:
-        pending = {pool.submit(fn, item): index for index, item in enumerate(items)}
+        with signals_deferred():          # submit() forks the workers: no interrupt inside a fork hook
+            pending = {pool.submit(fn, item): index for index, item in enumerate(items)}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in sorted(done, key=lambda f: pending[f]):
@@ -94,6 +96,35 @@ def _processes(fn, items, jobs: int):
                 yield index, future.result()
     finally:
         _stop_pool(pool)
+
+
+_DEFERRED = {"depth": 0, "pending": None}
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold back the exception of an interrupt (Ctrl-C, SIGTERM) that arrives inside the
+    block and raise it when the block ends.  Around forks: Python runs signal handlers in
+    the at-fork hooks too (logging's lock release), where an exception is printed and
+    dropped, so the interrupt would be lost.  Handlers take part through `defer`."""
+    _DEFERRED["depth"] += 1
+    try:
+        yield
+    finally:
+        _DEFERRED["depth"] -= 1
+        if _DEFERRED["depth"] == 0 and _DEFERRED["pending"] is not None:
+            exc, _DEFERRED["pending"] = _DEFERRED["pending"], None
+            raise exc
+
+
+def defer(exc: BaseException) -> bool:
+    """For signal handlers: inside `signals_deferred`, keep `exc` for the block's end and
+    return True; outside it return False (the handler raises it now)."""
+    if _DEFERRED["depth"]:
+        if _DEFERRED["pending"] is None:
+            _DEFERRED["pending"] = exc
+        return True
+    return False
 
 
 PR_SET_PDEATHSIG = 1            # linux/prctl.h
