@@ -239,7 +239,7 @@ def test_background_is_never_lifted_into_density(missing_chain):
     case = missing_chain
     r = compare(case["source"], case["target"], source_contour=case["sc"], target_contour=case["tc"],
                 matrix=case["T"], fsc_mask=False)
-    assert r.scale.method == "background_lsq"
+    assert r.scale.method == "background_quantiles"
     assert r.scale.offset == pytest.approx(r.params["target_background"]
                                            - r.scale.factor * r.params["source_background"])
     assert r.params["source_background"] == pytest.approx(SOURCE_OFFSET, abs=0.05 * case["sc"])

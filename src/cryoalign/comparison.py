@@ -51,10 +51,10 @@ DIFFERENCE_FRACTION = 1.0         # level >= this x target contour ...
 DIFFERENCE_NOISE_K = 3.0          # ... and >= this x robust sigma of the difference outside the molecule
 MASK_DILATE_A = 6.0               # FSC mask: union of contours grown by this ...
 MASK_SOFT_A = 3.0                 # ... then softened by a Gaussian of this sigma
-SCALE_METHODS = ("background_lsq", "background_quantiles", "background_median", "both_above_lsq", "both_above_lsq_raw", "contours", "quantiles",
+SCALE_METHODS = ("background_quantiles", "background_lsq", "background_median", "both_above_lsq", "both_above_lsq_raw", "contours", "quantiles",
                  "either_above_lsq")
 SCALE_SMOOTH_VOXELS = 2.0         # the *_lsq fits read maps low-passed by a Gaussian of this sigma
-DEFAULT_SCALE_METHOD = "background_lsq"
+DEFAULT_SCALE_METHOD = "background_quantiles"
 COUNT_FRACTION = 0.6              # a blob also counts its voxels above this x level ...
 COUNT_SHELL_A = 2.0               # ... within this distance of its voxels above the level (the blurred edge)
 MERGE_FRACTION = 0.5              # blobs joined by difference density above this x level are one blob ...
@@ -379,11 +379,14 @@ def fit_scale(source: np.ndarray, target: np.ndarray, source_contour: float, tar
     backgrounds: (source, target) background densities (`map_background`; default 0, 0).
     masks: (source, target) boolean molecule masks to use instead of ``> contour``.
     Methods (measured in benchmarks/compare_chains.py --scale):
-      background_lsq    the offset is fixed so that the source's background lands on the
-                        target's (empty solvent cannot be lifted into density); the factor
-                        is the least-squares slope through that point over the voxels above
-                        both contours, both maps low-passed by a Gaussian of
-                        SCALE_SMOOTH_VOXELS voxels (default);
+      background_quantiles  the offset is fixed so that the source's background lands on
+                        the target's (empty solvent cannot be lifted into density); the
+                        factor is the least-squares slope through that point between the
+                        5-95% quantiles (91) of the two maps over the voxels inside both
+                        molecules, both low-passed by a Gaussian of SCALE_SMOOTH_VOXELS
+                        voxels (default);
+      background_lsq    the same offset; the slope fitted voxel by voxel;
+      background_median the same offset; the ratio of the medians, raw voxels;
       both_above_lsq    least squares (slope and offset) over the voxels above both contours
                         on the low-passed maps: trilinear resampling lowers the source's
                         peaks, which tilts a fit on the raw voxels, and the low-pass gives
