@@ -7,7 +7,9 @@
 
 --sets takes set names, or `public` (the four public sets), `hard` (the six hard sets made by
 benchmarks/hard/make_hard_cases.py: hard-states, hard-partial, hard-pseudosym, hard-resgap,
-hard-noise, hard-chain) or `all` (public + hard); they can be mixed: --sets public,hard-chain.
+hard-noise, hard-chain), `all` (public + hard), `tune` / `held` (the tuning / held-out part of
+the unseen corpus, benchmarks/unseen/make_unseen_cases.py: unseen-tune-global, ...) or `unseen`
+(both parts); they can be mixed: --sets public,hard-chain.
 Alignment mode per set: the hard sets use the table MODES in make_hard_cases.py (hard-chain
 --local, the others --global); any other set follows the old convention (sets named *local* or
 *chain* get --local-flag, default --local; the rest run in automatic mode); --mode overrides.
@@ -42,26 +44,37 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 HARD = os.path.join(HERE, "hard")
+UNSEEN = os.path.join(HERE, "unseen")
 PUBLIC_SETS = ["public-sim-global", "public-real5A-global", "public-local", "public-chain"]
 HARD_SETS = ["hard-states", "hard-partial", "hard-pseudosym", "hard-resgap", "hard-noise", "hard-chain"]
 FLAGS = {"local": "--local", "global": "--global", "auto": ""}
 
 
-def hard_modes():
-    """The per-set mode table of make_hard_cases.py (local / global / auto)."""
-    sys.path.insert(0, HARD)
+def _maker(folder, module):
+    sys.path.insert(0, folder)
     try:
-        import make_hard_cases
-        return dict(make_hard_cases.MODES)
+        return __import__(module)
     finally:
-        sys.path.remove(HARD)
+        sys.path.remove(folder)
+
+
+def unseen_sets(part=None):
+    """The unseen corpus's sets (benchmarks/unseen): part 'tune', 'held' or both."""
+    sets = _maker(UNSEEN, "make_unseen_cases").ALL_SETS
+    return [s for s in sets if part is None or s.startswith(f"unseen-{part}-")]
+
+
+def hard_modes():
+    """The per-set mode tables of make_hard_cases.py and make_unseen_cases.py (local / global / auto)."""
+    return dict(_maker(HARD, "make_hard_cases").MODES, **_maker(UNSEEN, "make_unseen_cases").MODES)
 
 
 def expand_sets(spec):
     out = []
     for s in spec.split(","):
         s = s.strip()
-        add = {"all": PUBLIC_SETS + HARD_SETS, "public": PUBLIC_SETS, "hard": HARD_SETS}.get(s, [s] if s else [])
+        add = {"all": PUBLIC_SETS + HARD_SETS, "public": PUBLIC_SETS, "hard": HARD_SETS, "unseen": unseen_sets(),
+               "tune": unseen_sets("tune"), "held": unseen_sets("held")}.get(s, [s] if s else [])
         out += [x for x in add if x not in out]
     return out
 
@@ -105,8 +118,9 @@ def main(argv=None):
     cases = os.path.abspath(a.cases or os.path.join(home, "cases"))
     sets = expand_sets(a.sets)
     missing = [] if a.table_only else [s for s in sets if not os.path.isdir(os.path.join(cases, s))]
-    for maker, group in ((os.path.join(bench, "make_cases.py"), [s for s in missing if not s.startswith("hard-")]),
-                         (os.path.join(HARD, "make_hard_cases.py"), [s for s in missing if s.startswith("hard-")])):
+    for maker, group in ((os.path.join(bench, "make_cases.py"), [s for s in missing if s.startswith("public-")]),
+                         (os.path.join(HARD, "make_hard_cases.py"), [s for s in missing if s.startswith("hard-")]),
+                         (os.path.join(UNSEEN, "make_unseen_cases.py"), [s for s in missing if s.startswith("unseen-")])):
         if group:
             print(f"building cases {','.join(group)} in {cases} ...", file=sys.stderr, flush=True)
             subprocess.run([sys.executable, maker, "--out", cases, "--only", ",".join(group)], check=True,

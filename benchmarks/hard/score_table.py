@@ -35,6 +35,12 @@ moved by the candidate, target read by trilinear interpolation:
                       of the target as well, e.g. sub-complex placed on the wrong part)
   map_cc_inside*inside, map_cc_inside*sqrt(inside)
   map_cam             correlation about zero over all of them
+  map_tm              a saturating per-voxel score (TM-score-like): the mean over the source voxels of
+                      1 / (1 + (d / 3 Å)^2), d the distance to the nearest target voxel above contour:
+                      how much of the source fits, however dense the target is there
+  map_tm*corr         map_tm x correlation
+JSON rules also: local (local_correlation), shared (shared_correlation), shared_fraction, and their
+products with the agreement.
 """
 from __future__ import annotations
 
@@ -48,9 +54,11 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JSON_RULES = ["reported", "correlation", "corr_before", "similarity", "agreement", "overlap", "1-js",
-              "agree/overlap", "overlap*agreement", "corr*overlap", "corr*agreement"]
+              "agree/overlap", "overlap*agreement", "corr*overlap", "corr*agreement", "local", "shared",
+              "shared_fraction", "local*agreement", "shared*agreement"]
 MAP_RULES = ["map_cc", "map_cc_inside", "map_inside", "map_dice", "map_cc_inside*inside",
-             "map_cc_inside*sqrt(inside)", "map_cam"]
+             "map_cc_inside*sqrt(inside)", "map_cam", "map_tm", "map_tm*corr"]
+TM_D0_A = 3.0         # map_tm: a source voxel d Å from the target's density counts 1 / (1 + (d / TM_D0_A)^2)
 MAX_VOXELS = 400000   # source voxels used for the map scores (thinned evenly beyond)
 
 
@@ -105,6 +113,7 @@ class MapScorer:
         self.u = sd[idx[:, 0], idx[:, 1], idx[:, 2]].astype(float)
         self.X = idx[:, ::-1] * sv + so
         self.td, self.tv, self.to, self.tc = td, tv, to, tc
+        self.edt = ndimage.distance_transform_edt(td < tc) * tv     # Å to the nearest target voxel above contour
 
     def __call__(self, T):
         Y = self.X @ T[:3, :3].T + T[:3, 3]
@@ -125,7 +134,9 @@ class MapScorer:
         nv = math.sqrt(float((self.u ** 2).sum() * (v ** 2).sum()))
         cam = float((self.u * v).sum() / nv) if nv > 0 else 0.0
         dice = 2 * frac * self.s_vol / (self.s_vol + self.t_vol)
-        return {"map_cc": cc, "map_cc_inside": cci, "map_inside": frac, "map_dice": dice,
+        d = self.nd.map_coordinates(self.edt, [f[:, 2], f[:, 1], f[:, 0]], order=1, mode="nearest")
+        tm = float((1.0 / (1.0 + (d / TM_D0_A) ** 2)).mean())
+        return {"map_tm": tm, "map_tm*corr": tm * cc,"map_cc": cc, "map_cc_inside": cci, "map_inside": frac, "map_dice": dice,
                 "map_cc_inside*inside": cci * frac, "map_cc_inside*sqrt(inside)": cci * math.sqrt(frac),
                 "map_cam": cam}
 
@@ -136,7 +147,10 @@ def json_features(c, rank):
         return float("nan") if v is None else float(v)
     corr = num(t.get("correlation", c.get("score")))
     sim, agr, ovl, js = (num(t.get(k)) for k in ("similarity", "vector_agreement", "overlap", "js_divergence"))
-    return {"reported": -rank, "correlation": corr, "corr_before": num(c.get("correlation_before")),
+    loc, sh, shf = (num(t.get(k)) for k in ("local_correlation", "shared_correlation", "shared_fraction"))
+    return {"local": loc, "shared": sh, "shared_fraction": shf, "local*agreement": loc * agr,
+            "shared*agreement": sh * agr,
+            "reported": -rank, "correlation": corr, "corr_before": num(c.get("correlation_before")),
             "similarity": sim, "agreement": agr, "overlap": ovl, "1-js": 1 - js,
             "agree/overlap": agr / ovl if ovl > 0 else 0.0, "overlap*agreement": ovl * agr,
             "corr*overlap": corr * ovl, "corr*agreement": corr * agr}
