@@ -107,6 +107,9 @@ def _command(kind, folder, names, out):
     if kind == "batch":
         return base + ["batch", str(folder / "pairs.tsv"), "--out", str(out / "results.tsv"), "--jobs", "2",
                        "--global", "--sampling", "5"]
+    if kind == "align":           # local alignment's mask search runs in worker processes too
+        return base + ["align", str(folder / names[0]), str(folder / names[1]), "--local", "--jobs", "2",
+                       "--sampling", "3", "--json", str(out / "r.json")]
     if kind == "index":
         return base + ["index", *[str(folder / n) for n in names], "--db", str(out / "db"), "--jobs", "2"]
     return base + ["variance", str(folder / names[0]), *[str(folder / n) for n in names[1:]],
@@ -123,7 +126,7 @@ def _workers(proc) -> list:
 
 @pytest.mark.parametrize("kind,sig", [("batch", signal.SIGKILL), ("index", signal.SIGKILL),
                                       ("variance", signal.SIGKILL), ("batch", signal.SIGTERM),
-                                      ("variance", signal.SIGTERM)])
+                                      ("variance", signal.SIGTERM), ("align", signal.SIGKILL)])
 def test_workers_end_when_the_parent_is_killed(series, tmp_path, kind, sig):
     """Issue 20.4: `kill -9` (or SIGTERM) of the command leaves no worker behind under PID 1."""
     folder, names = series

@@ -27,6 +27,7 @@ configuration (`mask_*`, `min_mask_*`, `descriptor_top_k`, `local_refine_min`).
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -117,9 +118,13 @@ class _Shared:
 _SHARED: _Shared | None = None
 
 
-def _init_worker(shared: _Shared | None) -> None:
+def _init_worker(shared: _Shared | None, parent_pid: int | None = None) -> None:
     global _SHARED
     _SHARED = shared
+    if parent_pid is not None:          # a worker process: it ends when the alignment's process does
+        from .executor import die_with_parent
+
+        die_with_parent(parent_pid)
 
 
 def _mask_matches(sh: _Shared, k: int) -> Matches:
@@ -223,7 +228,7 @@ def _run_masks(shared: _Shared, m: int, jobs: int) -> list:
     chunks = [list(range(s, m, jobs * 4)) for s in range(jobs * 4)]
     chunks = [c for c in chunks if c]
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context(method), initializer=_init_worker,
-                               initargs=(shared,))
+                               initargs=(shared, os.getpid()))
     try:
         parts = list(pool.map(_search_chunk, chunks))
     finally:
