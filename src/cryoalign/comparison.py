@@ -277,10 +277,9 @@ def compare(source, target, *, source_contour=None, target_contour=None, matrix=
         message = difference_warning(name, who, d.volume_A3, own_volume)
         if message:
             warnings.append(message)
+            log.warning("%s", message)          # (an estimated contour's warning: logged by resolve_contour)
     del diff
     timings["difference"] = time.perf_counter() - t
-    for message in warnings:
-        log.warning("%s", message)
 
     t = time.perf_counter()
     correlation = masked_correlation(scaled.data, tgt_map.data, molecule)

@@ -191,8 +191,9 @@ def compare_sections(result, images: list) -> list:
     sections.append({
         "heading": "Differences",
         "text": f"A voxel is difference when it exceeds the level (max({p['difference_fraction']:g} x target contour, "
-                f"{p['difference_noise_k']:g} x robust sigma of the difference outside the molecule)); "
-                f"face-connected blobs under {p['min_blob_A3']:g} Å³ are dropped; mass = volume x "
+                f"{p['difference_noise_k']:g} x robust sigma of the difference outside the molecule or inside both)) "
+                "inside its own map's molecule; pieces joined above half the level or closer than "
+                f"{p.get('merge_gap_A', 0):g} Å are one blob; blobs under {p['min_blob_A3']:g} Å³ are dropped; mass = volume x "
                 f"{p['density_Da_per_A3']:g} Da/Å³; centres are difference-density weighted, target world Å.",
         "tables": [{"columns": ["direction", "level", "volume (Å³)", "mass (kDa)", "blobs"], "rows": diff_rows}],
         "images": [by_name[n] for n in ("difference_blobs.png",) if n in by_name]})
