@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--wide-search", choices=["auto", "always", "never"], default=d.wide_search,
                    help="also search without descriptors (map-optimised random placements): when the "
                         "answer is weak (auto, default), always, or never")
+    add_exhaustive(a, d)
     a.add_argument("--no-map-refine", dest="map_refine", action="store_false",
                    help="skip the final refinement on the maps (correlation about the mean)")
     add_seed(a)
@@ -105,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--sampling", type=float, default=None,
                    help=f"point-cloud sampling interval in Å (default {d.fit_sampling_A:g})")
     add_seed(f)
+    add_exhaustive(f, d)
     f.add_argument("--out-dir", default=None, help="output folder (default: MODELNAME_fit)")
     add_quiet(f, "table")
 
@@ -231,6 +233,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_exhaustive(parser, d):
+    parser.add_argument("--exhaustive", choices=["auto", "always", "never"], default=d.exhaustive,
+                        help="exhaustive 6D scan (every rotation, translations by FFT) when a local or fit "
+                             "answer is weak (auto, default), always (also global), or never")
+
+
+def _scan_note(timings) -> str:
+    t = timings.get("exhaustive scan")
+    return f" (exhaustive scan {t:.2f} s)" if t else ""
+
+
 # Library messages name parameters ("try source_contour=2.5"); each command shows them
 # as its own flags ("try --source-contour 2.5").
 _ALIGNMENT_FLAGS = {"sampling_A": "--sampling", "seed": "--seed", "mode='global'": "--global", "mode='local'": "--local"}
@@ -238,9 +251,10 @@ _WORKER_FLAGS = {"jobs": "--jobs", "scheduler": "--scheduler"}
 FLAGS = {
     "align": {**_ALIGNMENT_FLAGS, **_WORKER_FLAGS, "source_contour": "--source-contour",
               "target_contour": "--target-contour", "top": "--top", "max_hypotheses": "--hypotheses",
-              "wide_search": "--wide-search"},
+              "wide_search": "--wide-search", "exhaustive": "--exhaustive"},
     "fit": {"contour=": "--contour", "target_contour": "--contour", "sampling_A": "--sampling", "top": "--top",
-            "jobs": "--jobs", "seed": "--seed", "chains": "--chains", "resolution_A": "--resolution"},
+            "jobs": "--jobs", "seed": "--seed", "chains": "--chains", "resolution_A": "--resolution",
+            "exhaustive": "--exhaustive"},
     "simulate": {"resolution_A": "--resolution", "voxel_A": "--voxel", "chains": "--chains"},
     "rmsd": {},
     "compare": {**_ALIGNMENT_FLAGS, "source_contour": "--source-contour", "target_contour": "--target-contour",
@@ -441,7 +455,8 @@ def _cmd_align(args) -> int:
 
     config = _alignment_config(args, keypoints=args.keypoints, top=args.top, jobs=args.jobs,
                                map_refine=args.map_refine, check_hand=args.check_hand,
-                               max_hypotheses=args.hypotheses, wide_search=args.wide_search)
+                               max_hypotheses=args.hypotheses, wide_search=args.wide_search,
+                               exhaustive=args.exhaustive)
     if args.flipped_out and not args.check_hand:
         raise InputError("--flipped-out needs --check-hand")
     if args.source_model and not args.out_dir:
@@ -545,7 +560,7 @@ def _print_summary(result, args) -> None:
         lines.append(f"{side} contour {p[f'{side}_contour']:.5g}{est}")
     lines.append(f"mode {p['mode']}, sampling interval {p['sampling_A']:g} Å"
                  + (" (chosen from the source's size)" if p.get("sampling_chosen") else ""))
-    lines.append(f"time {result.timings_s['total']:.2f} s")
+    lines.append(f"time {result.timings_s['total']:.2f} s" + _scan_note(result.timings_s))
     if args.json_out:
         lines.append(f"wrote {args.json_out}")
     if args.out_dir:
@@ -606,7 +621,8 @@ def _cmd_fit(args) -> int:
         if model_stem.lower().endswith(ext):
             model_stem = model_stem[: -len(ext)]
     out = args.out_dir or f"{model_stem}_fit"
-    config = AlignConfig(top=args.top, jobs=args.jobs, seed=args.seed, sampling_A=args.sampling)
+    config = AlignConfig(top=args.top, jobs=args.jobs, seed=args.seed, sampling_A=args.sampling,
+                         exhaustive=args.exhaustive)
     _refuse_overwriting_inputs([out], [args.model, args.map], folder=out)
     io.check_output_folder(out)
     st = io.read_model(args.model)
@@ -650,7 +666,7 @@ def _cmd_fit(args) -> int:
         lines.append(f"fewer placements than --top {args.top} for chain(s) {', '.join(fewer)}: the other coarse "
                      "placements converged onto these poses when refined (placements are distinct poses, "
                      f"{config.same_pose_A:g} Å or {config.same_pose_deg:g}° apart)")
-    lines.append(f"time {result.timings_s['total']:.2f} s")
+    lines.append(f"time {result.timings_s['total']:.2f} s" + _scan_note(result.timings_s))
     lines.append(f"wrote {out}/ ({len(written)} placed chain models, assembled{suffix}, "
                  "placements.tsv, fit.json, fit_placements.png; open report.html, or fit.cxc in ChimeraX)")
     print("\n".join(lines))

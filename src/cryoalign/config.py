@@ -88,6 +88,20 @@ class AlignConfig:
     wide_smoothing_A: float = 4.0        # ... against the target blurred by a Gaussian of this sigma
     wide_max_source_points: int = 20_000  # automatic wider search only up to this many source points ...
     wide_max_target_points: int = 400_000  # ... and fine target points (its cost scales with them)
+    # --- exhaustive 6D search when the answer is weak (exhaustive.py)
+    exhaustive: str = "auto"             # "auto" (local/fit answers called low), "always" or "never"
+    descriptors: bool = True             # False: no descriptor search (the exhaustive scan alone; tests)
+    exhaustive_step_deg: float | None = None  # rotation step; None: from the part's radius and the resolution ...
+    exhaustive_min_step_deg: float = 10.0     # ... kept at least this ...
+    exhaustive_max_step_deg: float = 30.0     # ... and at most this
+    exhaustive_resolution_A: float | None = None  # the map's resolution (fit: --resolution); None: 2 x its voxel
+    exhaustive_voxel_A: float | None = None  # coarse grid voxel; None: the target's voxel, >= resolution / 2 ...
+    exhaustive_max_box: int = 80         # ... and coarser while the FFT box would exceed this along an axis
+    exhaustive_per_rotation: int = 3     # best positions kept per rotation ...
+    exhaustive_candidates: int = 400     # ... of which the best distinct poses over all rotations are scored on the maps ...
+    exhaustive_peaks: int = 100          # ... the best of them by the scan's score ...
+    exhaustive_rescored: int = 30        # ... and by that correlation refined on the maps ...
+    exhaustive_keep: int = 10            # ... and the best distinct of those ranked with the other candidates
     # --- chain fitting (fit.py)
     fit_sampling_A: float = 3.0          # sampling interval for chains (paper), unless sampling_A is set
     clash_distance_A: float = 3.0        # trace atoms (CA/P) closer than this to a placed chain's ...
@@ -102,7 +116,8 @@ class AlignConfig:
                      "mask_screen_points", "map_points", "map_coarse_points", "js_samples", "map_refine_max",
                      "max_keypoints", "descriptor_top_k", "local_refine_min", "wide_placements", "wide_keep", "tie_break_points", "map_rounds", "map_iterations",
                      "wide_max_source_points", "wide_max_target_points",
-                     "wide_sample_points"):
+                     "wide_sample_points", "exhaustive_max_box", "exhaustive_per_rotation", "exhaustive_peaks",
+                     "exhaustive_candidates", "exhaustive_rescored", "exhaustive_keep"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise InputError(f"{name}={value} is not allowed: give a whole number of at least 1")
@@ -124,6 +139,17 @@ class AlignConfig:
                              "or 3 Å for single chains")
         if self.wide_search not in ("auto", "always", "never"):
             raise InputError(f"wide_search must be 'auto', 'always' or 'never', got {self.wide_search!r}")
+        if self.exhaustive not in ("auto", "always", "never"):
+            raise InputError(f"exhaustive must be 'auto', 'always' or 'never', got {self.exhaustive!r}")
+        for name in ("exhaustive_step_deg", "exhaustive_resolution_A", "exhaustive_voxel_A"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0):
+                raise InputError(f"{name}={value} is not allowed: give a positive number (or leave it unset)")
+        if not 0 < self.exhaustive_min_step_deg <= self.exhaustive_max_step_deg <= 90:
+            raise InputError(f"exhaustive_min_step_deg={self.exhaustive_min_step_deg} and exhaustive_max_step_deg="
+                             f"{self.exhaustive_max_step_deg} must satisfy 0 < min <= max <= 90")
+        if not self.descriptors and self.exhaustive != "always":
+            raise InputError("descriptors=False leaves only the exhaustive scan: set exhaustive='always'")
         if self.keypoints not in ("dense", "meanshift"):
             raise InputError(f"keypoints must be 'dense' or 'meanshift', got {self.keypoints!r}")
 

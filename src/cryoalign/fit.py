@@ -79,6 +79,7 @@ def fit_model(model, density, *, resolution_A: float, chains=None, contour: floa
     `density` (path or DensityMap).  Placements map the model's coordinates onto the map's.
     config / overrides: `AlignConfig` fields (top, jobs, seed, ...; see `fit_config`)."""
     config = fit_config(config, **overrides)
+    config = config.replace(exhaustive_resolution_A=config.exhaustive_resolution_A or float(resolution_A))
     timer = Timer()
     st = io.read_model(model) if not hasattr(model, "setup_entities") else model
     target = without_outliers(as_map(density))

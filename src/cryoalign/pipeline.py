@@ -108,6 +108,10 @@ def candidates_for(src: PreparedMap, tgt: PreparedMap, config: AlignConfig,
     """Coarse poses, ranked; and a wider search when the answer is weak (`wide_search`).
     Shared by `align` and chain fitting."""
     timer = timer or Timer()
+    from . import exhaustive
+    if not config.descriptors:                      # the exhaustive scan alone
+        candidates, scanned = exhaustive.widen(src, tgt, [], config, timer)
+        return candidates, {"exhaustive": scanned}
     hypotheses, stats = coarse_hypotheses(src, tgt, config, timer)
     candidates = rank(src, tgt, hypotheses, config, with_js=config.mode == "global", timer=timer)
     verdict = assess(candidates, config.mode)["verdict"]
@@ -119,6 +123,8 @@ def candidates_for(src: PreparedMap, tgt: PreparedMap, config: AlignConfig,
             stats["wide_search"] = {"ran": False, "reason": "maps too large"}
         else:
             candidates, stats["wide_search"] = _wider(src, tgt, candidates, config, timer, verdict)
+    if exhaustive.wanted(config, assess(candidates, config.mode)["verdict"]):
+        candidates, stats["exhaustive"] = exhaustive.widen(src, tgt, candidates, config, timer)
     if config.map_refine and _equivalent_ranks(candidates, config.symmetry_margin) and src.density is not None:
         with timer.stage("tie break"):
             candidates, stats["tie_break"] = _break_ties(src, tgt, candidates, config)
