@@ -30,7 +30,8 @@ def _candidates(doc):
         t = c["score_terms"]
         score = SimpleNamespace(**t)
         score.value = c["score"]
-        out.append(SimpleNamespace(score=score))
+        out.append(SimpleNamespace(score=score, copy_correlation=c.get("copy_correlation"),
+                                   copy_shift_A=c.get("copy_shift_A")))
     return out
 
 

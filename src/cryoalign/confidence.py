@@ -1,13 +1,19 @@
 """How far to trust an answer: a verdict from the evidence every result already carries.
 
     evidence  score          the ranking score of the chosen pose (map correlation)
-              margin         its lead over the next distinct pose, relative to it
+              margin         its lead over the next distinct pose that is not a symmetry
+                             mate (symmetry.py), relative to it
               overlap        share of source points with a target point within 10 Å
               terms_agree    whether the point similarity and the local (block) correlation
-                             also put the chosen pose first among the candidates
+                             also put the chosen pose first among the candidates that
+                             are not its symmetry mates
+              symmetry_mates how many candidates are symmetry mates of the chosen pose
+              pseudo_symmetric_ties  mates within the ambiguity margin whose copies can differ
+                             (not exact copies: the tie break chose, but "high" is withheld)
     verdict   "low"     a weak score or overlap, or a pose the other terms do not put first
-              "high"    a strong score, a clear lead (30%) and nearly full overlap
-              "medium"  the rest (including symmetric assemblies: several poses tie)
+              "high"    a strong score, a clear lead (30%) over every pose that is not a
+                        symmetry mate, nearly full overlap and no pseudo-symmetric tie
+              "medium"  the rest
 
 The thresholds (`THRESHOLDS`) were calibrated on every benchmark set (public and hard;
 README, "Confidence"): "high" answers were right (< 3 Å) in at least 98% of cases and
@@ -27,23 +33,38 @@ ADVICE = ("check the contours (pass the EMDB recommended levels), try mode='loca
           "of the target (or mode='global' if it is not), or a wider search (wide_search=always)")
 
 
-def assess(candidates: list, mode: str) -> dict:
-    """{verdict, evidence} for ranked `candidates` (best first)."""
+def assess(candidates: list, mode: str, config=None) -> dict:
+    """{verdict, evidence} for ranked `candidates` (best first). Symmetry mates of the best
+    (symmetry.py: the same density under another pose) are equivalent answers: the lead is
+    taken over the best other pose that is not a mate, and only those are asked to agree."""
+    from . import symmetry
+    from .config import AlignConfig
+
+    config = config or AlignConfig()
     best = candidates[0].score
     score = float(best.value)
-    others = [c.score.value for c in candidates[1:]]
+    mates = set(symmetry.mate_ranks(candidates, config))
+    rivals = [candidates[0]] + [c for k, c in enumerate(candidates[1:], 2) if k not in mates]
+    others = [c.score.value for c in rivals[1:]]
     margin = (score - max(others)) / abs(score) if others and score else (1.0 if score else 0.0)
-    sims = [c.score.similarity for c in candidates]
-    locals_ = [c.score.local_correlation for c in candidates if c.score.local_correlation is not None]
-    agree = sims[0] >= max(sims) and (not locals_ or len(locals_) < len(candidates)
+    margin = max(0.0, margin)      # the best is ranked first: a negative lead is rounding
+    sims = [c.score.similarity for c in rivals]
+    locals_ = [c.score.local_correlation for c in rivals if c.score.local_correlation is not None]
+    agree = sims[0] >= max(sims) and (not locals_ or len(locals_) < len(rivals)
                                       or locals_[0] >= max(locals_))
+    # mates scoring within the ambiguity margin whose copies can differ (pseudo-symmetry): the
+    # tie break chose among them on the full map, but nothing more says which copy is right
+    floor = score - config.symmetry_margin * abs(score)
+    pseudo_ties = sum(1 for k in mates if candidates[k - 1].score.value >= floor
+                      and not symmetry.is_exact(candidates[k - 1], config))
     evidence = {"score": round(score, 4), "margin": round(float(margin), 4), "overlap": round(float(best.overlap), 4),
-                "terms_agree": bool(agree), "candidates": len(candidates)}
+                "terms_agree": bool(agree), "candidates": len(candidates), "symmetry_mates": len(mates),
+                "pseudo_symmetric_ties": pseudo_ties}
     t = THRESHOLDS[mode]
     if score < t["low_score"] or best.overlap < t["low_overlap"] or not agree:
         verdict = "low"
     elif (score >= t["high_score"] and margin >= t["high_margin"] and best.overlap >= t["high_overlap"]
-          and agree):
+          and agree and not pseudo_ties):
         verdict = "high"
     else:
         verdict = "medium"

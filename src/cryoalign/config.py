@@ -79,6 +79,10 @@ class AlignConfig:
     map_iterations: int = 40             # ... of at most this many iterations
     symmetry_margin: float = 0.03        # distinct poses within 3% of the best: an ambiguous answer ...
     tie_break_points: int = 2_000_000    # ... compared again on (up to) this many source voxels
+    symmetry_points: int = 5000          # source voxels on which a pose is compared with the best (symmetry.py) ...
+    symmetry_mate_cc: float = 0.60       # ... the target alike under both (copy correlation): a symmetry mate ...
+    symmetry_exact_cc: float = 0.97      # ... so alike that nothing can tell them apart: no tie break
+    symmetry_min_shift_A: float = 10.0   # a mate moves the source by at least this (RMS over its voxels)
     hand_margin: float = 0.10            # check_hand: one hand must score 10% better to decide
     # --- wider search when the answer is weak (recall.py)
     wide_search: str = "auto"            # "auto" (when the confidence is low), "always" or "never"
@@ -116,8 +120,8 @@ class AlignConfig:
                      "mask_screen_points", "map_points", "map_coarse_points", "js_samples", "map_refine_max",
                      "max_keypoints", "descriptor_top_k", "local_refine_min", "wide_placements", "wide_keep", "tie_break_points", "map_rounds", "map_iterations",
                      "wide_max_source_points", "wide_max_target_points",
-                     "wide_sample_points", "exhaustive_max_box", "exhaustive_per_rotation", "exhaustive_peaks",
-                     "exhaustive_candidates", "exhaustive_rescored", "exhaustive_keep"):
+                     "wide_sample_points", "symmetry_points", "exhaustive_max_box", "exhaustive_per_rotation", "exhaustive_peaks", "exhaustive_candidates", "exhaustive_rescored",
+                     "exhaustive_keep"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise InputError(f"{name}={value} is not allowed: give a whole number of at least 1")
@@ -125,12 +129,14 @@ class AlignConfig:
             raise InputError(f"jobs={self.jobs} is not allowed: give at least 1 (or leave it unset for all cores)")
         for name in ("vector_sigma_A", "keypoint_sigma_A", "descriptor_radius_factor", "score_pair_cutoff_A",
                      "mask_radius_factor", "same_pose_A", "same_pose_deg", "default_sampling_A",
-                     "small_source_sampling_A", "fit_sampling_A", "clash_distance_A", "wide_smoothing_A"):
+                     "small_source_sampling_A", "fit_sampling_A", "clash_distance_A", "wide_smoothing_A",
+                     "symmetry_min_shift_A"):
             value = getattr(self, name)
             if not (value > 0):
                 raise InputError(f"{name}={value} is not allowed: give a positive number")
         for name in ("local_volume_ratio", "min_mask_fraction", "map_refine_fraction", "map_competitive",
-                     "symmetry_margin", "hand_margin", "score_vector_cos", "clash_fraction"):
+                     "symmetry_margin", "hand_margin", "score_vector_cos", "clash_fraction", "symmetry_mate_cc",
+                     "symmetry_exact_cc"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise InputError(f"{name}={value} is not allowed: give a number between 0 and 1")

@@ -118,7 +118,7 @@ def fit_model(model, density, *, resolution_A: float, chains=None, contour: floa
             placements = []
         trace = _trace(st, name)
         fits.append(ChainFit(chain=name, placements=placements, atoms=len(trace), source_contour=sc,
-                             confidence=assess(placements, "local") if placements else None))
+                             confidence=assess(placements, "local", config) if placements else None))
         if placements:
             log.info("chain %s: best score %.3f", name, placements[0].score.value)
     assembled, left_out = assemble(st, fits, config)

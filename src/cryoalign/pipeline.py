@@ -22,6 +22,7 @@ from . import transform as tf
 from .config import AlignConfig
 from .errors import InputError
 from .prepare import PreparedMap, prepare, resolve_contour
+from . import symmetry
 from .confidence import assess
 from .rank import Hypothesis, distinct, rank
 from .robust import without_outliers
@@ -114,7 +115,8 @@ def candidates_for(src: PreparedMap, tgt: PreparedMap, config: AlignConfig,
         return candidates, {"exhaustive": scanned}
     hypotheses, stats = coarse_hypotheses(src, tgt, config, timer)
     candidates = rank(src, tgt, hypotheses, config, with_js=config.mode == "global", timer=timer)
-    verdict = assess(candidates, config.mode)["verdict"]
+    candidates = symmetry.annotate(src, tgt, candidates, config)
+    verdict = assess(candidates, config.mode, config)["verdict"]
     if config.wide_search == "always" or (config.wide_search == "auto" and verdict == "low"):
         if config.wide_search == "auto" and _too_big_to_widen(src, tgt, config):
             log.info("the answer is weak, but the maps are too large for the wider search (over %d source "
@@ -123,11 +125,21 @@ def candidates_for(src: PreparedMap, tgt: PreparedMap, config: AlignConfig,
             stats["wide_search"] = {"ran": False, "reason": "maps too large"}
         else:
             candidates, stats["wide_search"] = _wider(src, tgt, candidates, config, timer, verdict)
-    if exhaustive.wanted(config, assess(candidates, config.mode)["verdict"]):
+            candidates = symmetry.annotate(src, tgt, candidates, config)
+    if exhaustive.wanted(config, assess(candidates, config.mode, config)["verdict"]):
         candidates, stats["exhaustive"] = exhaustive.widen(src, tgt, candidates, config, timer)
-    if config.map_refine and _equivalent_ranks(candidates, config.symmetry_margin) and src.density is not None:
+        candidates = symmetry.annotate(src, tgt, candidates, config)
+    tied = _equivalent_ranks(candidates, config.symmetry_margin)
+    exact = [k for k in tied if symmetry.is_exact(candidates[k - 1], config)]
+    if exact:
+        stats["symmetry"] = {"exact_mates": exact}
+    if config.map_refine and len(exact) < len(tied) and src.density is not None:
         with timer.stage("tie break"):
             candidates, stats["tie_break"] = _break_ties(src, tgt, candidates, config)
+        candidates = symmetry.annotate(src, tgt, candidates, config)
+    elif exact:
+        log.info("%d pose(s) tie with the best on exact copies of the same density (symmetry): "
+                 "equivalent answers, no tie break", len(exact))
     return candidates, stats
 
 
@@ -256,7 +268,7 @@ def _result(src, tgt, candidates, config, timer, search_stats, sampling_chosen) 
     timer.timings["total"] = timer.total()
     return AlignResult(T_target_source=best.T_target_source, score=best.score, candidates=tuple(candidates),
                        timings_s=dict(timer.timings), params=params, stats=stats, equivalent=equivalent,
-                       confidence=assess(candidates, config.mode))
+                       confidence=assess(candidates, config.mode, config))
 
 
 def _path(prepared: PreparedMap):

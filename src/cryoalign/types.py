@@ -166,6 +166,8 @@ class Candidate:
     mask_centre_A: tuple | None = None   # local alignment: centre of the mask it came from
     correlation_before: float | None = None  # map correlation before map refinement
     hypothesis: object = field(default=None, repr=False, compare=False)
+    copy_correlation: float | None = None   # the target alike under this pose and the best's (symmetry.py)
+    copy_shift_A: float | None = None       # RMS motion of the source's voxels between the two poses
 
     def as_dict(self):
         out = {"matrix": np.asarray(self.T_target_source).tolist(), "score": self.score.value,
@@ -174,6 +176,9 @@ class Candidate:
             out["correlation_before"] = self.correlation_before
         if self.mask_centre_A is not None:
             out["mask_centre"] = [round(float(v), 3) for v in self.mask_centre_A]
+        if self.copy_correlation is not None:
+            out["copy_correlation"] = self.copy_correlation
+            out["copy_shift_A"] = self.copy_shift_A
         return out
 
 
