@@ -56,6 +56,8 @@ def test_settings_are_checked():
     assert not exhaustive.wanted(AlignConfig(mode="global"), "low")          # global: only "always"
     assert exhaustive.wanted(AlignConfig(mode="global", exhaustive="always"), "high")
     assert not exhaustive.wanted(AlignConfig(mode="local", exhaustive="never"), "low")
+    assert exhaustive.wanted(AlignConfig(mode="local"), "low", 0.3)               # a part in a whole
+    assert not exhaustive.wanted(AlignConfig(mode="local"), "low", 1.4)           # no part: the source is larger
 
 
 @pytest.fixture(scope="module")

@@ -37,9 +37,11 @@ def test_a_pose_the_other_terms_reject_is_low():
     assert "mode='local'" in c["advice"]
 
 
-def test_a_weak_score_is_low_and_ties_are_medium():
-    assert assess([_cand(0.2, 0.4), _cand(0.05, 0.2)], "global")["verdict"] == "low"          # 0.08 < 0.10
-    assert assess([_cand(0.2, 0.8), _cand(0.05, 0.2)], "local")["verdict"] == "low"           # 0.16 < 0.20
+def test_a_weak_score_is_low_unless_it_leads_clearly_and_ties_are_medium():
+    assert assess([_cand(0.2, 0.4), _cand(0.15, 0.4)], "global")["verdict"] == "low"          # 0.08 < 0.10, lead 25%
+    assert assess([_cand(0.2, 0.8), _cand(0.15, 0.8)], "local")["verdict"] == "low"           # 0.16 < 0.20, lead 25%
+    clear = assess([_cand(0.2, 0.4), _cand(0.05, 0.2)], "global")                            # 0.08, lead 88%
+    assert clear["verdict"] == "medium" and clear["evidence"]["margin"] > 0.4
     tie = assess([_cand(0.9, 0.95), _cand(0.89, 0.95)], "global")
     assert tie["verdict"] == "medium" and tie["evidence"]["margin"] < 0.03
 

@@ -137,7 +137,23 @@ def load(name, chains=None):
             if ch.name not in chains:
                 st[0].remove_chain(ch.name)
     st.remove_empty_chains()
+    _number_copies_alike(st)
     return st
+
+
+def _number_copies_alike(st):
+    """Identical chains numbered through (1-397, 398-794, ... in the built EMD-1461 model) get
+    each its own numbering from the same start, so the symmetry operators (matched by residue
+    number) see them as the copies they are."""
+    chains = list(st[0])
+    seqs = [gemmi.one_letter_code([r.name for r in ch]) for ch in chains]
+    if len(chains) < 2 or len(set(seqs)) != 1:
+        return
+    firsts = [ch[0].seqid.num for ch in chains]
+    if len(set(firsts)) == len(firsts):
+        for ch, first in zip(chains, firsts):
+            for r in ch:
+                r.seqid = gemmi.SeqId(r.seqid.num - first + firsts[0], r.seqid.icode)
 
 
 mh.load_model = load            # the hard-set case builders load models through this name
@@ -371,6 +387,24 @@ def pseudo_model(rng, data, vox, org, contour, path, n=400):
     return st
 
 
+def copy_sym_ops(st, copy_rmsd=mh.CHAIN_COPY_RMSD, strict=0.95, tol=6.0):
+    """Symmetry operators of a model whose copies are built, not deposited (they differ by up to
+    `copy_rmsd` CA RMSD, as hard-chain's identical chains): superpositions of one chain onto a
+    copy that put `strict` of all CA within `tol` of a CA. The real maps' models use these."""
+    cc = mh.chain_ca(st)
+    X = mh.all_ca(st)
+    tree = cKDTree(X)
+    found = []
+    for a in cc:
+        for _, T in mh.chain_ops(cc, a, max_rmsd=copy_rmsd):
+            moved = mh.apply(T, X)
+            if np.sqrt(((moved - X) ** 2).sum(1).mean()) < 1.0 or (tree.query(moved)[0] < tol).mean() < strict:
+                continue
+            if not any(np.sqrt(((moved - mh.apply(S, X)) ** 2).sum(1).mean()) < 2.0 for S in found):
+                found.append(T)
+    return found
+
+
 def real_contour(data, vox, volume_A3):
     """The level enclosing `volume_A3`, or 0.7 x the volume of the positive voxels when that is less
     (masked segments and tight crops hold less than their model's volume above zero)."""
@@ -396,7 +430,7 @@ def case_real_model_into_map(rng, d, model, rel, rs, contour_rule="mass"):
     si, sd, _, sv, so = mh.sim_map(rng, src, rs, f"{d}/source.mrc")
     src.write_minimal_pdb(f"{d}/source_model.pdb")
     ti = real_info(td, tv, to, tc, rel)
-    ss, ps = mh.self_sym_ops(st)
+    ss, ps = copy_sym_ops(st), []
     case = mh.global_case(si, ti, rs, None, np.linalg.inv(M), ss, ps, molecules=[model],
                           hard=dict(kind="real-map", contour_rule=contour_rule),
                           notes=f"simulated {model} at {rs} A (moved) -> real map {rel} (its deposited/built model's frame); "
@@ -433,7 +467,7 @@ def case_real_moved(rng, d, rel, model, vox_new=None, grid5=False):
     mh.write_map(f"{d}/target.mrc", td, tv, to)
     if st is not None:
         mh.transform_st(st, M).write_minimal_pdb(f"{d}/source_model.pdb")
-        ss, ps = mh.self_sym_ops(st)
+        ss, ps = copy_sym_ops(st), []
     else:
         pseudo_model(rng, sd, sv, so, tc, f"{d}/source_model.pdb")
         ss, ps = [], []

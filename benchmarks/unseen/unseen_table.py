@@ -11,7 +11,7 @@ TSVs, read for wall time and peak memory). Right: CA RMSD (min over T_gt and alt
 evaluate.py) under 3 Å; failure: over 10 Å, an error or no output. Rank 1 / top 5: the first
 candidate / one of the first five is right. The confidence verdict is recomputed from the
 stored candidates with the current rules (cryoalign.confidence), so thresholds can be tried
-without running the alignments again.
+without running the alignments again (--reported: the verdicts as the run gave them).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def candidates_of(doc):
     return out
 
 
-def score_run(run, cases, method):
+def score_run(run, cases, method, reported=False):
     from cryoalign.confidence import assess
 
     rows = []
@@ -62,7 +62,9 @@ def score_run(run, cases, method):
                 cands = doc.get("candidates") or [{"matrix": doc["matrix"]}]
                 rs = [min(rmsd(as4(c["matrix"]), g, X) for g in G) for c in cands]
                 rec.update(rmsd=min(rmsd(as4(doc["matrix"]), g, X) for g in G), top5=min(rs[:5]))
-                if doc.get("candidates"):
+                if reported and doc.get("confidence"):
+                    rec.update(verdict=doc["confidence"]["verdict"], evidence=doc["confidence"]["evidence"])
+                elif doc.get("candidates"):
                     conf = assess(candidates_of(doc), doc["params"]["mode"])
                     rec.update(verdict=conf["verdict"], evidence=conf["evidence"])
             else:
@@ -110,8 +112,10 @@ def main(argv=None):
     ap.add_argument("--cases", default=os.path.join(os.path.expanduser("~/.cache/cryoalign-bench"), "cases"))
     ap.add_argument("--method", default="cryoalign")
     ap.add_argument("--list", action="store_true", help="list every answer that is not right")
+    ap.add_argument("--reported", action="store_true",
+                    help="the verdicts as the run reported them (default: recomputed with the current rules)")
     a = ap.parse_args(argv)
-    rows = [x for run in a.runs for x in score_run(run, a.cases, a.method)]
+    rows = [x for run in a.runs for x in score_run(run, a.cases, a.method, a.reported)]
     sets = sorted({x["set"] for x in rows}, key=lambda s: (s.split("-")[1] if s.startswith("unseen") else "", s))
     groups = [(s, [x for x in rows if x["set"] == s]) for s in sets]
     for part in ("tune", "held", "bench"):

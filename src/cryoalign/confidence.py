@@ -10,14 +10,16 @@
               symmetry_mates how many candidates are symmetry mates of the chosen pose
               pseudo_symmetric_ties  mates within the ambiguity margin whose copies can differ
                              (not exact copies: the tie break chose, but "high" is withheld)
-    verdict   "low"     a weak score or overlap, or a pose the other terms do not put first
+    verdict   "low"     a weak score without a clear lead (40%) over the next pose, a weak
+                        overlap, or a pose the other terms do not put first
               "high"    a strong score, a clear lead (30%) over every pose that is not a
                         symmetry mate, nearly full overlap and no pseudo-symmetric tie
               "medium"  the rest
 
-The thresholds (`THRESHOLDS`) were calibrated on every benchmark set (public and hard;
-README, "Confidence"): "high" answers were right (< 3 Å) in at least 98% of cases and
-every failure was "low".
+The thresholds (`THRESHOLDS`) were chosen on the public and hard sets and the tuning part of
+the unseen corpus, and judged on its held-out part (README, "Confidence"). weak_margin 0.4
+moves six tuning answers from low to medium: five right, one 3.4 Å, none a failure. On
+both parts "high" answers were right (< 3 Å) in every case and every failure was "low".
 """
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ from __future__ import annotations
 # placed into a map (local) needs a higher score for the same trust: on 5 Å grids a wrong
 # placement of a small chain can score like a right one.
 THRESHOLDS = {
-    "global": dict(low_score=0.10, low_overlap=0.60, high_score=0.30, high_margin=0.30, high_overlap=0.90),
-    "local": dict(low_score=0.20, low_overlap=0.60, high_score=0.30, high_margin=0.30, high_overlap=0.90),
+    "global": dict(low_score=0.10, low_overlap=0.60, high_score=0.30, high_margin=0.30, high_overlap=0.90,
+                   weak_margin=0.40),
+    "local": dict(low_score=0.20, low_overlap=0.60, high_score=0.30, high_margin=0.30, high_overlap=0.90,
+                  weak_margin=0.40),
 }
 
 ADVICE = ("check the contours (pass the EMDB recommended levels), try mode='local' if the source is a part "
@@ -61,7 +65,8 @@ def assess(candidates: list, mode: str, config=None) -> dict:
                 "terms_agree": bool(agree), "candidates": len(candidates), "symmetry_mates": len(mates),
                 "pseudo_symmetric_ties": pseudo_ties}
     t = THRESHOLDS[mode]
-    if score < t["low_score"] or best.overlap < t["low_overlap"] or not agree:
+    weak = score < t["low_score"] and margin < t["weak_margin"]     # a weak score without a clear lead
+    if weak or best.overlap < t["low_overlap"] or not agree:
         verdict = "low"
     elif (score >= t["high_score"] and margin >= t["high_margin"] and best.overlap >= t["high_overlap"]
           and agree and not pseudo_ties):

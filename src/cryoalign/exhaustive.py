@@ -81,10 +81,12 @@ from .types import DensityMap
 log = logging.getLogger(__name__)
 
 
-def wanted(config: AlignConfig, verdict: str) -> bool:
-    """Whether the scan runs: always, or (auto) on a local answer called low."""
+def wanted(config: AlignConfig, verdict: str, volume_ratio: float | None = None) -> bool:
+    """Whether the scan runs: always, or (auto) on a local answer called low whose source is
+    smaller than the target (`volume_ratio`: source / target volume above contour; a source as
+    large as the target is no part to place, and the scan would only cost time)."""
     return config.exhaustive == "always" or (config.exhaustive == "auto" and config.mode == "local"
-                                             and verdict == "low")
+                                             and verdict == "low" and (volume_ratio is None or volume_ratio < 1.0))
 
 
 # grid spacing per degree of covering radius: the Hopf grid below at spacing 12° leaves no
