@@ -22,7 +22,7 @@ no tie break is needed; below it the copies can differ (pseudo-symmetry), so the
 compares them on every source voxel.
 
 Both thresholds were chosen on the tuning part of the unseen corpus and the public and
-hard sets (benchmarks/unseen/README.md, "Symmetry").
+hard sets (README, "Molecules it was never tuned on"; benchmarks/unseen/symmetry_table.py).
 """
 from __future__ import annotations
 
