@@ -268,14 +268,23 @@ def tm_superposition(src_st, tgt_st, src_groups=None, tgt_groups=None):
 
 
 # ---------------------------------------------------------------- case builders
+def moved_pair(rng, d, src_st, tgt_st, rs, rt, K=None, g5s=False, g5t=False):
+    """The source model moved by a random motion and simulated at rs, the target model simulated
+    at rt (5 A grids when asked), the moved source model written; T_gt = K o motion^-1 (K: the
+    superposition of the source state onto the target state, identity when None).
+    Returns (source info, data, voxel, origin), (target the same), T_gt."""
+    M = mh.rand_motion(rng, mh.all_ca(src_st).mean(0))
+    src = mh.transform_st(src_st, M)
+    si, sd, _, sv, so = mh.sim_map(rng, src, rs, f"{d}/source.mrc", grid5=g5s)
+    ti, td, _, tv, to = mh.sim_map(rng, tgt_st, rt, f"{d}/target.mrc", grid5=g5t)
+    src.write_minimal_pdb(f"{d}/source_model.pdb")
+    T = (np.eye(4) if K is None else K) @ np.linalg.inv(M)
+    return (si, sd, sv, so), (ti, td, tv, to), T
+
+
 def case_global(rng, d, model, rs, rt, grid5=False):
     st = load(model)
-    M = mh.rand_motion(rng, mh.all_ca(st).mean(0))
-    src = mh.transform_st(st, M)
-    si, sd, _, sv, so = mh.sim_map(rng, src, rs, f"{d}/source.mrc", grid5=grid5)
-    ti, td, _, tv, to = mh.sim_map(rng, st, rt, f"{d}/target.mrc", grid5=grid5)
-    src.write_minimal_pdb(f"{d}/source_model.pdb")
-    T = np.linalg.inv(M)
+    (si, sd, sv, so), (ti, td, tv, to), T = moved_pair(rng, d, st, st, rs, rt, g5s=grid5, g5t=grid5)
     ss, ps = mh.self_sym_ops(st)
     case = mh.global_case(si, ti, rs, rt, T, ss, ps, molecules=[model],
                           hard=dict(kind="grid5" if grid5 else "global", symmetry_operators=len(ss)),
@@ -287,12 +296,7 @@ def case_states_anm(rng, d, model, rs, rt, amplitude):
     st = load(model)
     moved, info = anm_state(rng, st, amplitude)
     K, tm, core = tm_superposition(st, moved)
-    M = mh.rand_motion(rng, mh.all_ca(st).mean(0))
-    src = mh.transform_st(st, M)
-    si, sd, _, sv, so = mh.sim_map(rng, src, rs, f"{d}/source.mrc")
-    ti, td, _, tv, to = mh.sim_map(rng, moved, rt, f"{d}/target.mrc")
-    src.write_minimal_pdb(f"{d}/source_model.pdb")
-    T = K @ np.linalg.inv(M)
+    (si, sd, sv, so), (ti, td, tv, to), T = moved_pair(rng, d, st, moved, rs, rt, K)
     ss, ps = mh.self_sym_ops(moved)
     case = mh.global_case(si, ti, rs, rt, T, ss, ps, molecules=[model],
                           hard=dict(kind="anm-state", tm_score=round(tm, 4), core_rmsd_A=round(core, 2), **info),
@@ -304,12 +308,7 @@ def case_states_anm(rng, d, model, rs, rt, amplitude):
 def case_states_real(rng, d, smodel, tmodel, rs, rt, sgroups=None, tgroups=None):
     s_st, t_st = load(smodel), load(tmodel)
     K, tm, core = tm_superposition(s_st, t_st, sgroups, tgroups)
-    M = mh.rand_motion(rng, mh.all_ca(s_st).mean(0))
-    src = mh.transform_st(s_st, M)
-    si, sd, _, sv, so = mh.sim_map(rng, src, rs, f"{d}/source.mrc")
-    ti, td, _, tv, to = mh.sim_map(rng, t_st, rt, f"{d}/target.mrc")
-    src.write_minimal_pdb(f"{d}/source_model.pdb")
-    T = K @ np.linalg.inv(M)
+    (si, sd, sv, so), (ti, td, tv, to), T = moved_pair(rng, d, s_st, t_st, rs, rt, K)
     ss, ps = mh.self_sym_ops(t_st)
     case = mh.global_case(si, ti, rs, rt, T, ss, ps, molecules=[smodel, tmodel],
                           hard=dict(kind="real-states", tm_score=round(tm, 4), core_rmsd_A=round(core, 2),
@@ -321,13 +320,8 @@ def case_states_real(rng, d, smodel, tmodel, rs, rt, sgroups=None, tgroups=None)
 
 def case_resgap(rng, d, smodel, tmodel, rs, rt, g5s, g5t):
     s_st, t_st = load(smodel), load(tmodel)
-    K = np.eye(4) if smodel == tmodel else tm_superposition(s_st, t_st, ENV.get(smodel), ENV.get(tmodel))[0]
-    M = mh.rand_motion(rng, mh.all_ca(s_st).mean(0))
-    src = mh.transform_st(s_st, M)
-    si, sd, _, sv, so = mh.sim_map(rng, src, rs, f"{d}/source.mrc", grid5=g5s)
-    ti, td, _, tv, to = mh.sim_map(rng, t_st, rt, f"{d}/target.mrc", grid5=g5t)
-    src.write_minimal_pdb(f"{d}/source_model.pdb")
-    T = K @ np.linalg.inv(M)
+    K = None if smodel == tmodel else tm_superposition(s_st, t_st, ENV.get(smodel), ENV.get(tmodel))[0]
+    (si, sd, sv, so), (ti, td, tv, to), T = moved_pair(rng, d, s_st, t_st, rs, rt, K, g5s, g5t)
     ss, ps = mh.self_sym_ops(t_st)
     case = mh.global_case(si, ti, rs, rt, T, ss, ps, molecules=sorted({smodel, tmodel}),
                           hard=dict(kind="resgap", source_grid=5.0 if g5s else si["vox"],
