@@ -41,9 +41,8 @@ def annotate(src, tgt, candidates: list, config) -> list:
         return candidates
     sample = src.sample.thinned(config.symmetry_points)
     pts = sample.points_A
-    best = candidates[0].T_target_source
-    at_best = maprefine._values(tgt.density, tf.apply(best, pts))
-    moved_best = tf.apply(best, pts)
+    moved_best = tf.apply(candidates[0].T_target_source, pts)
+    at_best = maprefine._values(tgt.density, moved_best)
     out = [replace(candidates[0], copy_correlation=1.0, copy_shift_A=0.0)]
     for c in candidates[1:]:
         moved = tf.apply(c.T_target_source, pts)
