@@ -177,6 +177,15 @@ def test_retry_errors_runs_failed_pairs_again_keeping_one_line_each(work):
     assert sorted(r["status"] for r in _rows(out)) == ["error", "ok"]
 
 
+def _wait_for_a_result_line(proc, out, seconds, what):
+    """Until the batch in `proc` has written the header and one result line to `out`."""
+    deadline = time.monotonic() + seconds
+    while not (out.exists() and out.read_text().count("\n") >= 2):   # header and one result
+        assert proc.poll() is None, f"the batch ended before it could be {what}"
+        assert time.monotonic() < deadline, f"no result line within {seconds} s"
+        time.sleep(0.02)
+
+
 def test_killed_run_resumes_without_repeating_a_pair(work):
     # a quick pair first (its line is the signal to kill), then a slower one (killed in flight)
     rows = [PAIRS[0], PAIRS[1], ("maps/moved.mrc", "maps/emd_5168_monomer.mrc.gz", "", ""),
@@ -191,11 +200,7 @@ def test_killed_run_resumes_without_repeating_a_pair(work):
     """)
     proc = subprocess.Popen([sys.executable, "-c", code, str(pairs), str(out), settings])
     try:
-        deadline = time.monotonic() + 60
-        while not (out.exists() and out.read_text().count("\n") >= 2):   # header and one result
-            assert proc.poll() is None, "the batch ended before it could be killed"
-            assert time.monotonic() < deadline, "no result line within 60 s"
-            time.sleep(0.02)
+        _wait_for_a_result_line(proc, out, 60, "killed")
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
@@ -478,11 +483,7 @@ def test_ctrl_c_on_a_first_run_keeps_the_finished_lines_and_a_rerun_resumes(work
                "--global", "--sampling", "5"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 90
-        while not (out.exists() and out.read_text().count("\n") >= 2):   # header and one result
-            assert proc.poll() is None, "the batch ended before it could be interrupted"
-            assert time.monotonic() < deadline, "no result line within 90 s"
-            time.sleep(0.02)
+        _wait_for_a_result_line(proc, out, 90, "interrupted")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
