@@ -102,3 +102,50 @@ def test_scan_alone_finds_the_planted_chain_the_same_for_1_and_2_workers(planted
     assert {k: v for k, v in stats1["exhaustive"].items() if k not in ("jobs", "scan_s", "time_s")} == \
         {k: v for k, v in stats2["exhaustive"].items() if k not in ("jobs", "scan_s", "time_s")}
     assert math.isfinite(stats1["exhaustive"]["time_s"])
+
+
+def test_scan_score_is_the_local_correlation_times_overlap_computed_directly(planted):
+    """The pruned transforms and the shifted read-out (`_correlations`) give, at every allowed
+    centre, the score written out in `_scan_rotation`'s docstring, summed voxel by voxel."""
+    from scipy import ndimage
+
+    src, tgt, config, _, _ = planted
+    sh, plan = exhaustive.setup(src, tgt, config)
+    i = 37
+    R = sh.rotations[i]
+    t = ndimage.map_coordinates(sh.source, (sh.centre_index + sh.offsets @ R)[:, ::-1].T, order=1)
+    fp = t >= sh.footprint
+    t = np.where(fp, t - t[fp].mean(), 0.0)
+    t /= np.sqrt((t * t).sum())
+    target = np.fft.irfftn(sh.spectra[0], s=sh.shape, axes=(0, 1, 2))
+    mask = np.fft.irfftn(sh.spectra[2], s=sh.shape, axes=(0, 1, 2)) > 0.5
+    o = sh.offsets.astype(int)
+    peaks = exhaustive._scan_rotation(i, sh, np.zeros((2,) + sh.cube, np.float32))
+    assert peaks
+    for score, rot, flat in peaks:
+        assert rot == i
+        q = np.array(np.unravel_index(flat, sh.shape))                 # (z, y, x)
+        at = tuple(((q[::-1] + o) % np.array(sh.shape[::-1]))[:, a] for a in (2, 1, 0))
+        T, M = target[at], mask[at]
+        var = max(T[fp].var(), sh.floor2)
+        direct = (t[fp] * T[fp]).sum() / np.sqrt(fp.sum() * var) * M[fp].mean()
+        assert score == pytest.approx(direct, rel=1e-3, abs=1e-4)
+
+
+def test_a_scan_over_the_work_budget_gets_a_coarser_step(planted, caplog):
+    src, tgt, config, _, _ = planted
+    free, _ = exhaustive.setup(src, tgt, config.replace(exhaustive_max_work=None))
+    work = len(free.rotations) * int(np.prod(free.shape))
+    with caplog.at_level("INFO", logger="cryoalign.exhaustive"):
+        cut, plan = exhaustive.setup(src, tgt, config.replace(exhaustive_max_work=work // 3))
+    assert plan["budget_cut"] and plan["step"] > config.exhaustive_step_deg
+    assert len(cut.rotations) * int(np.prod(cut.shape)) <= work // 3
+    assert any("exceed the budget" in r.getMessage() for r in caplog.records)
+    same, plan = exhaustive.setup(src, tgt, config.replace(exhaustive_max_work=work))
+    assert not plan["budget_cut"] and len(same.rotations) == len(free.rotations)
+
+
+def test_auto_skips_a_source_wider_than_the_target():
+    assert exhaustive.wanted(AlignConfig(mode="local"), "low", 0.3, 0.6)
+    assert not exhaustive.wanted(AlignConfig(mode="local"), "low", 0.3, 1.5)     # cannot lie inside it
+    assert exhaustive.wanted(AlignConfig(mode="local", exhaustive="always"), "low", 0.3, 1.3)

@@ -101,6 +101,8 @@ class AlignConfig:
     exhaustive_resolution_A: float | None = None  # the map's resolution (fit: --resolution); None: 2 x its voxel
     exhaustive_voxel_A: float | None = None  # coarse grid voxel; None: the target's voxel, >= resolution / 2 ...
     exhaustive_max_box: int = 80         # ... and coarser while the FFT box would exceed this along an axis
+    exhaustive_max_work: int | None = 1_000_000_000  # rotations x FFT-box voxels at most: a larger scan gets a
+                                         # coarser step (logged); None: no budget (see exhaustive.py "budget")
     exhaustive_per_rotation: int = 3     # best positions kept per rotation ...
     exhaustive_candidates: int = 400     # ... of which the best distinct poses over all rotations are scored on the maps ...
     exhaustive_peaks: int = 100          # ... the best of them by the scan's score ...
@@ -147,7 +149,7 @@ class AlignConfig:
             raise InputError(f"wide_search must be 'auto', 'always' or 'never', got {self.wide_search!r}")
         if self.exhaustive not in ("auto", "always", "never"):
             raise InputError(f"exhaustive must be 'auto', 'always' or 'never', got {self.exhaustive!r}")
-        for name in ("exhaustive_step_deg", "exhaustive_resolution_A", "exhaustive_voxel_A"):
+        for name in ("exhaustive_step_deg", "exhaustive_resolution_A", "exhaustive_voxel_A", "exhaustive_max_work"):
             value = getattr(self, name)
             if value is not None and not (value > 0):
                 raise InputError(f"{name}={value} is not allowed: give a positive number (or leave it unset)")

@@ -41,8 +41,23 @@ confidence (confidence.assess) as every other candidate.
                weighting, and a Laplacian pre-filter (PowerFit's default, pyTME's LCC): on
                contour-zeroed maps it turns the contour's edge into the main feature
     FFT        real transforms (scipy.fft, float32): the target's three transforms (map,
-               square, mask) computed once and reused for every rotation; per rotation two
-               forward and four inverse transforms of the padded box
+               square, mask) computed once and reused for every rotation; per rotation the
+               part and its footprint are transformed from their small cube (2m + 1 voxels a
+               side, m the part's radius in voxels) transforming only the lines that hold
+               data, and the four correlations are transformed back keeping only the lines
+               over the target's density box (together 40% less work than full transforms).
+               The box is the target's density box plus m voxels of zeros after it along
+               each axis: a centre over the density then never wraps the part onto density
+               (linear correlation, with the padding on one side only; 2m before: 2.2x the
+               voxels for a 5NSR chain in EMD-3695)
+    budget     the scan's work is rotations x box voxels ("voxel-rotations"); when it exceeds
+               `exhaustive_max_work` (default 1e9) the step is raised in 10% steps until it
+               fits (at most `exhaustive_max_step_deg`), with a log line.  A voxel-rotation
+               costs about 80 ns on one core of the 2-core benchmark machine, so the default
+               bounds the FFT part of a scan to about 80 s of one core (40 s on 2): the
+               largest 5NSR chain (M, 8.7e8 at 10°) still gets its 10° step.  The budget
+               depends on the maps and the step only, never on the number of workers, so
+               the answer does not either
     peaks      the best `exhaustive_per_rotation` positions of every rotation (at least
                two coarse voxels apart); over all rotations the best distinct poses
                (`exhaustive_candidates`; "distinct": centre 2 coarse voxels or rotation
@@ -81,12 +96,35 @@ from .types import DensityMap
 log = logging.getLogger(__name__)
 
 
-def wanted(config: AlignConfig, verdict: str, volume_ratio: float | None = None) -> bool:
+def wanted(config: AlignConfig, verdict: str, volume_ratio: float | None = None,
+           radius_ratio: float | None = None) -> bool:
     """Whether the scan runs: always, or (auto) on a local answer called low whose source is
     smaller than the target (`volume_ratio`: source / target volume above contour; a source as
-    large as the target is no part to place, and the scan would only cost time)."""
-    return config.exhaustive == "always" or (config.exhaustive == "auto" and config.mode == "local"
-                                             and verdict == "low" and (volume_ratio is None or volume_ratio < 1.0))
+    large as the target is no part to place, and the scan would only cost time) and fits in it
+    (`radius_ratio`: the source's radius about its centre over the target's; a part wider than
+    the whole has no placement inside it; above `MAX_RADIUS_RATIO`, which leaves room for a long
+    thin part spanning the target and for the sampling of both)."""
+    if config.exhaustive == "always":
+        return True
+    if config.exhaustive != "auto" or config.mode != "local" or verdict != "low":
+        return False
+    if volume_ratio is not None and volume_ratio >= 1.0:
+        return False
+    if radius_ratio is not None and radius_ratio > MAX_RADIUS_RATIO:
+        log.info("the answer is weak, but the source (radius %.2f x the target's) cannot lie inside the "
+                 "target: no exhaustive scan", radius_ratio)
+        return False
+    return True
+
+
+def radius_ratio(src: PreparedMap, tgt: PreparedMap) -> float:
+    """The source's radius about its centre (its farthest sample point) over the target's."""
+    def radius(points):
+        return float(np.sqrt(((points - points.mean(0)) ** 2).sum(1).max()))
+    return radius(src.sample.points_A) / max(radius(tgt.cloud.points_A), 1e-6)
+
+
+MAX_RADIUS_RATIO = 1.2
 
 
 # grid spacing per degree of covering radius: the Hopf grid below at spacing 12° leaves no
@@ -130,16 +168,16 @@ def step_for(radius_A: float, resolution_A: float, config: AlignConfig) -> float
 @dataclass
 class _Scan:
     """What every worker needs (inherited by fork; nothing per rotation travels)."""
-    target_fft: np.ndarray      # rfftn of the padded, low-passed target (complex64) ...
-    target2_fft: np.ndarray     # ... and of its square
-    shape: tuple                # the FFT box
+    spectra: np.ndarray         # (3, ...) rfftn of the target, its square and its mask above contour (complex64)
+    shape: tuple                # the FFT box (z, y, x)
     allowed: np.ndarray         # flat box positions where the part's centre may go (over the target's density box)
-    mask_fft: np.ndarray | None  # rfftn of the target's voxels above its contour (1/0)
+    read_at: tuple              # per axis (z, y, x): the box indices holding the allowed centres' values (shifted by m)
     floor2: float               # the local variance is taken at least this (no division by a flat region)
     source: np.ndarray          # low-passed source on the coarse grid (z, y, x), float32
     centre_index: np.ndarray    # the source's centre in that grid's (x, y, z) index units
     offsets: np.ndarray         # (K, 3) template offsets in voxels (x, y, z), inside the radius
-    flat: np.ndarray            # their flat positions in the box (wrapped around the origin)
+    cube: tuple                 # the template's small box (z, y, x): 2m + 1 a side
+    cube_flat: np.ndarray       # the offsets' flat positions in it (offset o at index o + m)
     footprint: float            # template voxels at or above this count as the part
     rotations: np.ndarray       # (N, 3, 3)
     per_rotation: int
@@ -153,7 +191,24 @@ def _init_worker(shared):
     _SHARED = shared
 
 
-def _scan_rotation(i: int, sh: _Scan, box: np.ndarray, mbox: np.ndarray) -> list[tuple[float, int, int]]:
+def _template_spectra(cube: np.ndarray, shape: tuple) -> np.ndarray:
+    """rfftn over the last three axes of `cube` (..., 2m+1, 2m+1, 2m+1) zero-padded to `shape`,
+    transforming only the lines that hold data (the template fills a small corner of the box:
+    about a third of the work of a full transform)."""
+    from scipy import fft
+
+    out = fft.rfft(cube, n=shape[2], axis=-1)
+    out = fft.fft(out, n=shape[1], axis=-2)
+    return fft.fft(out, n=shape[0], axis=-3)
+
+
+def _scan_rotation(i: int, sh: _Scan, cubes: np.ndarray) -> list[tuple[float, int, int]]:
+    """The best `per_rotation` distinct positions of rotation i: [(score, i, flat box index)].
+
+    score(q) = LCC(q) x overlap(q), over the rotated part's footprint F (n voxels) centred at q:
+    LCC = sum_F t (T - mean_F T) / (|t| sqrt(n var_F T)), t centred and normalised on F;
+    overlap = share of F over target voxels above contour; the four sums over F (t.T, T, T^2,
+    mask) are correlations, computed by FFT."""
     from scipy import fft, ndimage
 
     R = sh.rotations[i]
@@ -168,23 +223,18 @@ def _scan_rotation(i: int, sh: _Scan, box: np.ndarray, mbox: np.ndarray) -> list
     norm = float(np.sqrt((t * t).sum()))
     if norm == 0.0:
         return []
-    box.flat[sh.flat] = t / norm
-    mbox.flat[sh.flat] = fp
-    ft = np.conj(fft.rfftn(box))
-    fm = np.conj(fft.rfftn(mbox))
-    num = fft.irfftn(ft * sh.target_fft, s=sh.shape)
-    mean = fft.irfftn(fm * sh.target_fft, s=sh.shape)
+    cubes[0].flat[sh.cube_flat] = t / norm
+    cubes[1].flat[sh.cube_flat] = fp
+    ft, fm = np.conj(_template_spectra(cubes, sh.shape))
+    num, mean, mean2, inside = _correlations(np.stack([ft * sh.spectra[0], fm * sh.spectra[0], fm * sh.spectra[1],
+                                                        fm * sh.spectra[2]]), sh)
     mean *= 1.0 / n
-    var = fft.irfftn(fm * sh.target2_fft, s=sh.shape)
-    var *= 1.0 / n
-    var -= mean * mean
+    var = mean2 * (1.0 / n) - mean * mean
     np.maximum(var, sh.floor2, out=var)
-    a = sh.allowed
-    score = num.ravel()[a] / np.sqrt(n * var.ravel()[a])
-    if sh.mask_fft is not None:
-        inside = fft.irfftn(fm * sh.mask_fft, s=sh.shape).ravel()[a] * (1.0 / n)
-        score *= np.clip(inside, 0.0, 1.0) ** OVERLAP_POWER
+    score = num / np.sqrt(n * var)
+    score *= np.clip(inside * (1.0 / n), 0.0, 1.0) ** OVERLAP_POWER
     want = sh.per_rotation
+    a = sh.allowed
     top = np.argpartition(score, -8 * want)[-8 * want:]
     top = top[np.argsort(-score[top], kind="stable")]
     zyx = np.stack(np.unravel_index(a[top], sh.shape), 1)
@@ -201,13 +251,25 @@ def _scan_rotation(i: int, sh: _Scan, box: np.ndarray, mbox: np.ndarray) -> list
     return out
 
 
+def _correlations(products: np.ndarray, sh: _Scan) -> np.ndarray:
+    """(4, allowed) the inverse transforms of the (4, ...) spectra at the allowed centres only:
+    the part's value at offset o sits at o + m in its cube, so the correlation at box index p
+    is the sum over the part centred at p + m (`read_at`: the allowed centres - m along each
+    axis); the lines not needed are dropped after each axis's transform (a quarter of the work)."""
+    from scipy import fft
+
+    z, y, x = sh.read_at
+    out = fft.ifft(products, axis=1).take(z, axis=1)
+    out = fft.ifft(out, axis=2).take(y, axis=2)
+    return fft.irfft(out, n=sh.shape[2], axis=3).take(x, axis=3).reshape(len(products), -1)
+
+
 def _scan_chunk(rotation_indices) -> list:
     sh = _SHARED
-    box = np.zeros(sh.shape, np.float32)
-    mbox = np.zeros(sh.shape, np.float32)
+    cubes = np.zeros((2,) + sh.cube, np.float32)
     out = []
     for i in rotation_indices:
-        out.extend(_scan_rotation(int(i), sh, box, mbox))
+        out.extend(_scan_rotation(int(i), sh, cubes))
     return out
 
 
@@ -236,29 +298,53 @@ def _plan(src: PreparedMap, tgt: PreparedMap, config: AlignConfig, resolution_A:
     voxel = max(float(tgt.density.voxel_size_A.max()), 0.5 * resolution_A, float(config.exhaustive_voxel_A or 0))
     while True:
         m = int(math.ceil(radius / voxel)) + 1
-        extent = np.ceil((t_hi - t_lo) / voxel).astype(int) + 1 + 2 * m
+        density_extent = np.ceil((t_hi - t_lo) / voxel).astype(int) + 1
+        extent = np.maximum(density_extent + m, 2 * m + 1)   # zeros after the density: see `setup`
         if extent.max() <= config.exhaustive_max_box:
             break
         voxel *= 1.1
-    return centre, radius, voxel, m, t_lo - m * voxel, extent
+    return centre, radius, voxel, m, t_lo, extent, density_extent
 
 
-def scan(src: PreparedMap, tgt: PreparedMap, config: AlignConfig) -> tuple[list[Hypothesis], dict]:
-    """The best distinct placements of the exhaustive scan (at most `exhaustive_keep`), as
-    map-refined hypotheses, and the scan's statistics."""
-    from scipy import fft, ndimage
+def scan_work(step_deg: float, extent) -> int:
+    """The scan's work in voxel-rotations: rotations x voxels of the FFT box (each rotation
+    costs six FFTs of the box)."""
+    from scipy import fft
 
-    from .executor import resolve_jobs
+    box = np.prod([int(fft.next_fast_len(int(e), real=True)) for e in extent])
+    return int(len(rotation_grid(step_deg))) * int(box)
 
-    t0 = time.perf_counter()
+
+def _within_budget(step_deg: float, extent, config: AlignConfig) -> tuple[float, bool]:
+    """The step, raised (in 10% steps) while the scan's work exceeds `exhaustive_max_work`;
+    and whether it was raised."""
+    budget = config.exhaustive_max_work
+    step = step_deg
+    if budget is None:
+        return step, False
+    while scan_work(step, extent) > budget and step < config.exhaustive_max_step_deg:
+        step = min(step * 1.1, config.exhaustive_max_step_deg)
+    if step != step_deg:
+        log.info("exhaustive scan: %s voxel-rotations at a %.1f° step exceed the budget of %s "
+                 "(exhaustive_max_work): step raised to %.1f° (%s)", f"{scan_work(step_deg, extent):,}",
+                 step_deg, f"{budget:,}", step, f"{scan_work(step, extent):,}")
+    return step, step != step_deg
+
+
+def setup(src: PreparedMap, tgt: PreparedMap, config: AlignConfig) -> tuple[_Scan, dict]:
+    """The scan's shared state (maps on the coarse grid, the target's transforms, the rotation
+    grid) and its plan (centre, radius, voxel, step, box, ...)."""
+    from scipy import fft
+
     resolution = config.exhaustive_resolution_A or max(2.0 * float(tgt.density.voxel_size_A.max()),
                                                        float(config.sampling_A or 0.0))
-    centre, radius, voxel, m, lo, extent = _plan(src, tgt, config, resolution)
+    centre, radius, voxel, m, lo, extent, density_extent = _plan(src, tgt, config, resolution)
     step = step_for(radius, resolution, config)
+    step, cut = _within_budget(step, extent, config)
     rotations = rotation_grid(step)
     shape = tuple(int(fft.next_fast_len(int(e), real=True)) for e in extent[::-1])      # (z, y, x)
     target = np.zeros(shape, np.float32)
-    t_part = _low_pass_resample(tgt.density, voxel, lo, extent)
+    t_part = _low_pass_resample(tgt.density, voxel, lo, density_extent)
     target[:t_part.shape[0], :t_part.shape[1], :t_part.shape[2]] = t_part
     # the source on its own coarse grid around its centre
     s_shape = np.full(3, 2 * m + 3)
@@ -268,21 +354,41 @@ def scan(src: PreparedMap, tgt: PreparedMap, config: AlignConfig) -> tuple[list[
     g = np.arange(-m, m + 1)
     offsets = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3).astype(float)
     offsets = offsets[(offsets ** 2).sum(1) <= (radius / voxel + 0.5) ** 2]
-    o = offsets.astype(int)
-    flat = np.ravel_multi_index(((o[:, 2]) % shape[0], (o[:, 1]) % shape[1], (o[:, 0]) % shape[2]), shape)
+    o = offsets.astype(int) + m
+    cube = (2 * m + 1,) * 3
+    cube_flat = np.ravel_multi_index((o[:, 2], o[:, 1], o[:, 0]), cube)
     footprint = FOOTPRINT * float(src.contour)
+    # the part's centre must sit over the target's density box; the box holds that box and at
+    # least the part's radius of zeros after it, so that the circular correlation of a
+    # centre in the density box never wraps the part onto density (linear correlation with
+    # the padding on one side only: offsets below zero wrap into the zeros at the far end)
     allowed = np.zeros(shape, bool)
-    # the part's centre must sit over the target's density box (not in the padding)
-    allowed[m:t_part.shape[0] - m, m:t_part.shape[1] - m, m:t_part.shape[2] - m] = True
+    allowed[:t_part.shape[0], :t_part.shape[1], :t_part.shape[2]] = True
     allowed = np.flatnonzero(allowed)
+    read_at = tuple((np.arange(e) - m) % n for e, n in zip(t_part.shape, shape))
     inside = t_part[t_part >= tgt.contour]
     floor = 0.25 * float(inside.std()) if len(inside) > 1 else 0.0
-    mask_fft = fft.rfftn((target >= tgt.contour).astype(np.float32)) if OVERLAP_POWER > 0 else None
-    shared = _Scan(target_fft=fft.rfftn(target), target2_fft=fft.rfftn(target * target), shape=shape,
-                   mask_fft=mask_fft,
-                   allowed=allowed, floor2=max(floor * floor, 1e-12), source=source, centre_index=centre_index,
-                   offsets=offsets, flat=flat, footprint=footprint, rotations=rotations,
+    spectra = fft.rfftn(np.stack([target, target * target, (target >= tgt.contour).astype(np.float32)]),
+                        axes=(1, 2, 3))
+    shared = _Scan(spectra=spectra, shape=shape, allowed=allowed, read_at=read_at,
+                   floor2=max(floor * floor, 1e-12), source=source, centre_index=centre_index,
+                   offsets=offsets, cube=cube, cube_flat=cube_flat, footprint=footprint, rotations=rotations,
                    per_rotation=config.exhaustive_per_rotation)
+    plan = dict(centre=centre, radius=radius, voxel=voxel, lo=lo, step=step, resolution=resolution, shape=shape,
+                budget_cut=cut)
+    return shared, plan
+
+
+def scan(src: PreparedMap, tgt: PreparedMap, config: AlignConfig) -> tuple[list[Hypothesis], dict]:
+    """The best distinct placements of the exhaustive scan (at most `exhaustive_keep`), as
+    map-refined hypotheses, and the scan's statistics."""
+    from .executor import resolve_jobs
+
+    t0 = time.perf_counter()
+    shared, plan = setup(src, tgt, config)
+    rotations, shape = shared.rotations, shared.shape
+    centre, radius, voxel, lo, step, resolution = (plan[k] for k in ("centre", "radius", "voxel", "lo", "step",
+                                                                     "resolution"))
     jobs = max(1, min(resolve_jobs(config.jobs), len(rotations)))
     log.info("exhaustive scan: %d rotations (step %.1f°, part radius %.0f Å, resolution %.1f Å), "
              "box %s of %.2f Å voxels, %d job(s)", len(rotations), step, radius, resolution,

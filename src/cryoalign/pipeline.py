@@ -126,7 +126,8 @@ def candidates_for(src: PreparedMap, tgt: PreparedMap, config: AlignConfig,
         else:
             candidates, stats["wide_search"] = _wider(src, tgt, candidates, config, timer, verdict)
             candidates = symmetry.annotate(src, tgt, candidates, config)
-    if exhaustive.wanted(config, assess(candidates, config.mode, config)["verdict"], src.volume_A3 / tgt.volume_A3):
+    if exhaustive.wanted(config, assess(candidates, config.mode, config)["verdict"], src.volume_A3 / tgt.volume_A3,
+                         exhaustive.radius_ratio(src, tgt)):
         candidates, stats["exhaustive"] = exhaustive.widen(src, tgt, candidates, config, timer)
         candidates = symmetry.annotate(src, tgt, candidates, config)
     tied = _equivalent_ranks(candidates, config.symmetry_margin)
