@@ -225,14 +225,22 @@ def _scan_rotation(i: int, sh: _Scan, cubes: np.ndarray) -> list[tuple[float, in
         return []
     cubes[0].flat[sh.cube_flat] = t / norm
     cubes[1].flat[sh.cube_flat] = fp
-    ft, fm = np.conj(_template_spectra(cubes, sh.shape))
-    num, mean, mean2, inside = _correlations(np.stack([ft * sh.spectra[0], fm * sh.spectra[0], fm * sh.spectra[1],
-                                                        fm * sh.spectra[2]]), sh)
+    spec = _template_spectra(cubes, sh.shape)
+    np.conjugate(spec, out=spec)
+    products = np.empty((4,) + spec.shape[1:], spec.dtype)
+    np.multiply(spec[0], sh.spectra[0], out=products[0])
+    np.multiply(spec[1], sh.spectra, out=products[1:])
+    num, mean, mean2, inside = _correlations(products, sh)
     mean *= 1.0 / n
-    var = mean2 * (1.0 / n) - mean * mean
-    np.maximum(var, sh.floor2, out=var)
-    score = num / np.sqrt(n * var)
-    score *= np.clip(inside * (1.0 / n), 0.0, 1.0) ** OVERLAP_POWER
+    mean2 *= 1.0 / n
+    mean2 -= mean * mean                            # the variance under the footprint
+    np.maximum(mean2, sh.floor2, out=mean2)
+    mean2 *= n
+    score = num
+    score /= np.sqrt(mean2, out=mean2)
+    inside *= 1.0 / n
+    np.clip(inside, 0.0, 1.0, out=inside)
+    score *= inside if OVERLAP_POWER == 1.0 else inside ** OVERLAP_POWER
     want = sh.per_rotation
     a = sh.allowed
     top = np.argpartition(score, -8 * want)[-8 * want:]
