@@ -71,8 +71,8 @@ confidence (confidence.assess) as every other candidate.
     workers    `jobs` processes take interleaved shares of the rotations; each rotation's
                peaks depend on that rotation alone and the merge sorts by (score,
                rotation, position), so the result does not depend on their number.
-               Memory: the target's transform and the local deviation (shared), plus one
-               rotated part and its box at a time per worker.
+               Memory: the target's three transforms (shared), plus one rotated part's
+               cube and its four product spectra at a time per worker.
 """
 from __future__ import annotations
 
