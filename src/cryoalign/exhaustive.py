@@ -428,6 +428,7 @@ def scan(src: PreparedMap, tgt: PreparedMap, config: AlignConfig) -> tuple[list[
     hyps = [Hypothesis(T_target_source=T, found_by=f"exhaustive {k + 1}", key=(2000 + k,))
             for k, (_, _, T) in enumerate(kept)]
     stats = {"ran": True, "rotations": int(len(rotations)), "step_deg": round(step, 3),
+             "budget_cut": bool(plan["budget_cut"]),
              "voxel_A": round(voxel, 3), "box": [int(s) for s in shape[::-1]],
              "resolution_A": round(float(resolution), 3), "part_radius_A": round(radius, 2), "jobs": jobs,
              "distinct_peaks": len(found), "refined": len(chosen), "kept": len(hyps), "scan_s": round(scan_s, 3),
