@@ -31,7 +31,7 @@ import numpy as np
 
 from cryoalign import simulate
 from cryoalign import transform as tf
-from cryoalign.catalogue import index, read_entries, search, signature_distance
+from cryoalign.catalogue import index, read_entries, search
 from cryoalign.io import read_model, transform_model, write_map
 
 MODELS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "models", "*.pdb.gz")))
@@ -137,13 +137,15 @@ def run_queries(args, folder, maps, queries, db, prefilter, tag) -> list:
             out.append(json.load(open(cached)))
             continue
         started = time.perf_counter()
-        result = search(path, db, contour=contour, top=max(10, args.top), prefilter=prefilter, jobs=args.jobs)
+        result = search(path, db, contour=contour, top=max(10, args.top), prefilter=prefilter, refine=args.refine,
+                        jobs=args.jobs)
         elapsed = time.perf_counter() - started
         record = dict(label=info["label"], time_s=elapsed, searched=result.searched,
                       timings=result.timings_s, hits=[], pose_error=None)
         for h in result.hits:
             record["hits"].append(dict(label=maps[h.path]["label"], score=h.score, sig=h.signature_distance,
-                                       alignment_score=h.alignment_score, coverage=h.coverage))
+                                       alignment_score=h.alignment_score, coverage=h.coverage,
+                                       copy=equivalent_copy(info, T, maps[h.path], h.T_query_entry)))
         for h in result.hits:
             if maps[h.path]["label"] == info["label"]:
                 T_ref = T @ tf.invert(np.array(maps[h.path]["T_world_model"]))
@@ -157,6 +159,27 @@ def run_queries(args, folder, maps, queries, db, prefilter, tag) -> list:
               f"pose err={record['pose_error']}", flush=True)
         out.append(record)
     return out
+
+
+def _ca(model: str, chains) -> np.ndarray:
+    st = read_model(model)
+    return np.array([a.pos.tolist() for ch in st[0] if chains is None or ch.name in chains
+                     for r in ch for a in r if a.name in ("CA", "P")])
+
+
+def equivalent_copy(query: dict, T_query: np.ndarray, entry: dict, T_query_entry) -> bool:
+    """The entry, moved by the hit's T_query_entry, lies on the query's atoms (at least 80% of
+    the CA/P atoms of each within 4 Å of the other's): the query's molecule under another label
+    (an identical subunit, the same sub-complex of other copies, a related model) at the right pose."""
+    from scipy.spatial import cKDTree
+
+    a = tf.apply(T_query, _ca(query["model"], query["chains"]))
+    b = tf.apply(np.asarray(T_query_entry) @ np.array(entry["T_world_model"]), _ca(entry["model"], entry["chains"]))
+    if not 0.7 < len(b) / len(a) < 1.3:
+        return False
+    da, _ = cKDTree(b).query(a, distance_upper_bound=4.0)
+    db, _ = cKDTree(a).query(b, distance_upper_bound=4.0)
+    return bool(np.isfinite(da).mean() >= 0.8 and np.isfinite(db).mean() >= 0.8)
 
 
 def same_structure(a: dict, b: dict, tolerance_A: float = 1.0) -> float | None:
@@ -188,13 +211,15 @@ def _centre(path):
 
 
 def prefilter_recall(maps, queries, folder, db, args) -> list:
-    """For each query (its signature, from the query map prepared as search does): the
-    signature rank of the first entry carrying its label."""
-    from cryoalign.catalogue import catalogue_config, signature
+    """For each query (its pre-filter vector, from the query map prepared as search does):
+    the pre-filter rank of the first entry carrying its label."""
+    from cryoalign import prefilter
+    from cryoalign.catalogue import catalogue_config
     from cryoalign.io import read_map
     from cryoalign.prepare import prepare, resolve_contour
 
     entries = read_entries(db)
+    matrix = np.stack([e["vector"] for e in entries])
     config = catalogue_config(None)
     ranks = []
     for q, info in enumerate(queries):
@@ -202,8 +227,7 @@ def prefilter_recall(maps, queries, folder, db, args) -> list:
         density = read_map(path)
         contour = simulate.contour_for(density, simulate.model_mass_Da(read_model(info["model"]), info["chains"]))
         region, _ = resolve_contour(density, contour, "contour")
-        sig = signature(prepare(density, region.contour, config, region=region))
-        d = signature_distance(sig, [e["signature"] for e in entries])
+        d = prefilter.distances(prefilter.vector(prepare(density, region.contour, config, region=region)), matrix)
         order = np.argsort(d, kind="stable")
         labels = [maps[entries[i]["path"]]["label"] for i in order]
         ranks.append(labels.index(info["label"]) + 1 if info["label"] in labels else None)
@@ -221,8 +245,9 @@ def main(argv=None):
     ap.add_argument("--entries", type=int, default=1000)
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--full", type=int, default=2, help="queries also run with prefilter=all (every entry aligned)")
-    ap.add_argument("--prefilter", type=int, default=50)
+    ap.add_argument("--prefilter", type=int, default=25)
     ap.add_argument("--top", type=int, default=5)
+    ap.add_argument("--refine", type=int, default=3)
     ap.add_argument("--query-resolution", type=float, default=7.0)
     ap.add_argument("--noise", type=float, default=0.3, help="noise sigma as a fraction of the query's contour")
     ap.add_argument("--jobs", type=int, default=2)
@@ -248,12 +273,14 @@ def main(argv=None):
           f"{simulate_s:.0f} s; {summary}", flush=True)
 
     queries = plan_queries(args, maps)
-    results = run_queries(args, folder, maps, queries, db, args.prefilter, f"p{args.prefilter}")
+    results = run_queries(args, folder, maps, queries, db, args.prefilter, f"p{args.prefilter}-r{args.refine}")
     full = run_queries(args, folder, maps, queries[: args.full], db, None, "all") if args.full else []
     sig_ranks = prefilter_recall(maps, queries, folder, db, args)
 
     n = len(results)
     rank1 = sum(bool(r["hits"]) and r["hits"][0]["label"] == r["label"] for r in results)
+    rank1_copy = sum(bool(r["hits"]) and (r["hits"][0]["label"] == r["label"] or r["hits"][0].get("copy", False))
+                     for r in results)
     infos = {m["label"]: m for m in maps.values()}
     identical = []            # misses whose best hit is the query's chain under another label
     for r in results:
@@ -282,6 +309,7 @@ def main(argv=None):
         ("index: worker time per map", f"{per_map:.2f} s (wall {wall_per_map:.2f} s per map on {args.jobs} workers)"),
         ("queries", f"{n} (resolution {args.query_resolution:g} Å, noise {args.noise:g} x contour)"),
         ("true entry at rank 1", f"{rank1}/{n} = {100 * rank1 / n:.0f}%"),
+        ("true entry or an equivalent copy at its pose at rank 1", f"{rank1_copy}/{n} = {100 * rank1_copy / n:.0f}%"),
         ("rank 1 wrong, but the same chain (CA RMSD < 1 Å)", f"{len(identical)}: " + ("; ".join(identical) or "-")),
         (f"true entry in top {args.top}", f"{top5}/{n} = {100 * top5 / n:.0f}%"),
         ("rank 1 right when ranked by the alignment score alone", f"{rank1_alignment}/{n} (the 10 best hits "

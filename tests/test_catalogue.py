@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from cryoalign import simulate
+from cryoalign import prefilter, simulate
 from cryoalign import transform as tf
 from cryoalign.catalogue import (DB_FILE, FEATURES_DIR, format_table, index, open_db, read_entries, search,
                                  signature_distance)
@@ -80,7 +80,8 @@ def test_index_stores_one_entry_per_map(built):
     conn = sqlite3.connect(os.path.join(db, DB_FILE))
     meta = dict(conn.execute("SELECT key, value FROM meta"))
     conn.close()
-    assert meta == {"format": "cryoalign-catalogue", "schema_version": "1", "signature": "shape-1"}
+    assert meta == {"format": "cryoalign-catalogue", "schema_version": "2", "signature": "shape-1",
+                    "prefilter": "prefilter-1"}
 
 
 def test_rerun_skips_finished_maps(built, tmp_path):
@@ -197,8 +198,64 @@ def test_signature_is_rotation_invariant(built):
     query_sig = [e for e in entries if e["map"].endswith("emd_3696_5A.mrc.gz")][0]["signature"]
     d = signature_distance(query_sig, [e["signature"] for e in entries])
     assert d[1] == 0.0 and np.all(d[[0, 2, 3]] > 0.3)
-    hits = built["result"].hits          # the moved, regridded copy is the closest
-    assert hits[0].signature_distance < 0.3 < hits[1].signature_distance
+
+
+
+def test_prefilter_vector_is_rotation_invariant(built):
+    """The pre-filter vector of the moved, regridded copy is nearest to its original's, and
+    by far: under half the distance of the next entry (a rotated grid changes the vector
+    only by resampling)."""
+    hits = built["result"].hits
+    assert hits[0].map.endswith("emd_3696_5A.mrc.gz")
+    assert hits[0].signature_distance < 0.5 * hits[1].signature_distance
+    entries = read_entries(built["db"])
+    matrix = np.stack([e["vector"] for e in entries])
+    assert matrix.shape == (4, prefilter.VECTOR_LENGTH) and matrix.dtype == np.float32
+    d = prefilter.distances(matrix[1], matrix)
+    assert d[1] == 0.0 and np.all(d[[0, 2, 3]] > 0)
+
+
+def _as_schema_1(db):
+    """Turn a catalogue into what cryoalign 0.3 wrote: no vector column, schema 1."""
+    conn = sqlite3.connect(os.path.join(db, DB_FILE))
+    with conn:
+        conn.execute("ALTER TABLE entries DROP COLUMN vector")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        conn.execute("DELETE FROM meta WHERE key = 'prefilter'")
+    conn.close()
+
+
+def test_a_catalogue_of_0_3_is_upgraded_by_index_without_preparing_again(built, tmp_path):
+    db = _copy_db(built, tmp_path)
+    _as_schema_1(db)
+    mtimes = _mtimes(db)
+    with pytest.raises(InputError) as err:
+        search(built["query"], db, contour=0.69, prefilter=2, refine=1, jobs=1)
+    assert str(err.value) == (f"the catalogue {db} was written by an earlier cryoalign (no pre-filter vectors of "
+                              f"version {prefilter.VERSION}); run `cryoalign index --db {db}` once to add them from "
+                              "the stored features (no map is read or prepared again)")
+    summary = index([], db, jobs=1)
+    assert (summary.indexed, summary.entries) == (0, 4)
+    assert _mtimes(db) == mtimes                          # no entry prepared again
+    assert [e["vector"].tolist() for e in read_entries(db)] == \
+        [e["vector"].tolist() for e in read_entries(built["db"])]
+    again = search(built["query"], db, contour=0.69, prefilter=2, refine=1, jobs=1)
+    assert _hits(again) == _hits(built["result"])
+
+
+def test_an_interrupted_upgrade_is_named_and_finished_by_the_next_index(built, tmp_path):
+    db = _copy_db(built, tmp_path)
+    conn = sqlite3.connect(os.path.join(db, DB_FILE))
+    with conn:
+        conn.execute("UPDATE entries SET vector = NULL WHERE id > 2")
+    conn.close()
+    with pytest.raises(InputError) as err:
+        search(built["query"], db, contour=0.69, jobs=1)
+    assert str(err.value) == (f"some entries of the catalogue {db} have no pre-filter vector (an interrupted "
+                              f"upgrade); run `cryoalign index --db {db}` once to add them")
+    index([], db, jobs=2)
+    assert [e["vector"].tolist() for e in read_entries(db)] == \
+        [e["vector"].tolist() for e in read_entries(built["db"])]
 
 
 def _hits(result):

@@ -22,42 +22,40 @@ rename), then the main process inserts the row in one transaction; so a row exis
 when its file is complete, SQLite has one writer, and a rerun skips the maps whose
 (file hash, params hash) row exists: a killed run continues where it stopped.
 
-The signature (`signature`, version SIGNATURE_VERSION) is global and rotation-invariant,
-computed from the sampled point cloud above contour (at most SIGNATURE_POINTS points, a
-seeded subset): the volume above contour, the radius of gyration, the three principal
-semi-axes (square roots of the eigenvalues of the points' covariance, largest first),
-and the distributions of the point-to-centroid distances (16 quantiles) and of the
-pairwise distances (D2 shape distribution, 32 quantiles).  `signature_distance` (a
-dimensionless number, 0 for identical signatures):
+The pre-filter vector (`prefilter.vector`, version `prefilter.VERSION`, a BLOB column of
+float32) is what search ranks the whole catalogue by: rotation-invariant, from the
+entry's own point cloud (see `prefilter`).  The older shape signature (`signature`,
+version SIGNATURE_VERSION: volume, radius of gyration, principal semi-axes, radial and D2
+quantiles, JSON) is still stored.  A catalogue of schema 1 (cryoalign 0.3) has no vector
+column: `index` (with or without maps) adds it and computes the vectors from the stored
+features in the workers, committed in chunks (an interrupted upgrade continues); search
+and batch refuse it with a message saying so.
 
-    |ln V_q - ln V_e| + mean_i |ln a_q,i - ln a_e,i|
-      + (mean_k |D2_q,k - D2_e,k| + mean_k |R_q,k - R_e,k|) / ((Rg_q + Rg_e) / 2)
-
-The quantile terms are the 1-D earth mover's distances between the distributions (Å),
-divided by the mean radius of gyration.
-
-search: the query is prepared once (as a target, fine=True), the entries prepared with
-the same parameters are ranked by signature distance, the `prefilter` closest are
-aligned onto the query (`pipeline.align_prepared`, entry = source, query = target, in
-GLOBAL mode at the catalogue's sampling interval; entries are read from their .npz, no
-entry map is read again) and ranked by the search score: the alignment score
-(`AlignResult.score.value`, the pipeline's ranking score, taken over the entry's points)
-times the coverage (the fraction of the query's points within one sampling interval of
-the moved entry's points), so that a part of the query (a sub-complex) ranks below the
-whole.  Two passes keep this affordable: every pre-filtered entry is aligned with a
-screening configuration (SCREEN_HYPOTHESES coarse poses, SCREEN_MAP_REFINE of them refined
-on the maps; about a third of the full pipeline's time), then the `refine` best are
-aligned again with the full configuration and ranked first.  The wider search of weak
-answers (`wide_search`) is off: most entries are not the query's molecule.  Global mode
-because the question is "which entries are the query's molecule": the signature
-pre-filter compares whole shapes, so an entry that merely contains the query would not
-pass it anyway; to place a query inside a larger entry, align the two with `cryoalign.align(..., mode="local")`.
+search: one read of the catalogue (`usable_vectors`: the ids and vectors of the entries
+prepared with the search's parameters, as one array), the query prepared once (as a
+target, fine=True), every entry's pre-filter distance at once (numpy), and the
+`prefilter` closest taken further, their rows read in one query (`entries_by_id`).  Two
+stages, in the workers (which inherit the prepared query when forked, else load it once):
+1. screen (`screen_entry`): the entry's coarse poses from the stored descriptors (at
+   most SCREEN_HYPOTHESES), refined on the points; the best by vector agreement; screen
+   score = agreement x coverage.  No map refinement: a hopeless entry stops here.
+2. refine (`align_entry`): the `refine` best screened entries aligned with the full
+   pipeline (`pipeline.align_prepared`, entry = source, query = target, GLOBAL mode at the
+   catalogue's sampling interval, no wider search); search score = the alignment score
+   (`AlignResult.score.value`, taken over the entry's points) x the coverage (the fraction
+   of the query's points within one sampling interval of the moved entry's points), so
+   that a part of the query (a sub-complex) ranks below the whole.
+Hits: the fully aligned ones first, by score, then the screened ones by screen score
+(correlation None).  No entry map is read again.  Global mode because the question is
+"which entries are the query's molecule": the pre-filter compares whole shapes; to place
+a query inside a larger entry, align the two with `cryoalign.align(..., mode="local")`.
 
 Bad input raises `InputError` (the messages are tested one by one):
 1. index: a map file that does not exist (all are listed, before any work starts).
 2. DB is a folder that is not a catalogue: it holds files but no catalogue.sqlite.
 3. DB/catalogue.sqlite is not an SQLite file, or not a cryoalign catalogue (wrong
-   format or schema version).
+   format or schema version); search or batch on a catalogue without pre-filter vectors
+   (schema 1, or an interrupted upgrade): run index on it once.
 4. search (and batch with a catalogue, `stored_features`): DB does not exist, or holds
    no entries.
 5. search (and batch): the entries were prepared with other parameters than the
@@ -80,6 +78,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import prefilter as prefilter_module
 from .config import AlignConfig
 from .errors import InputError
 from .executor import run_tasks
@@ -90,13 +89,14 @@ log = logging.getLogger(__name__)
 DB_FILE = "catalogue.sqlite"
 FEATURES_DIR = "features"
 FORMAT = "cryoalign-catalogue"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"            # 2 (0.4): the pre-filter vector column; 1 is upgraded by `index`
 SIGNATURE_VERSION = "shape-1"
 SIGNATURE_POINTS = 2000          # points of the cloud used for the signature (seeded subset)
 RADIAL_QUANTILES = 16
 D2_QUANTILES = 32
 SCREEN_HYPOTHESES = 4            # search, first pass over the pre-filtered entries: coarse poses ...
-SCREEN_MAP_REFINE = 1            # ... and candidates refined on the maps (the full pipeline: 8 and 5)
+PREFILTER = 25                   # search: entries screened after the pre-filter (README: from its recall curve)
+REFINE = 3                       # ... and of them aligned with the full pipeline
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -115,11 +115,12 @@ CREATE TABLE entries (
     features TEXT NOT NULL,         -- file name in DB/features/
     created TEXT NOT NULL,          -- UTC, ISO 8601
     version TEXT NOT NULL,          -- cryoalign version
+    vector BLOB,                    -- prefilter.vector: VECTOR_LENGTH float32 (NULL: not yet computed)
     UNIQUE (file_hash, params_hash)
 );
 """
 _ENTRY_COLUMNS = ("id", "map", "path", "file_hash", "params", "params_hash", "contour", "contour_source",
-                  "volume_A3", "n_points", "signature", "features", "created", "version")
+                  "volume_A3", "n_points", "signature", "features", "created", "version", "vector")
 
 
 # ----------------------------------------------------------------------------- results
@@ -300,7 +301,7 @@ def open_db(db, *, create: bool) -> sqlite3.Connection:
         if not create:
             raise InputError(f"the catalogue {db} is empty; {_index_hint(db)}")
         return _create(path)
-    return _checked(path)
+    return _checked(path, upgrade=create)
 
 
 def _create(path: str) -> sqlite3.Connection:
@@ -311,14 +312,19 @@ def _create(path: str) -> sqlite3.Connection:
     with conn:
         conn.executescript(_SCHEMA)
         conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
-                         [("format", FORMAT), ("schema_version", SCHEMA_VERSION), ("signature", SIGNATURE_VERSION)])
+                         [("format", FORMAT), ("schema_version", SCHEMA_VERSION), ("signature", SIGNATURE_VERSION),
+                          ("prefilter", prefilter_module.VERSION)])
     conn.close()
     os.replace(tmp, path)          # a catalogue file exists only with its schema
     os.makedirs(os.path.join(os.path.dirname(path), FEATURES_DIR), exist_ok=True)
     return _checked(path)
 
 
-def _checked(path: str) -> sqlite3.Connection:
+def _checked(path: str, *, upgrade: bool = False) -> sqlite3.Connection:
+    """Open the catalogue file, checked.  A catalogue of schema 1 (cryoalign 0.3, no
+    pre-filter vectors) or with vectors of another pre-filter version is brought up to
+    date when `upgrade` (index: the column is added, the vectors are computed from the
+    stored features by `_fill_vectors`), refused otherwise (search, batch)."""
     fix = "give the folder index wrote, or move the file away and index again"
     try:
         conn = sqlite3.connect(path, timeout=60)
@@ -326,15 +332,32 @@ def _checked(path: str) -> sqlite3.Connection:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(entries)")]
     except sqlite3.DatabaseError as exc:
         raise InputError(f"{path} is not a cryoalign catalogue ({exc}); {fix}") from None
-    if meta.get("format") != FORMAT or tuple(columns) != _ENTRY_COLUMNS:
+    old_layout = meta.get("schema_version") == "1" and tuple(columns) == _ENTRY_COLUMNS[:-1]
+    if meta.get("format") != FORMAT or not (tuple(columns) == _ENTRY_COLUMNS or old_layout):
         conn.close()
         raise InputError(f"{path} is not a cryoalign catalogue (format {meta.get('format')!r}, expected "
                          f"{FORMAT!r}); {fix}")
-    if meta.get("schema_version") != SCHEMA_VERSION or meta.get("signature") != SIGNATURE_VERSION:
+    if meta.get("schema_version") not in ("1", SCHEMA_VERSION) or meta.get("signature") != SIGNATURE_VERSION:
         conn.close()
         raise InputError(f"{path} was written by another cryoalign version (schema {meta.get('schema_version')}, "
                          f"signature {meta.get('signature')}; this version reads schema {SCHEMA_VERSION}, signature "
                          f"{SIGNATURE_VERSION}); index the maps again into a new folder")
+    if old_layout or meta.get("prefilter") != prefilter_module.VERSION:
+        if not upgrade:
+            conn.close()
+            db = os.path.dirname(path)
+            raise InputError(f"the catalogue {db} was written by an earlier cryoalign (no pre-filter vectors of "
+                             f"version {prefilter_module.VERSION}); run `cryoalign index --db {db}` once to add them "
+                             "from the stored features (no map is read or prepared again)")
+        with conn:
+            if old_layout:
+                conn.execute("ALTER TABLE entries ADD COLUMN vector BLOB")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+            else:
+                conn.execute("UPDATE entries SET vector = NULL")
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('prefilter', ?)", (prefilter_module.VERSION,))
+        log.info("%s: upgraded to schema %s; the pre-filter vectors are computed from the stored features",
+                 path, SCHEMA_VERSION)
     return conn
 
 
@@ -350,6 +373,7 @@ def read_entries(db) -> list[dict]:
         entry = dict(zip(_ENTRY_COLUMNS, row))
         entry["params"] = json.loads(entry["params"])
         entry["signature"] = json.loads(entry["signature"])
+        entry["vector"] = None if entry["vector"] is None else np.frombuffer(entry["vector"], np.float32)
         out.append(entry)
     return out
 
@@ -394,10 +418,15 @@ def index(maps, db, *, contours: dict | None = None, config: AlignConfig | None 
     config = catalogue_config(config)
     params = stored_params(config)
     contours = {os.fspath(k): v for k, v in (contours or {}).items()}
-    specs = _resolve_maps([os.fspath(m) for m in maps], contours)
     db = os.fspath(db)
+    maps = [os.fspath(m) for m in maps]
+    if not maps and os.path.isfile(os.path.join(db, DB_FILE)):
+        specs = []             # no maps: only bring the catalogue up to date (its pre-filter vectors)
+    else:
+        specs = _resolve_maps(maps, contours)
     conn = open_db(db, create=True)
     try:
+        _fill_vectors(conn, db, jobs, scheduler, progress)
         _fill_hashes(specs, jobs, scheduler, progress)
         for spec in specs:
             spec["params_hash"] = params_hash(params, spec["contour"])
@@ -474,6 +503,45 @@ def _resolve_maps(maps: list, contours: dict) -> list[dict]:
     return specs
 
 
+VECTOR_COMMIT = 200             # vectors written per transaction when filled in from stored features
+
+
+def _fill_vectors(conn: sqlite3.Connection, db: str, jobs, scheduler, progress) -> None:
+    """Compute the pre-filter vector of every row that has none (a catalogue of an earlier
+    version) from its stored features, in the workers; committed in chunks, so a killed
+    run keeps what it did and the rerun does the rest."""
+    rows = conn.execute("SELECT id, features FROM entries WHERE vector IS NULL ORDER BY id").fetchall()
+    if not rows:
+        return
+    log.info("computing the pre-filter vectors of %d entries from their stored features", len(rows))
+    features = os.path.abspath(os.path.join(db, FEATURES_DIR))
+    tasks = [os.path.join(features, name) for _, name in rows]
+    pending = []
+    try:
+        for i, blob in run_tasks(vector_of_features, tasks, jobs=jobs, scheduler=scheduler, progress=progress,
+                                 desc="vectors"):
+            pending.append((blob, rows[i][0]))
+            if len(pending) >= VECTOR_COMMIT:
+                with conn:
+                    conn.executemany("UPDATE entries SET vector = ? WHERE id = ?", pending)
+                pending = []
+    finally:
+        if pending:
+            with conn:
+                conn.executemany("UPDATE entries SET vector = ? WHERE id = ?", pending)
+
+
+def vector_of_features(npz: str) -> bytes:
+    """The pre-filter vector (float32 bytes) of a stored entry (runs in a worker)."""
+    from .prepare import load
+
+    try:
+        return prefilter_module.vector(load(npz)).tobytes()
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"the stored features {npz} cannot be read ({exc}); move the catalogue folder away "
+                         "and index the maps again") from None
+
+
 def _fill_hashes(specs: list, jobs, scheduler, progress) -> None:
     """The file hash of every map, computed by the workers (reading 30,000 maps is the
     cost; the main process only collects)."""
@@ -492,7 +560,7 @@ def _insert(conn: sqlite3.Connection, spec: dict, outcome: dict, params: dict) -
                volume_A3=outcome["volume_A3"], n_points=outcome["n_points"],
                signature=json.dumps(outcome["signature"]), features=outcome["features"],
                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               version=__version__)
+               version=__version__, vector=outcome["vector"])
     names = list(row)
     with conn:       # one transaction per entry: the row appears whole, after its file
         conn.execute(f"INSERT OR IGNORE INTO entries ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
@@ -518,22 +586,23 @@ def prepare_entry(task: dict) -> dict:
         return dict(status="ok", contour=float(region.contour),
                     contour_source="estimated" if estimated else task["contour_source"],
                     volume_A3=float(prepared.volume_A3), n_points=len(prepared.cloud),
-                    signature=signature(prepared), features=os.path.basename(task["features"]),
+                    signature=signature(prepared), vector=prefilter_module.vector(prepared).tobytes(),
+                    features=os.path.basename(task["features"]),
                     time_s=round(time.perf_counter() - started, 3))
     except InputError as exc:
         return dict(status="error", error=" ".join(str(exc).split()))
 
 
 # ----------------------------------------------------------------------------- search
-def search(query, db, *, contour: float | None = None, top: int = 10, prefilter: int | None = 50,
-           refine: int = 5, config: AlignConfig | None = None, jobs: int | None = None, scheduler: str | None = None,
-           progress: bool = False) -> SearchResult:
+def search(query, db, *, contour: float | None = None, top: int = 10, prefilter: int | None = PREFILTER,
+           refine: int = REFINE, config: AlignConfig | None = None, jobs: int | None = None,
+           scheduler: str | None = None, progress: bool = False) -> SearchResult:
     """Rank the catalogue's entries by how well they superimpose on `query` (a map path or
     EMDB ID; contour: given, else the EMDB header's, else estimated).  The `prefilter`
-    entries closest by signature (None: all) are aligned onto the query in global mode
-    with a screening configuration (SCREEN_HYPOTHESES coarse poses, SCREEN_MAP_REFINE
-    refined on the maps), the `refine` best of them again with the full configuration;
-    the `top` best are returned (the re-aligned ones first).  jobs / scheduler: see `executor.run_tasks`."""
+    entries closest by pre-filter vector (None: all) are screened (their best point pose
+    from the stored descriptors: `screen_entry`), the `refine` best of them aligned with
+    the full pipeline (`align_entry`); the `top` best are returned (the fully aligned ones
+    first).  jobs / scheduler: see `executor.run_tasks`."""
     from . import emdb
     from .io import read_map
     from .prepare import prepare, resolve_contour
@@ -550,7 +619,8 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
     db = os.fspath(db)
     config = catalogue_config(config)
     params = stored_params(config)
-    usable, total = usable_entries(db, config)
+    ids, vectors, total = usable_vectors(db, config)
+    timings["read catalogue"] = time.perf_counter() - started
 
     spec = os.fspath(query)
     if not emdb.is_emdb_id(spec) and not os.path.isfile(spec):
@@ -561,46 +631,53 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
     density = without_outliers(read_map(path))
     region, _ = resolve_contour(density, contour, "contour")
     query_prepared = prepare(density, region.contour, config, fine=True, region=region, name="query")
-    query_signature = signature(query_prepared)
-    timings["prepare query"] = time.perf_counter() - started
+    query_vector = prefilter_module.vector(query_prepared)
+    timings["prepare query"] = time.perf_counter() - started - timings["read catalogue"]
 
-    distances = signature_distance(query_signature, [e["signature"] for e in usable])
-    order = sorted(range(len(usable)), key=lambda i: (distances[i], usable[i]["id"]))
+    ranked = time.perf_counter()
+    distances = prefilter_module.distances(query_vector, vectors)
+    order = np.lexsort((ids, distances))
     chosen = order if prefilter is None else order[:prefilter]
+    rows = entries_by_id(db, [int(ids[i]) for i in chosen])
+    distance_of = {int(ids[i]): float(distances[i]) for i in chosen}
+    timings["prefilter"] = time.perf_counter() - ranked
 
     full_config = search_config(config)
-    screen_config = full_config.replace(max_hypotheses=min(SCREEN_HYPOTHESES, full_config.max_hypotheses),
-                                        map_refine_max=min(SCREEN_MAP_REFINE, full_config.map_refine_max))
     features = os.path.abspath(os.path.join(db, FEATURES_DIR))
     tmp = tempfile.mkdtemp(prefix=".search-", dir=db if os.access(db, os.W_OK) else None)
     try:
         query_npz = os.path.join(os.path.abspath(tmp), "query.npz")
         query_prepared.save(query_npz)
+        # the workers find the query here (inherited when they are forked; else loaded once each)
+        _QUERY_CACHE.clear()
+        _QUERY_CACHE[(query_npz, os.path.abspath(path))] = query_prepared.with_density(density)
 
-        def align_all(picked, cfg, stage):
-            tasks = [dict(entry=os.path.join(features, usable[i]["features"]), query=query_npz,
-                          query_map=os.path.abspath(path), config=cfg.as_dict()) for i in picked]
-            outcomes = [None] * len(tasks)
-            for k, outcome in run_tasks(align_entry, tasks, jobs=jobs, scheduler=scheduler, progress=progress,
-                                        desc=stage):
-                outcomes[k] = outcome
-            return dict(zip(picked, outcomes))
+        def align_all(fn, picked, cfg, stage):
+            tasks = [dict(entry=os.path.join(features, rows[k]["features"]), query=query_npz,
+                          query_map=os.path.abspath(path), config=cfg.as_dict()) for k in picked]
+            outcomes = {}
+            for n, outcome in run_tasks(fn, tasks, jobs=jobs, scheduler=scheduler, progress=progress, desc=stage):
+                outcomes[picked[n]] = outcome
+            return outcomes
 
         aligning = time.perf_counter()
-        outcomes = align_all(chosen, screen_config, "screen")
+        order_ids = list(rows)
+        screened = align_all(screen_entry, order_ids, full_config, "screen")
         timings["screen"] = time.perf_counter() - aligning
-        ok = [i for i in chosen if outcomes[i]["status"] == "ok"]
-        leaders = sorted(ok, key=lambda i: (-outcomes[i]["score"], distances[i], usable[i]["id"]))[:refine]
+        ok = [k for k in order_ids if screened[k]["status"] == "ok"]
+        leaders = sorted(ok, key=lambda k: (-screened[k]["score"], distance_of[k], k))[:refine]
         aligning = time.perf_counter()
-        outcomes.update({i: o for i, o in align_all(leaders, full_config, "refine").items() if o["status"] == "ok"})
+        final = dict(screened)
+        final.update({k: o for k, o in align_all(align_entry, leaders, full_config, "refine").items()
+                      if o["status"] == "ok"})
         timings["refine"] = time.perf_counter() - aligning
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        _QUERY_CACHE.clear()        # with jobs=1 the query's map was cached in this process
+        _QUERY_CACHE.clear()
 
     hits, errors = [], []
-    for i in chosen:
-        entry, outcome = usable[i], outcomes[i]
+    for k in order_ids:
+        entry, outcome = rows[k], final[k]
         if outcome["status"] != "ok":
             errors.append((entry["map"], outcome["error"]))
             log.warning("%s: alignment failed: %s", entry["map"], outcome["error"])
@@ -608,18 +685,67 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
         hits.append(Hit(map=entry["map"], path=entry["path"], score=outcome["score"],
                         alignment_score=outcome["alignment_score"], coverage=outcome["coverage"],
                         correlation=outcome["correlation"], T_query_entry=np.array(outcome["matrix"]).reshape(4, 4),
-                        signature_distance=float(distances[i]), contour=entry["contour"], entry_id=entry["id"]))
-    # the re-aligned leaders first (their scores come from the full pipeline), then the others
-    refined = {usable[i]["id"] for i in leaders}
+                        signature_distance=distance_of[k], contour=entry["contour"], entry_id=k))
+    # the fully aligned leaders first (their scores come from the full pipeline), then the screened others
+    refined = set(leaders)
     hits.sort(key=lambda h: (h.entry_id not in refined, -h.score, h.signature_distance, h.entry_id))
     timings["total"] = time.perf_counter() - started
     run_params = dict(params, mode="global", wide_search=full_config.wide_search,
                       contour=float(region.contour), contour_source=contour_source, top=top, prefilter=prefilter,
-                      refine=refine, screen={"max_hypotheses": screen_config.max_hypotheses,
-                                             "map_refine_max": screen_config.map_refine_max},
-                      seed=config.seed, map_refine=config.map_refine, signature=SIGNATURE_VERSION)
-    return SearchResult(query=spec, hits=hits[:top], searched=len(chosen), entries=total,
+                      refine=refine, screen={"max_hypotheses": min(SCREEN_HYPOTHESES, full_config.max_hypotheses),
+                                             "map_refine": False},
+                      seed=config.seed, map_refine=config.map_refine, signature=prefilter_module.VERSION)
+    return SearchResult(query=spec, hits=hits[:top], searched=len(order_ids), entries=total,
                         params=run_params, timings_s=timings, errors=errors)
+
+
+def usable_vectors(db, config: AlignConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """(entry ids, their pre-filter vectors as one (n, VECTOR_LENGTH) float32 array, the
+    number of entries in all) of the entries prepared with `config`: one read of the
+    catalogue.  Raises InputError as `usable_entries` does, and for rows without a vector."""
+    db = os.fspath(db)
+    params_text = json.dumps(stored_params(config), sort_keys=True)
+    conn = open_db(db, create=False)
+    try:
+        total = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        rows = conn.execute("SELECT id, vector FROM entries WHERE params = ? ORDER BY id", (params_text,)).fetchall()
+    finally:
+        conn.close()
+    if not total:
+        raise InputError(f"the catalogue {db} holds no entries; {_index_hint(db)}")
+    if not rows:
+        raise InputError(_params_mismatch(db, read_entries(db), stored_params(config)))
+    if any(blob is None for _, blob in rows):
+        raise InputError(f"some entries of the catalogue {db} have no pre-filter vector (an interrupted "
+                         f"upgrade); run `cryoalign index --db {db}` once to add them")
+    if len(rows) < total:
+        log.warning("%d of %d entries were prepared with other parameters: not used (index the maps again "
+                    "with these parameters to include them)", total - len(rows), total)
+    ids = np.array([r[0] for r in rows], np.int64)
+    vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), -1)
+    return ids, vectors, total
+
+
+def entries_by_id(db, ids: list) -> dict:
+    """{id: entry dict (as `read_entries` gives it)} for the given ids, in their order: one query."""
+    conn = open_db(db, create=False)
+    try:
+        found = {}
+        for start in range(0, len(ids), 900):          # SQLite's bound-parameter limit
+            chunk = ids[start:start + 900]
+            found.update({row[0]: row for row in conn.execute(
+                f"SELECT {', '.join(_ENTRY_COLUMNS)} FROM entries WHERE id IN ({', '.join('?' * len(chunk))})",
+                chunk)})
+    finally:
+        conn.close()
+    out = {}
+    for i in ids:
+        entry = dict(zip(_ENTRY_COLUMNS, found[i]))
+        entry["params"] = json.loads(entry["params"])
+        entry["signature"] = json.loads(entry["signature"])
+        entry["vector"] = np.frombuffer(entry["vector"], np.float32)
+        out[i] = entry
+    return out
 
 
 def search_config(config: AlignConfig) -> AlignConfig:
@@ -695,6 +821,37 @@ def align_entry(task: dict) -> dict:
                     coverage=covered,
                     correlation=None if result.score.correlation is None else float(result.score.correlation),
                     matrix=[float(v) for v in np.asarray(result.T_target_source).ravel()])
+    except InputError as exc:
+        return dict(status="error", error=" ".join(str(exc).split()))
+    finally:
+        package_log.setLevel(level)
+
+
+def screen_entry(task: dict) -> dict:
+    """The first, cheap look at one stored entry on the query (runs in a worker): its
+    coarse poses from the stored descriptors (at most SCREEN_HYPOTHESES), each refined on
+    the points (`rank.screen_poses`), the best by vector agreement; score = that
+    agreement x the coverage.  No map refinement: an entry that is not the query's
+    molecule stops here.  task as `align_entry`'s -> a dict of the same keys
+    (correlation None)."""
+    from .pipeline import coarse_hypotheses
+    from .prepare import load
+    from .rank import screen_poses
+    from .timing import Timer
+
+    package_log = logging.getLogger("cryoalign")
+    level = package_log.level
+    package_log.setLevel(logging.ERROR)
+    try:
+        config = AlignConfig(**task["config"])
+        config = config.replace(max_hypotheses=min(SCREEN_HYPOTHESES, config.max_hypotheses))
+        query = _query(task["query"], task["query_map"], config)
+        entry = load(task["entry"], config)
+        hypotheses, _ = coarse_hypotheses(entry, query, config, Timer())
+        agreement, T, _ = screen_poses(entry, query, hypotheses, config)[0]
+        covered = coverage(entry, query, T, config.sampling_A)
+        return dict(status="ok", score=float(agreement) * covered, alignment_score=float(agreement),
+                    coverage=covered, correlation=None, matrix=[float(v) for v in np.asarray(T).ravel()])
     except InputError as exc:
         return dict(status="error", error=" ".join(str(exc).split()))
     finally:

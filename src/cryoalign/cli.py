@@ -188,7 +188,8 @@ def _parser() -> argparse.ArgumentParser:
                         description="Prepare every MAP (file or EMDB ID) once and store it in DIR (SQLite "
                                     "catalogue + compressed arrays). A rerun skips what is stored; an "
                                     "interrupted run continues where it stopped.")
-    ix.add_argument("maps", nargs="+", help="maps (files or EMDB IDs)")
+    ix.add_argument("maps", nargs="*", help="maps (files or EMDB IDs); none: bring an existing catalogue up to "
+                                            "date (the pre-filter vectors of an earlier version)")
     ix.add_argument("--db", required=True, help="catalogue folder (created when missing)")
     ix.add_argument("--contour-table", default=None, help="TSV of map<TAB>contour lines (others: EMDB "
                                                           "header level, else estimated)")
@@ -197,18 +198,22 @@ def _parser() -> argparse.ArgumentParser:
     add_quiet(ix, "summary")
 
     se = sub.add_parser("search", help="rank the maps of a catalogue by how well they superimpose on QUERY",
-                        description="Prepare QUERY, pre-filter the catalogue by a rotation-invariant shape "
-                                    "signature, align the closest entries onto the query from their stored "
-                                    "features and rank them by score = alignment score (map correlation x "
-                                    "vector agreement) x coverage (the share of the query the entry covers), "
-                                    "so a part of the query that fits well ranks below the whole.")
+                        description="Prepare QUERY, rank the whole catalogue by a rotation-invariant shape "
+                                    "vector, screen the closest entries on the query from their stored "
+                                    "features, align the best of them fully and rank them by score = alignment "
+                                    "score (map correlation x vector agreement) x coverage (the share of the "
+                                    "query the entry covers), so a part of the query that fits well ranks "
+                                    "below the whole.")
     se.add_argument("query", help="query map (.mrc/.map/.ccp4, optionally .gz/.bz2/.xz, or an EMDB ID)")
     se.add_argument("--db", required=True, help="catalogue folder made by cryoalign index")
     se.add_argument("--contour", type=float, default=None, help="query contour (EMDB header level or estimated "
                                                                 "if omitted)")
     se.add_argument("--top", type=int, default=10, help="hits to report (default 10)")
-    se.add_argument("--prefilter", type=int, default=50,
-                    help="entries aligned after the signature pre-filter (default 50; 0 aligns every entry)")
+    se.add_argument("--prefilter", type=int, default=_catalogue_default("PREFILTER"),
+                    help=f"entries screened after the pre-filter (default {_catalogue_default('PREFILTER')}; "
+                         "0 screens every entry)")
+    se.add_argument("--refine", type=int, default=_catalogue_default("REFINE"),
+                    help=f"of them, aligned with the full pipeline (default {_catalogue_default('REFINE')})")
     se.add_argument("--sampling", type=float, default=None, help="sampling interval in Å (as the index)")
     add_workers(se)
     se.add_argument("--json", dest="json_out", default=None, help="write the hits as JSON here")
@@ -263,7 +268,7 @@ FLAGS = {
     "variance": {**_ALIGNMENT_FLAGS, **_WORKER_FLAGS, "reference_contour": "--reference-contour",
                  "contours": "--contour-table", "keep_all": "--keep-all", "components": "--components"},
     "index": {**_WORKER_FLAGS, "contours": "--contour-table", "sampling_A": "--sampling"},
-    "search": {**_WORKER_FLAGS, "contour=": "--contour", "top": "--top", "prefilter": "--prefilter",
+    "search": {**_WORKER_FLAGS, "contour=": "--contour", "top": "--top", "prefilter": "--prefilter", "refine": "--refine",
                "sampling_A": "--sampling"},
     "batch": {**_ALIGNMENT_FLAGS, **_WORKER_FLAGS, "retry_errors": "--retry-errors", "db=": "--db", "top": "--top"},
 }
@@ -821,6 +826,11 @@ def _cmd_batch(args) -> int:
     return 0
 
 
+def _catalogue_default(name: str) -> int:
+    from . import catalogue
+    return getattr(catalogue, name)
+
+
 def _cmd_index(args) -> int:
     from .catalogue import index
     from .config import AlignConfig
@@ -848,7 +858,7 @@ def _cmd_search(args) -> int:
         _refuse_overwriting_inputs([], [args.query], folder=args.out_dir)
         io.check_output_folder(args.out_dir)
     result = search(args.query, args.db, contour=args.contour, top=args.top,
-                    prefilter=args.prefilter or None, config=AlignConfig(sampling_A=args.sampling),
+                    prefilter=args.prefilter or None, refine=args.refine, config=AlignConfig(sampling_A=args.sampling),
                     jobs=args.jobs, scheduler=args.scheduler, progress=not args.quiet)
     text = json.dumps(result.to_json(), indent=1) + "\n"
     if args.json_out:

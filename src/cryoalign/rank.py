@@ -74,7 +74,7 @@ def rank(src: PreparedMap, tgt: PreparedMap, hypotheses: list[Hypothesis], confi
     timer = timer or Timer()
     centre = src.centre_A
     with timer.stage("fine pose"):
-        screened = _screen(src, tgt, hypotheses, config)
+        screened = screen_poses(src, tgt, hypotheses, config)
         screened = distinct(screened, centre, config, pose=lambda item: item[1])
     with timer.stage("score"):
         candidates = [_point_candidate(src, tgt, T, hyp, config, with_js) for _, T, hyp in screened]
@@ -84,7 +84,7 @@ def rank(src: PreparedMap, tgt: PreparedMap, hypotheses: list[Hypothesis], confi
     return candidates[:config.top]
 
 
-def _screen(src, tgt, hypotheses, config):
+def screen_poses(src, tgt, hypotheses, config):
     """[(agreement, T, hypothesis)] best first: ICP on a subsample, leaders on all points."""
     pts = src.cloud.points_A
     screen = subsample(pts, config.screen_points)
