@@ -5,7 +5,7 @@
     >>> result.T_target_source          # 4x4: source world coordinates (Å) -> target's
     >>> result.score.value, result.timings_s
 """
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 # Names are imported when first used (a public function never shares its name with a
 # module: importing the module would replace it), so `import cryoalign` (and the command line's
