@@ -481,7 +481,10 @@ def test_ctrl_c_on_a_first_run_keeps_the_finished_lines_and_a_rerun_resumes(work
     pairs, out = _table(work, rows), work / "results.tsv"
     command = [sys.executable, "-m", "cryoalign", "batch", str(pairs), "--out", str(out), "--jobs", jobs,
                "--global", "--sampling", "5"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # SIGINT at its default in the child: a shell's background job inherits it ignored, and Python
+    # then installs no KeyboardInterrupt handler (the run would ignore the Ctrl-C under test)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for_a_result_line(proc, out, 90, "interrupted")
         proc.send_signal(signal.SIGINT)
