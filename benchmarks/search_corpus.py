@@ -329,14 +329,19 @@ def is_right(manifest: dict, query: dict, entry: dict, T_query_entry, cover: flo
     return bool(np.isfinite(da).mean() >= cover and np.isfinite(db).mean() >= cover)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_corpus_arguments(ap) -> None:
+    """The options that name a corpus (shared with search_scale.py)."""
     ap.add_argument("--entries", type=int, default=10000)
     ap.add_argument("--queries", type=int, default=60)
     ap.add_argument("--noise", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/cryoalign-bench/search"))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_corpus_arguments(ap)
     ap.add_argument("--plan-only", action="store_true", help="print the plan's counts, write nothing")
     args = ap.parse_args(argv)
     if args.plan_only:

@@ -277,17 +277,12 @@ def executors(args, manifest, db, count: int) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--entries", type=int, default=10000)
-    ap.add_argument("--queries", type=int, default=60)
-    ap.add_argument("--noise", type=float, default=0.3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--jobs", type=int, default=2)
+    sc.add_corpus_arguments(ap)
     ap.add_argument("--prefilter", type=int, default=25)
     ap.add_argument("--refine", type=int, default=3)
     ap.add_argument("--variants", action="store_true")
     ap.add_argument("--searches", action="store_true")
     ap.add_argument("--executors", type=int, default=0, help="check this many queries on 1, 2 workers and Dask")
-    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/cryoalign-bench/search"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     manifest, db = build_and_index(args)

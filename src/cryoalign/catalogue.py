@@ -214,10 +214,7 @@ def signature(prepared) -> dict:
     points: the sampled cloud above contour, at most SIGNATURE_POINTS of them."""
     from scipy.spatial.distance import pdist
 
-    points = np.asarray(prepared.cloud.points_A, float)
-    if len(points) > SIGNATURE_POINTS:
-        keep = np.random.default_rng(0).choice(len(points), SIGNATURE_POINTS, replace=False)
-        points = points[np.sort(keep)]
+    points = prefilter_module.points_of(prepared, SIGNATURE_POINTS)
     centred = points - points.mean(0)
     eigenvalues = np.sort(np.linalg.eigvalsh(centred.T @ centred / len(centred)))[::-1]
     axes = np.sqrt(np.maximum(eigenvalues, 1e-6))
@@ -368,14 +365,16 @@ def read_entries(db) -> list[dict]:
         rows = conn.execute(f"SELECT {', '.join(_ENTRY_COLUMNS)} FROM entries ORDER BY id").fetchall()
     finally:
         conn.close()
-    out = []
-    for row in rows:
-        entry = dict(zip(_ENTRY_COLUMNS, row))
-        entry["params"] = json.loads(entry["params"])
-        entry["signature"] = json.loads(entry["signature"])
-        entry["vector"] = None if entry["vector"] is None else np.frombuffer(entry["vector"], np.float32)
-        out.append(entry)
-    return out
+    return [_decoded(row) for row in rows]
+
+
+def _decoded(row) -> dict:
+    """A row of `entries` as a dict: params and signature decoded, the vector as float32."""
+    entry = dict(zip(_ENTRY_COLUMNS, row))
+    entry["params"] = json.loads(entry["params"])
+    entry["signature"] = json.loads(entry["signature"])
+    entry["vector"] = None if entry["vector"] is None else np.frombuffer(entry["vector"], np.float32)
+    return entry
 
 
 def usable_entries(db, config: AlignConfig, *, user: str = "the search", retry: str = "search") -> tuple[list, int]:
@@ -535,11 +534,7 @@ def vector_of_features(npz: str) -> bytes:
     """The pre-filter vector (float32 bytes) of a stored entry (runs in a worker)."""
     from .prepare import load
 
-    try:
-        return prefilter_module.vector(load(npz)).tobytes()
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"the stored features {npz} cannot be read ({exc}); move the catalogue folder away "
-                         "and index the maps again") from None
+    return prefilter_module.vector(load(npz)).tobytes()      # load names an unreadable file (InputError)
 
 
 def _fill_hashes(specs: list, jobs, scheduler, progress) -> None:
@@ -738,14 +733,7 @@ def entries_by_id(db, ids: list) -> dict:
                 chunk)})
     finally:
         conn.close()
-    out = {}
-    for i in ids:
-        entry = dict(zip(_ENTRY_COLUMNS, found[i]))
-        entry["params"] = json.loads(entry["params"])
-        entry["signature"] = json.loads(entry["signature"])
-        entry["vector"] = np.frombuffer(entry["vector"], np.float32)
-        out[i] = entry
-    return out
+    return {i: _decoded(found[i]) for i in ids}
 
 
 def search_config(config: AlignConfig) -> AlignConfig:

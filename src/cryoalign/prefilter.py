@@ -19,9 +19,9 @@ learned from the indexed maps.  Two parts, each a fixed-length block:
   (so the sampling interval cancels).  The energy of a degree does not change when the
   map turns, so neither does the vector.
 
-`distances` is the L1 distance with each block weighted (BLOCK_WEIGHTS) by the inverse
-of its typical spread between maps of different molecules, fixed constants chosen on the
-tuning queries of benchmarks/search_corpus.py (README "A catalogue of maps").
+`distances` is the L1 distance with each block weighted (BLOCK_WEIGHTS): fixed constants
+chosen by the pre-filter's recall on the tuning queries of benchmarks/search_corpus.py
+(README "Search at archive scale").
 """
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ VECTOR_LENGTH = SHAPE_LENGTH + HARMONIC_LENGTH
 BLOCK_WEIGHTS = {"shape": 1.0, "harmonics": 0.5}
 
 
-def points_of(prepared) -> np.ndarray:
-    """The cloud's points, at most SIGNATURE_POINTS of them (a seeded subset)."""
+def points_of(prepared, count: int = SIGNATURE_POINTS) -> np.ndarray:
+    """The cloud's points, at most `count` of them (a seeded subset, in cloud order)."""
     points = np.asarray(prepared.cloud.points_A, float)
-    if len(points) > SIGNATURE_POINTS:
-        keep = np.random.default_rng(0).choice(len(points), SIGNATURE_POINTS, replace=False)
+    if len(points) > count:
+        keep = np.random.default_rng(0).choice(len(points), count, replace=False)
         points = points[np.sort(keep)]
     return points
 
