@@ -71,6 +71,10 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds per case before it counts as a hang (default 60; a full alignment of "
                         "these small maps takes 0.3-20 s)")
+    p.add_argument("--full-timeout", type=float, default=150.0,
+                   help="seconds for a case that runs a whole alignment (default 150: a small map placed "
+                        "locally into a large one may run the exhaustive scan, 35-40 s on a quiet machine "
+                        "and over 60 s with both cores busy)")
     p.add_argument("--out", default=os.path.join("/tmp", "cryoalign-fuzz"), help="scratch and report folder")
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--full", type=float, default=0.06,
@@ -86,7 +90,8 @@ def main(argv=None):
     families = args.families.split(",") if args.families else None
     if families and set(families) - set(FAMILY_WEIGHTS):
         p.error(f"unknown families {sorted(set(families) - set(FAMILY_WEIGHTS))}")
-    opts = dict(seed=args.seed, timeout=args.timeout, out=os.path.abspath(args.out), jobs=max(1, args.jobs),
+    opts = dict(seed=args.seed, timeout=args.timeout, full_timeout=args.full_timeout,
+                out=os.path.abspath(args.out), jobs=max(1, args.jobs),
                 p_full=args.full, families=families, mem_gb=args.mem_gb, keep=args.keep)
     os.makedirs(opts["out"], exist_ok=True)
     if args.case is not None:

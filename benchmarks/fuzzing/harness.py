@@ -44,6 +44,12 @@ PRECEDENCE = ("crash", "input modified", "partial output", "accepted bad map", "
 HARD_GRACE_S = 25.0   # the parent kills a worker this long after the soft timeout
 
 
+def case_timeout(opts, mode):
+    """Seconds a case may take: `--full-timeout` for a whole alignment (a small map placed locally
+    into a large one can run the exhaustive scan: 35-40 s on a quiet machine), `--timeout` otherwise."""
+    return opts.get("full_timeout", opts["timeout"]) if mode == "full" else opts["timeout"]
+
+
 class CaseTimeout(BaseException):
     """Raised by the soft alarm; a BaseException so that cli.main's `except Exception` lets it out."""
 
@@ -785,8 +791,9 @@ def _worker(conn, wid, opts):
                                    desc="; ".join(case.desc), argv=case.argv)))
         stack_file.seek(0)
         stack_file.truncate()
-        faulthandler.dump_traceback_later(opts["timeout"] + HARD_GRACE_S - 5, file=stack_file)
-        res = run_case(case, folder / "case", opts["timeout"])
+        limit = case_timeout(opts, case.mode)
+        faulthandler.dump_traceback_later(limit + HARD_GRACE_S - 5, file=stack_file)
+        res = run_case(case, folder / "case", limit)
         faulthandler.cancel_dump_traceback_later()
         if res["outcome"] in FAILURES:
             keep = pathlib.Path(opts["out"]) / "failures" / f"case-{index}"
@@ -801,7 +808,6 @@ def run_pool(opts, indices, progress_every=500):
     from multiprocessing.connection import wait
 
     ctx = mp.get_context("spawn")
-    hard = opts["timeout"] + HARD_GRACE_S
     results = {}
     kept = collections.Counter()
     pending = collections.deque(indices)
@@ -882,10 +888,12 @@ def run_pool(opts, indices, progress_every=500):
                     spawn()
         now = time.time()
         for wid, w in list(workers.items()):
-            if w["case"] is not None and now - w["started"] > hard:
+            # the mode is known once the worker said "started"; until then the longer limit holds
+            limit = case_timeout(opts, (w["info"] or dict(mode="full"))["mode"])
+            if w["case"] is not None and now - w["started"] > limit + HARD_GRACE_S:
                 info = w["info"] or dict(index=w["case"], family="?", kind="?", mode="", desc="", argv=[])
                 results[w["case"]] = dict(info, outcome="hang", exit=None, api="",
-                                          signature=f"timeout > {opts['timeout']:g} s in {where(wid)} (killed)",
+                                          signature=f"timeout > {limit:g} s in {where(wid)} (killed)",
                                           problems=[f"killed after {now - w['started']:.0f} s"], stderr="",
                                           seconds=now - w["started"], warnings=0)
                 kill(wid)
@@ -911,7 +919,7 @@ def replay(opts, indices):
     for index in indices:
         case = make_case(opts["seed"], index, opts["p_full"], opts["families"])
         folder = pathlib.Path(opts["out"]) / "replay" / f"case-{index}"
-        res = run_case(case, folder, opts["timeout"])
+        res = run_case(case, folder, case_timeout(opts, case.mode))
         print(f"case {index} (seed {opts['seed']}): family {case.family}, kind {case.kind}, mode {case.mode}")
         print(f"  mutation: {'; '.join(case.desc)}")
         print(f"  files in: {folder}")

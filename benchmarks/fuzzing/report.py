@@ -24,7 +24,8 @@ def summary_tables(results, wall, opts) -> str:
         c = collections.Counter(r["outcome"] for r in rs)
         rows.append([fam, len(rs), sum(r["mode"] == "full" for r in rs)] + [c[k] for k in OUTCOMES])
     lines = [f"cryoalign fuzz: {len(results)} cases, seed {opts['seed']}, {opts['jobs']} jobs, "
-             f"timeout {opts['timeout']:g} s, memory limit {opts['mem_gb']:g} GB per worker, "
+             f"timeout {opts['timeout']:g} s ({opts.get('full_timeout', opts['timeout']):g} s for a whole "
+             f"alignment), memory limit {opts['mem_gb']:g} GB per worker, "
              f"wall time {wall:.0f} s ({wall / 60:.1f} min)",
              f"date {datetime.datetime.now().isoformat(timespec='seconds')}, {platform.node()}, "
              f"{os.cpu_count()} CPUs, Python {platform.python_version()}", "",
