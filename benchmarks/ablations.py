@@ -54,7 +54,7 @@ def main(argv=None):
     import evaluate  # the benchmark's own CA reader and RMSD
 
     import cryoalign
-    from cryoalign.pipeline import mirror
+    from cryoalign.core.pipeline import mirror
 
     home = os.environ.get("BENCH_HOME", os.path.expanduser("~/.cache/cryoalign-bench"))
     cases_dir = os.path.abspath(a.cases or os.path.join(home, "cases"))

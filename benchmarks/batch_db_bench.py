@@ -19,7 +19,7 @@ import os
 import time
 
 from cryoalign import AlignConfig
-from cryoalign.batching import RESULT_COLUMNS, batch
+from cryoalign.apps.batching import RESULT_COLUMNS, batch
 
 
 def pairs_table(folder: str, count: int, path: str) -> None:

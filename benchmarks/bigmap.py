@@ -33,7 +33,7 @@ def build(workdir: str, size: int):
     import mrcfile
 
     import cryoalign
-    from cryoalign import simulate
+    from cryoalign.apps import simulate
     from cryoalign import transform as tf
 
     st = cryoalign.read_model(os.path.join(ROOT, "examples", "5nsr.pdb.gz"))

@@ -24,9 +24,9 @@ import time
 
 import numpy as np
 
-from cryoalign import simulate
+from cryoalign.apps import simulate
 from cryoalign import transform as tf
-from cryoalign.comparison import SCALE_METHODS, compare
+from cryoalign.apps.comparison import SCALE_METHODS, compare
 from cryoalign.io import read_model, transform_model
 from cryoalign.types import DensityMap
 
@@ -121,7 +121,7 @@ def readme_example():
     from scipy import ndimage
 
     from cryoalign.io import read_map
-    from cryoalign.outputs import resample_onto
+    from cryoalign.io.outputs import resample_onto
 
     ex = os.path.join(HERE, "..", "examples")
     src, tgt = read_map(os.path.join(ex, "emd_3695_5A.mrc.gz")), read_map(os.path.join(ex, "emd_3696_5A.mrc.gz"))

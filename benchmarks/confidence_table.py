@@ -7,7 +7,7 @@ of the answer against whether the answer was right.
 RUN_OUT is run_benchmark.py's --out folder (the scorer's `<method>__<set>.tsv` files and
 the `runs/<method>/<set>/<case>/out.json` results).  Right: symmetry-aware CA RMSD under
 3 Å; failure: over 10 Å or an error.  The verdict is recomputed from the stored
-candidates with the current thresholds (`cryoalign.confidence`), so thresholds can be
+candidates with the current thresholds (`cryoalign.core.confidence`), so thresholds can be
 tried without running the alignments again.  Prints, per set and in total, the answers
 called high / medium / low and how many of each were right, and lists every failure and
 every wrong "high" answer with its evidence.
@@ -21,7 +21,7 @@ import json
 import os
 from types import SimpleNamespace
 
-from cryoalign.confidence import assess
+from cryoalign.core.confidence import assess
 
 
 def _candidates(doc):

@@ -71,9 +71,9 @@ def contour_of(case, density):
 
 
 def run_cryoalign(case, st, chain, exhaustive, jobs, angle):
-    from cryoalign import fit
+    from cryoalign.apps import fit
     from cryoalign import transform as tf
-    from cryoalign.pipeline import as_map
+    from cryoalign.core.pipeline import as_map
 
     density = as_map(str(case["map"]))
     t0 = time.perf_counter()

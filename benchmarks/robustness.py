@@ -9,7 +9,7 @@ Cases.  For each molecule (public PDB models, see /work/shared/data/SOURCES.tsv)
 each of `--repeats` random rigid motions (uniform rotation, translation uniform in
 +-30 Å per axis; seeded by (seed, molecule, repeat), so every condition sees the same
 motions), the target is the model as deposited and the source the moved model, both
-simulated with `cryoalign.simulate.simulate` (molmap-style Gaussians) on a box padded
+simulated with `cryoalign.apps.simulate.simulate` (molmap-style Gaussians) on a box padded
 by 20 Å of solvent, voxel = resolution / 3 but at least 1.5 Å (and coarser if the box
 would exceed 160^3 voxels).  `cryoalign.align(..., mode="global")` then recovers the
 motion; the error is the CA RMSD (P for nucleotides) of the moved model between the
@@ -62,8 +62,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
 import cryoalign  # noqa: E402
-from cryoalign import pointcloud  # noqa: E402
-from cryoalign import simulate as sim  # noqa: E402
+from cryoalign.core import pointcloud  # noqa: E402
+from cryoalign.apps import simulate as sim  # noqa: E402
 from cryoalign import transform as tf  # noqa: E402
 from cryoalign.io import model_coordinates, read_model, transform_model  # noqa: E402
 from cryoalign.types import DensityMap  # noqa: E402

@@ -6,7 +6,7 @@ does a search take, and what does the signature pre-filter lose?
 Database (simulated from /work/shared/data/models/*.pdb.gz, each in a seeded random pose):
 for every model, the whole model and selections of its chains (single chains and
 sub-complexes: random subsets of chains), each at --resolutions (6, 8, 10 Å), indexed
-with `cryoalign.catalogue.index`.  The entries of one (model, chain selection) share a
+with `cryoalign.apps.catalogue.index`.  The entries of one (model, chain selection) share a
 label; the near-duplicates (a complex and the same complex minus a small chain; the
 related models 5NSR/5NSS, 5FKV/5FKW/5M1S, 5FWM/5FWP, 5U8S/5U8T) are the hard decoys.
 Queries: selections that are in the database, simulated again at --query-resolution
@@ -29,9 +29,9 @@ import time
 
 import numpy as np
 
-from cryoalign import simulate
+from cryoalign.apps import simulate
 from cryoalign import transform as tf
-from cryoalign.catalogue import index, read_entries, search
+from cryoalign.apps.catalogue import index, read_entries, search
 from cryoalign.io import read_model, transform_model, write_map
 
 MODELS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "models", "*.pdb.gz")))
@@ -213,10 +213,10 @@ def _centre(path):
 def prefilter_recall(maps, queries, folder, db, args) -> list:
     """For each query (its pre-filter vector, from the query map prepared as search does):
     the pre-filter rank of the first entry carrying its label."""
-    from cryoalign import prefilter
-    from cryoalign.catalogue import catalogue_config
+    from cryoalign.apps import prefilter
+    from cryoalign.apps.catalogue import catalogue_config
     from cryoalign.io import read_map
-    from cryoalign.prepare import prepare, resolve_contour
+    from cryoalign.core.prepare import prepare, resolve_contour
 
     entries = read_entries(db)
     matrix = np.stack([e["vector"] for e in entries])

@@ -44,7 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "unseen"))
 import make_unseen_cases as mu  # noqa: E402
 
-from cryoalign import simulate  # noqa: E402
+from cryoalign.apps import simulate  # noqa: E402
 from cryoalign import transform as tf  # noqa: E402
 from cryoalign.io import transform_model, write_map  # noqa: E402
 

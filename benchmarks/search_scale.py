@@ -34,8 +34,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import search_corpus as sc  # noqa: E402
 
-from cryoalign import prefilter  # noqa: E402
-from cryoalign.catalogue import DB_FILE, catalogue_config, index, read_entries, search, signature, signature_distance  # noqa: E402
+from cryoalign.apps import prefilter  # noqa: E402
+from cryoalign.apps.catalogue import DB_FILE, catalogue_config, index, read_entries, search, signature, signature_distance  # noqa: E402
 
 KS = (1, 5, 20, 50)
 
@@ -61,8 +61,8 @@ def build_and_index(args) -> tuple[dict, str]:
 def query_vectors(manifest, folder) -> list:
     """(pre-filter vector, shape signature) of every query, prepared as search prepares it (cached)."""
     from cryoalign.io import read_map
-    from cryoalign.prepare import prepare, resolve_contour
-    from cryoalign.robust import without_outliers
+    from cryoalign.core.prepare import prepare, resolve_contour
+    from cryoalign.io.robust import without_outliers
 
     path = os.path.join(folder, "query_vectors.json")
     if os.path.exists(path):
@@ -93,7 +93,7 @@ def bow_codebook(folder) -> np.ndarray:
     from scipy.cluster.vq import kmeans2
 
     from cryoalign.io import read_map
-    from cryoalign.prepare import prepare, resolve_contour
+    from cryoalign.core.prepare import prepare, resolve_contour
 
     path = os.path.join(folder, "codebook.npy")
     if os.path.exists(path):
@@ -251,7 +251,7 @@ def table(args, manifest, db, results):
     opened = []
     for _ in range(3):
         t = time.perf_counter()
-        from cryoalign.catalogue import usable_vectors
+        from cryoalign.apps.catalogue import usable_vectors
         usable_vectors(db, catalogue_config(None))
         opened.append(time.perf_counter() - t)
     print(f"catalogue read for a search ({n} entries): {min(opened):.3f} s")

@@ -18,10 +18,10 @@ import time
 import numpy as np
 from scipy.spatial import cKDTree
 
-from cryoalign import simulate
+from cryoalign.apps import simulate
 from cryoalign import transform as tf
 from cryoalign.io import read_model, transform_model, write_map
-from cryoalign.variation import variance
+from cryoalign.apps.variation import variance
 
 MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "5nsr.pdb.gz")
 

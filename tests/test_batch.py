@@ -25,8 +25,8 @@ from scipy.spatial.transform import Rotation
 from _maps import resampled_map
 from cryoalign import AlignConfig, InputError, read_map, write_map
 from cryoalign import transform as tf
-from cryoalign.batching import RESULT_COLUMNS, batch
-from cryoalign.catalogue import index
+from cryoalign.apps.batching import RESULT_COLUMNS, batch
+from cryoalign.apps.catalogue import index
 from test_emdb import V3_HEADER, archive, map_gz  # noqa: F401  (local EMDB server fixtures)
 
 T_KNOWN = tf.make(Rotation.from_rotvec(np.deg2rad(25.0) * np.array([0.6, -0.48, 0.64])).as_matrix(),
@@ -195,7 +195,7 @@ def test_killed_run_resumes_without_repeating_a_pair(work):
     code = textwrap.dedent("""
         import json, sys
         from cryoalign import AlignConfig
-        from cryoalign.batching import batch
+        from cryoalign.apps.batching import batch
         batch(sys.argv[1], sys.argv[2], jobs=1, config=AlignConfig(**json.loads(sys.argv[3])))
     """)
     proc = subprocess.Popen([sys.executable, "-c", code, str(pairs), str(out), settings])
@@ -325,8 +325,8 @@ def db(maps, tmp_path_factory):
 def _prepared_maps(monkeypatch) -> list:
     """The file names of the maps prepared (stages 1-3) from now on in this process (jobs=1 runs the
     pairs here): the real `prepare`, counted."""
-    prepare_module = importlib.import_module("cryoalign.prepare")
-    pipeline = importlib.import_module("cryoalign.pipeline")
+    prepare_module = importlib.import_module("cryoalign.core.prepare")
+    pipeline = importlib.import_module("cryoalign.core.pipeline")
     real, names = prepare_module.prepare, []
 
     def counted(density, *args, **kwargs):
@@ -390,8 +390,8 @@ def test_a_map_with_outliers_is_indexed_as_alignment_reads_it(work, tmp_path, mo
 def test_stored_features_of_other_voxel_values_or_contour_are_prepared_again(work, tmp_path, caplog):
     # features saved from the map before its outliers were clipped (as catalogues before 0.2.1 did),
     # or at another contour, would give another answer: align prepares the map again
-    from cryoalign.pipeline import align
-    from cryoalign.prepare import prepare, resolve_contour
+    from cryoalign.core.pipeline import align
+    from cryoalign.core.prepare import prepare, resolve_contour
 
     spiky = read_map(_spiky(work, tmp_path))
     moved = work / "maps" / "moved.mrc"
@@ -405,7 +405,7 @@ def test_stored_features_of_other_voxel_values_or_contour_are_prepared_again(wor
     assert again.params["from_catalogue"] == []
     np.testing.assert_array_equal(again.T_target_source, plain.T_target_source)
     # the right values at another contour: not used either
-    from cryoalign.robust import without_outliers
+    from cryoalign.io.robust import without_outliers
     fixed = without_outliers(spiky)
     prepare(fixed, 1.1 * plain.params["source_contour"], fast_config(), fine=True,
             with_hash=True).save(tmp_path / "other.npz")

@@ -15,7 +15,7 @@ from scipy.spatial.transform import Rotation
 import cryoalign
 from cryoalign import transform as tf
 from cryoalign.cli import main
-from cryoalign.pipeline import mirror
+from cryoalign.core.pipeline import mirror
 from test_pipeline import actin, pair0, result0, simulate  # noqa: F401  (fixtures)
 
 C3_AXIS = np.array([0.3, 0.2, 1.0]) / np.linalg.norm([0.3, 0.2, 1.0])

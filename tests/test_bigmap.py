@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import cryoalign
-from cryoalign import io, maprefine, pointcloud
+from cryoalign.io import maps as io
+from cryoalign.core import maprefine, pointcloud
 from cryoalign.errors import InputError
 
 

@@ -13,9 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from cryoalign import prefilter, simulate
+from cryoalign.apps import prefilter, simulate
 from cryoalign import transform as tf
-from cryoalign.catalogue import (DB_FILE, FEATURES_DIR, format_table, index, open_db, read_entries, search,
+from cryoalign.apps.catalogue import (DB_FILE, FEATURES_DIR, format_table, index, open_db, read_entries, search,
                                  signature_distance)
 from cryoalign.config import AlignConfig
 from cryoalign.errors import InputError
@@ -118,7 +118,7 @@ def test_index_results_do_not_depend_on_the_worker_count(built, tmp_path):
 
 _KILLED_RUN = """
 import json, sys
-from cryoalign.catalogue import index
+from cryoalign.apps.catalogue import index
 args = json.loads(sys.argv[1])
 index(args["maps"], args["db"], contours=args["contours"], jobs=1)
 """

@@ -636,12 +636,12 @@ def test_rmsd_unreadable_matrix_file_is_bad_input(bad, case, tmp_path, kind):
 
 
 def test_json_onto_an_input_file_is_refused(bad, case, tmp_path, monkeypatch):
-    import cryoalign.pipeline
+    import cryoalign.core.pipeline
 
     def must_not_run(*args, **kwargs):   # like check_writable, this should fail before any work
         raise AssertionError("align ran although --json names the source map")
 
-    monkeypatch.setattr(cryoalign.pipeline, "align", must_not_run)
+    monkeypatch.setattr(cryoalign.core.pipeline, "align", must_not_run)
     victim = tmp_path / "source_copy.mrc"
     shutil.copy(case.source, victim)
     argv = align_argv(case, "--json", victim)
@@ -660,12 +660,12 @@ def test_rmsd_column_major_matrix_is_refused(bad, case, tmp_path):
 
 # ----------------------------------------------------------------------------- internal errors
 def test_internal_error_exits_1_with_traceback(case, tmp_path, capsys, monkeypatch):
-    import cryoalign.pipeline
+    import cryoalign.core.pipeline
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(cryoalign.pipeline, "align", boom)
+    monkeypatch.setattr(cryoalign.core.pipeline, "align", boom)
     out_json = tmp_path / "r.json"
     code, out, err = run(align_argv(case, "--json", out_json), capsys)
     assert code == EXIT_INTERNAL
@@ -677,12 +677,12 @@ def test_internal_error_exits_1_with_traceback(case, tmp_path, capsys, monkeypat
 
 
 def test_keyboard_interrupt_exits_130(case, tmp_path, capsys, monkeypatch):
-    import cryoalign.pipeline
+    import cryoalign.core.pipeline
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cryoalign.pipeline, "align", interrupted)
+    monkeypatch.setattr(cryoalign.core.pipeline, "align", interrupted)
     code, _, err = run(align_argv(case, "--json", tmp_path / "r.json"), capsys)
     assert code == 130
     assert err.strip().splitlines()[-1] == "cryoalign: interrupted"

@@ -7,9 +7,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from cryoalign import simulate
+from cryoalign.apps import simulate
 from cryoalign import transform as tf
-from cryoalign.comparison import SCALE_METHODS, compare, fsc, write_compare_outputs
+from cryoalign.apps.comparison import SCALE_METHODS, compare, fsc, write_compare_outputs
 from cryoalign.errors import InputError
 from cryoalign.io import read_model, transform_model
 from cryoalign.types import DensityMap
@@ -267,7 +267,7 @@ def test_a_difference_over_most_of_a_molecule_is_warned_about(missing_chain):
 def test_pieces_joined_by_weaker_difference_are_one_blob():
     """Two 1000-voxel cubes above the level, 8 voxels apart, joined by a bar at 0.7 x level: one
     blob of two pieces (its volume the cubes' only); a bar at 0.3 x level does not join them."""
-    from cryoalign.comparison import difference_blobs
+    from cryoalign.apps.comparison import difference_blobs
 
     values = np.zeros((40, 40, 40), np.float32)
     values[5:15, 5:15, 5:15] = 2.0
@@ -286,7 +286,7 @@ def test_pieces_joined_by_weaker_difference_are_one_blob():
 @pytest.mark.parametrize("gap,blobs", [(6, 1), (9, 2)])
 def test_pieces_closer_than_7_A_are_one_blob(gap, blobs):
     """Two cubes with `gap` empty voxels (1 Å) between them and nothing joining them."""
-    from cryoalign.comparison import difference_blobs
+    from cryoalign.apps.comparison import difference_blobs
 
     values = np.zeros((40, 40, 40), np.float32)
     values[5:15, 5:15, 5:15] = 2.0

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cryoalign import pointcloud, simulate
+from cryoalign.core import pointcloud
+from cryoalign.apps import simulate
 from cryoalign.io import read_map, read_model
-from cryoalign.prepare import resolve_contour
+from cryoalign.core.prepare import resolve_contour
 from cryoalign.types import DensityMap
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -104,7 +105,7 @@ def test_implausible_contour_is_warned_about(caplog):
         f"{plateau:.4g}); pass target_contour (e.g. the EMDB recommended level)")
     assert n / m > 1.5
     # the estimate that resolve_contour makes for such a map raises no warning any more
-    with caplog.at_level(logging.WARNING, logger="cryoalign.prepare"):
+    with caplog.at_level(logging.WARNING, logger="cryoalign.core.prepare"):
         region, estimated = resolve_contour(density, None, "target_contour")
     assert estimated and not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert 0.7 <= _volume_ratio(density, region.contour, simulate.model_mass_Da(st)) <= 1.5

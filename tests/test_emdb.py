@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from cryoalign import InputError, read_map
-from cryoalign import emdb
+from cryoalign.io import emdb
 
 V3_HEADER = """<?xml version="1.0" encoding="UTF-8"?>
 <emd emdb_id="EMD-1234" version="3.0.2.0">

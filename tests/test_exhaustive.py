@@ -1,4 +1,4 @@
-"""The exhaustive 6D scan (cryoalign.exhaustive): rotation grid, step rule, and a chain
+"""The exhaustive 6D scan (cryoalign.core.exhaustive): rotation grid, step rule, and a chain
 planted in a simulated complex found by the scan alone.
 
 The complex: three copies of actin (tests/data/3mfp.pdb.gz, related by a C3 turn, as in
@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from cryoalign import exhaustive, simulate
+from cryoalign.core import exhaustive
+from cryoalign.apps import simulate
 from cryoalign import transform as tf
 from cryoalign.config import AlignConfig
 from cryoalign.errors import InputError
-from cryoalign.pipeline import candidates_for
-from cryoalign.prepare import prepare
+from cryoalign.core.pipeline import candidates_for
+from cryoalign.core.prepare import prepare
 from _maps import ca_coords, moved_structure, three_copies
 
 RESOLUTION_A = 8.0
@@ -136,7 +137,7 @@ def test_a_scan_over_the_work_budget_gets_a_coarser_step(planted, caplog):
     src, tgt, config, _, _ = planted
     free, _ = exhaustive.setup(src, tgt, config.replace(exhaustive_max_work=None))
     work = len(free.rotations) * int(np.prod(free.shape))
-    with caplog.at_level("INFO", logger="cryoalign.exhaustive"):
+    with caplog.at_level("INFO", logger="cryoalign.core.exhaustive"):
         cut, plan = exhaustive.setup(src, tgt, config.replace(exhaustive_max_work=work // 3))
     assert plan["budget_cut"] and plan["step"] > config.exhaustive_step_deg
     assert len(cut.rotations) * int(np.prod(cut.shape)) <= work // 3

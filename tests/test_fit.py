@@ -1,4 +1,4 @@
-"""Chain fitting (cryoalign.fit, `cryoalign fit`) and `cryoalign simulate`.
+"""Chain fitting (cryoalign.apps.fit, `cryoalign fit`) and `cryoalign simulate`.
 
 The case: a model of three identical actin subunits (tests/data/3mfp.pdb.gz chain A,
 copied to chains A, B, C by a C3 rotation about an axis 35 Å from its centroid, so
@@ -18,7 +18,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 import cryoalign
-from cryoalign import fit, simulate
+from cryoalign.apps import fit, simulate
 from cryoalign import transform as tf
 from cryoalign.cli import main
 from cryoalign.types import Candidate, Score

@@ -1,7 +1,7 @@
 """Invariance and equivariance properties of `cryoalign.align`.
 
 One actin subunit (tests/data/3mfp.pdb.gz) is simulated at 6 Å on 2 Å voxels
-(`cryoalign.simulate.simulate`): the target from the model as deposited, the
+(`cryoalign.apps.simulate.simulate`): the target from the model as deposited, the
 source from the model moved by a known rigid motion.  Each test changes the
 input in a way whose effect on the answer is known exactly and checks the
 answer changes by exactly that:
@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 
 import cryoalign
-from cryoalign import simulate as sim
+from cryoalign.apps import simulate as sim
 from cryoalign import transform as tf
 from cryoalign.io import model_coordinates, read_map, read_model, transform_model, write_map
 from cryoalign.types import DensityMap

@@ -1,4 +1,4 @@
-"""Local alignment (`mode="local"`, cryoalign.local) and map-level refinement (cryoalign.maprefine).
+"""Local alignment (`mode="local"`, cryoalign.core.local) and map-level refinement (cryoalign.core.maprefine).
 
 The case: one actin subunit (tests/data/3mfp.pdb.gz, chain A) and a model of three
 identical copies of it (chains A, B, C) related by a C3 rotation about an axis 35 Å
@@ -18,7 +18,8 @@ import pytest
 from scipy.spatial import cKDTree
 
 import cryoalign
-from cryoalign import local, maprefine, rank, simulate
+from cryoalign.core import local, maprefine, rank
+from cryoalign.apps import simulate
 from cryoalign.config import AlignConfig
 from cryoalign import transform as tf
 from cryoalign.cli import main

@@ -2,7 +2,7 @@
 that overflow single precision, single outlier voxels, bzip2/xz files, map suffixes.
 
 One test per message of `read_map` / `write_map` for these inputs (the message is
-checked in full), plus the `cryoalign.robust` helpers the level decisions rely on.
+checked in full), plus the `cryoalign.io.robust` helpers the level decisions rely on.
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import warnings
 import numpy as np
 import pytest
 
-from cryoalign import io as cio
+from cryoalign.io import maps as cio
 from cryoalign.errors import InputError
 from cryoalign.io import check_map_suffix, read_map, write_map
-from cryoalign.robust import clip_outliers, count_outliers, describe_outliers, robust_range
+from cryoalign.io.robust import clip_outliers, count_outliers, describe_outliers, robust_range
 from cryoalign.types import DensityMap
 from _maps import file_bytes, patched
 

@@ -9,10 +9,10 @@ import shutil
 import numpy as np
 import pytest
 
-from cryoalign import pictures
+from cryoalign.io import pictures
 from cryoalign import transform as tf
-from cryoalign.comparison import compare, write_compare_outputs
-from cryoalign.report import write_report
+from cryoalign.apps.comparison import compare, write_compare_outputs
+from cryoalign.io.report import write_report
 from cryoalign.types import DensityMap
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

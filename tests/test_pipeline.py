@@ -16,7 +16,7 @@ import pytest
 from scipy import ndimage
 
 import cryoalign
-from cryoalign import pointcloud
+from cryoalign.core import pointcloud
 from cryoalign import transform as tf
 from cryoalign.errors import InputError
 from cryoalign.io import read_map

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 import cryoalign
-from cryoalign import prepare as prep
-from cryoalign import simulate
+from cryoalign.core import prepare as prep
+from cryoalign.apps import simulate
 from cryoalign import transform as tf
 from cryoalign.cli import flagged, main
 from cryoalign.config import AlignConfig
 from cryoalign.errors import InputError
-from cryoalign.pipeline import align_prepared, choose_mode_and_sampling
+from cryoalign.core.pipeline import align_prepared, choose_mode_and_sampling
 from _maps import moved_structure, three_copies
 
 SRC, TGT = "emd_3695_5A.mrc.gz", "emd_3696_5A.mrc.gz"

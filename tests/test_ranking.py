@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import cryoalign
-from cryoalign import prepare as prep
-from cryoalign import recall
+from cryoalign.core import prepare as prep
+from cryoalign.core import recall
 from cryoalign import transform as tf
-from cryoalign.confidence import assess
+from cryoalign.core.confidence import assess
 from cryoalign.config import AlignConfig
 from _maps import resampled_map
 

@@ -1,4 +1,4 @@
-"""Tests for cryoalign.simulate: molmap-style maps simulated from atomic models.
+"""Tests for cryoalign.apps.simulate: molmap-style maps simulated from atomic models.
 
 Synthetic gemmi structures (a few atoms at known positions) check peak heights,
 widths, grid layout and atom selection exactly; a brute-force sum of Gaussians
@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from cryoalign import simulate as sim
+from cryoalign.apps import simulate as sim
 from cryoalign.errors import InputError
 from cryoalign.io import read_map, read_model, write_map
-from cryoalign.simulate import chain_ids, contour_for, model_mass_Da, simulate
+from cryoalign.apps.simulate import chain_ids, contour_for, model_mass_Da, simulate
 from cryoalign.types import DensityMap
 
 TESTS_DIR = pathlib.Path(__file__).resolve().parent

@@ -1,4 +1,4 @@
-"""Stage-level tests: each pipeline stage (see cryoalign.pipeline) on inputs whose answer is known.
+"""Stage-level tests: each pipeline stage (see cryoalign.core.pipeline) on inputs whose answer is known.
 
 Analytic maps (sums of Gaussian blobs built directly as `DensityMap`s, with off-grid
 centres, non-zero origins and anisotropic voxels so that axis-order mistakes show),
@@ -13,7 +13,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
-from cryoalign import features, keypoints, match, pointcloud, refine, register, score
+from cryoalign.core import features, keypoints, match, pointcloud, refine, register, score
 from cryoalign import transform as tf
 from cryoalign.errors import InputError
 from cryoalign.io import read_map

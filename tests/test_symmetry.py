@@ -10,9 +10,9 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 import cryoalign
-from cryoalign import symmetry
+from cryoalign.core import symmetry
 from cryoalign import transform as tf
-from cryoalign.confidence import assess
+from cryoalign.core.confidence import assess
 from cryoalign.config import AlignConfig
 from test_pipeline import actin, simulate  # noqa: F401  (fixture)
 

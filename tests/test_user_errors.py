@@ -135,7 +135,7 @@ def test_the_swap_hint_only_for_a_local_alignment(caplog, mode, hinted):
     import logging
 
     from cryoalign import AlignConfig
-    from cryoalign.pipeline import choose_mode_and_sampling
+    from cryoalign.core.pipeline import choose_mode_and_sampling
 
     with caplog.at_level(logging.INFO, logger="cryoalign"):
         config, _ = choose_mode_and_sampling(3.0e6, 1.0e6, AlignConfig(mode=mode))
@@ -162,9 +162,9 @@ def test_the_align_report_has_the_confidence_advice_version_and_agreement(tmp_pa
     import re
 
     from cryoalign import AlignConfig, __version__
-    from cryoalign.confidence import ADVICE
-    from cryoalign.pipeline import align
-    from cryoalign.report import align_sections, write_report
+    from cryoalign.core.confidence import ADVICE
+    from cryoalign.core.pipeline import align
+    from cryoalign.io.report import align_sections, write_report
 
     result = align(str(monomer), str(monomer), config=AlignConfig(mode="global", sampling_A=5.0))
     low = dataclasses.replace(result, confidence=dict(result.confidence, verdict="low", advice=ADVICE))

@@ -7,11 +7,11 @@ import pathlib
 import numpy as np
 import pytest
 
-from cryoalign import simulate
+from cryoalign.apps import simulate
 from cryoalign import transform as tf
 from cryoalign.errors import InputError
 from cryoalign.io import read_map, read_model, transform_model, write_map
-from cryoalign.variation import WORK_DIR, read_contour_table, variance, welford
+from cryoalign.apps.variation import WORK_DIR, read_contour_table, variance, welford
 
 MODEL = pathlib.Path(__file__).resolve().parents[1] / "examples" / "5nsr.pdb.gz"   # PDB 5NSR, see examples/README.md
 CHAINS = ["A", "B", "M"]

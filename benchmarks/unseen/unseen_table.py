@@ -10,7 +10,7 @@ RUN_OUT: run_benchmark.py --out folders (runs/<method>/<set>/<case>/out.json and
 TSVs, read for wall time and peak memory). Right: CA RMSD (min over T_gt and alt_T_gt, as
 evaluate.py) under 3 Å; failure: over 10 Å, an error or no output. Rank 1 / top 5: the first
 candidate / one of the first five is right. The confidence verdict is recomputed from the
-stored candidates with the current rules (cryoalign.confidence), so thresholds can be tried
+stored candidates with the current rules (cryoalign.core.confidence), so thresholds can be tried
 without running the alignments again (--reported: the verdicts as the run gave them).
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ def candidates_of(doc):
 
 
 def score_run(run, cases, method, reported=False):
-    from cryoalign.confidence import assess
+    from cryoalign.core.confidence import assess
 
     rows = []
     for tsv in sorted(glob.glob(os.path.join(run, f"{method}__*.tsv"))):

@@ -11,13 +11,14 @@ __version__ = "0.4.0"
 # module: importing the module would replace it), so `import cryoalign` (and the command line's
 # --help and input checks) does not pay for scipy, numba and the pipeline.
 _WHERE = {
-    "align": "pipeline", "align_prepared": "pipeline",
+    "align": "core.pipeline", "align_prepared": "core.pipeline",
     "AlignConfig": "config", "AlignResult": "types", "DensityMap": "types", "InputError": "errors",
     "read_map": "io", "read_model": "io", "write_map": "io", "write_model": "io", "transform_model": "io",
-    "prepare_map": ("prepare", "prepare"), "PreparedMap": "prepare", "load_prepared": ("prepare", "load"),
-    "compare": ("comparison", "compare"), "variance": ("variation", "variance"),
-    "batch": ("batching", "batch"), "index": ("catalogue", "index"), "search": ("catalogue", "search"),
-    "fit_model": ("fit", "fit_model"),
+    "prepare_map": ("core.prepare", "prepare"), "PreparedMap": "core.prepare",
+    "load_prepared": ("core.prepare", "load"),
+    "compare": ("apps.comparison", "compare"), "variance": ("apps.variation", "variance"),
+    "batch": ("apps.batching", "batch"), "index": ("apps.catalogue", "index"),
+    "search": ("apps.catalogue", "search"), "fit_model": ("apps.fit", "fit_model"),
 }
 
 __all__ = sorted(_WHERE) + ["__version__"]

@@ -455,7 +455,7 @@ class _ElapsedFormatter(logging.Formatter):
 
 def _cmd_align(args) -> int:
     from . import io
-    from .emdb import load_map
+    from .io.emdb import load_map
     from .errors import InputError
 
     config = _alignment_config(args, keypoints=args.keypoints, top=args.top, jobs=args.jobs,
@@ -481,7 +481,7 @@ def _cmd_align(args) -> int:
     tgt_map, target_contour = load_map(args.target, args.target_contour, "target_contour", progress=True)
     logging.getLogger("cryoalign").info("read maps in %.2f s", time.perf_counter() - t0)
 
-    from .pipeline import align, mirror
+    from .core.pipeline import align, mirror
 
     result = align(src_map, tgt_map, source_contour=source_contour, target_contour=target_contour,
                    config=config)
@@ -491,7 +491,7 @@ def _cmd_align(args) -> int:
     if args.json_out:
         io.write_text(args.json_out, text)
     if args.out_dir:
-        from . import outputs
+        from .io import outputs
 
         logging.getLogger("cryoalign").info("writing %s/ ...", args.out_dir)
         with io.output_folder(args.out_dir, "cryoalign align") as tmp:
@@ -619,7 +619,7 @@ def _split_chains(text):
 def _cmd_fit(args) -> int:
     from . import io
     from .config import AlignConfig
-    from .emdb import load_map
+    from .io.emdb import load_map
 
     model_stem = os.path.basename(args.model)
     for ext in (".gz", ".pdb", ".ent", ".cif", ".mmcif"):
@@ -633,7 +633,8 @@ def _cmd_fit(args) -> int:
     st = io.read_model(args.model)
     density, contour = load_map(args.map, args.contour, "contour", progress=True)
 
-    from . import fit, outputs
+    from .apps import fit
+    from .io import outputs
 
     result = fit.fit_model(st, density, resolution_A=args.resolution, chains=_split_chains(args.chains),
                            contour=contour, config=config)
@@ -679,7 +680,8 @@ def _cmd_fit(args) -> int:
 
 
 def _cmd_simulate(args) -> int:
-    from . import io, simulate
+    from . import io
+    from .apps import simulate
 
     _refuse_overwriting_inputs([args.output], [args.model])
     io.check_map_suffix(args.output)
@@ -698,7 +700,7 @@ def _cmd_simulate(args) -> int:
 
 def _cmd_rmsd(args) -> int:
     from . import io
-    from .rmsd import load_matrices, rmsd_to_matrices, rmsd_to_model
+    from .apps.rmsd import load_matrices, rmsd_to_matrices, rmsd_to_model
 
     if args.json_out:
         io.check_writable(args.json_out)
@@ -734,7 +736,7 @@ def _alignment_config(args, **extra):
 
 def _cmd_compare(args) -> int:
     from . import io
-    from .emdb import load_map
+    from .io.emdb import load_map
 
     config = _alignment_config(args, jobs=args.jobs)
     if args.json_out:
@@ -746,7 +748,7 @@ def _cmd_compare(args) -> int:
     src_map, source_contour = load_map(args.source, args.source_contour, "source_contour", progress=True)
     tgt_map, target_contour = load_map(args.target, args.target_contour, "target_contour", progress=True)
 
-    from .comparison import compare, write_compare_outputs
+    from .apps.comparison import compare, write_compare_outputs
 
     result = compare(src_map, tgt_map, source_contour=source_contour, target_contour=target_contour,
                      matrix=args.matrix, config=config, density_Da_per_A3=args.density, min_blob_A3=args.min_blob,
@@ -789,15 +791,11 @@ def _cmd_compare(args) -> int:
 
 def _cmd_variance(args) -> int:
     from . import io
-    from .variation import read_contour_table, variance
+    from .apps.variation import read_contour_table, variance
 
     config = _alignment_config(args, jobs=1)
     contours = read_contour_table(args.contour_table) if args.contour_table else None
     _refuse_overwriting_inputs([], [args.reference, *args.maps, args.contour_table], folder=args.out_dir)
-    io.check_writable_folder(args.out_dir, "--out-dir")      # a file, or an unwritable place: refused
-    if os.path.isdir(args.out_dir) and os.listdir(args.out_dir) and \
-            not os.path.exists(os.path.join(args.out_dir, io.WORK_MARK)):
-        io.check_output_folder(args.out_dir)        # refuses a folder of someone else's files
     result = variance(args.reference, args.maps, contours=contours, reference_contour=args.reference_contour,
                       out_dir=args.out_dir, jobs=args.jobs, scheduler=args.scheduler, keep_all=args.keep_all,
                       components=args.components, config=config, progress=not args.quiet)
@@ -815,7 +813,7 @@ def _cmd_variance(args) -> int:
 
 
 def _cmd_batch(args) -> int:
-    from .batching import batch
+    from .apps.batching import batch
 
     config = _alignment_config(args, top=args.top)
     summary = batch(args.pairs, args.out, jobs=args.jobs, scheduler=args.scheduler, config=config, db=args.db,
@@ -827,14 +825,14 @@ def _cmd_batch(args) -> int:
 
 
 def _catalogue_default(name: str) -> int:
-    from . import catalogue
+    from .apps import catalogue
     return getattr(catalogue, name)
 
 
 def _cmd_index(args) -> int:
-    from .catalogue import index
+    from .apps.catalogue import index
     from .config import AlignConfig
-    from .variation import read_contour_table
+    from .apps.variation import read_contour_table
 
     contours = read_contour_table(args.contour_table) if args.contour_table else None
     summary = index(args.maps, args.db, contours=contours, config=AlignConfig(sampling_A=args.sampling),
@@ -848,7 +846,7 @@ def _cmd_index(args) -> int:
 
 def _cmd_search(args) -> int:
     from . import io
-    from .catalogue import format_table, search
+    from .apps.catalogue import format_table, search
     from .config import AlignConfig
 
     if args.json_out:
@@ -864,7 +862,7 @@ def _cmd_search(args) -> int:
     if args.json_out:
         io.write_text(args.json_out, text)
     if args.out_dir:
-        from . import outputs
+        from .io import outputs
 
         with io.output_folder(args.out_dir, "cryoalign search") as tmp:
             io.write_text(os.path.join(tmp, "hits.json"), text)

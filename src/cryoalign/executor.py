@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from .errors import InputError
+from .errors import InputError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def _dask(fn, items, scheduler: str):
     try:
         client = Client(scheduler, timeout="10s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
-        raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({_one_line(exc)}); start one "
+        raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({one_line(exc)}); start one "
                          "(`dask scheduler`, then `dask worker ADDRESS`) or leave out --scheduler") from None
     try:
         futures = client.map(fn, items, pure=False)
@@ -195,6 +195,3 @@ def _dask(fn, items, scheduler: str):
     finally:
         client.close()
 
-
-def _one_line(exc) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
