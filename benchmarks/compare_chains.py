@@ -121,7 +121,7 @@ def readme_example():
     from scipy import ndimage
 
     from cryoalign.io import read_map
-    from cryoalign.io.outputs import resample_onto
+    from cryoalign.io.maps import resample_onto
 
     ex = os.path.join(HERE, "..", "examples")
     src, tgt = read_map(os.path.join(ex, "emd_3695_5A.mrc.gz")), read_map(os.path.join(ex, "emd_3696_5A.mrc.gz"))

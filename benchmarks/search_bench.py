@@ -213,7 +213,7 @@ def _centre(path):
 def prefilter_recall(maps, queries, folder, db, args) -> list:
     """For each query (its pre-filter vector, from the query map prepared as search does):
     the pre-filter rank of the first entry carrying its label."""
-    from cryoalign.apps import prefilter
+    from cryoalign.apps.catalogue import prefilter
     from cryoalign.apps.catalogue import catalogue_config
     from cryoalign.io import read_map
     from cryoalign.core.prepare import prepare, resolve_contour

@@ -34,8 +34,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import search_corpus as sc  # noqa: E402
 
-from cryoalign.apps import prefilter  # noqa: E402
-from cryoalign.apps.catalogue import DB_FILE, catalogue_config, index, read_entries, search, signature, signature_distance  # noqa: E402
+from cryoalign.apps.catalogue import prefilter  # noqa: E402
+from cryoalign.apps.catalogue import DB_FILE, catalogue_config, index, read_entries, search  # noqa: E402
+from cryoalign.apps.catalogue.signature import signature, signature_distance  # noqa: E402
 
 KS = (1, 5, 20, 50)
 

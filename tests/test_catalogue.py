@@ -13,10 +13,11 @@ import time
 import numpy as np
 import pytest
 
-from cryoalign.apps import prefilter, simulate
+from cryoalign.apps import simulate
+from cryoalign.apps.catalogue import prefilter
 from cryoalign import transform as tf
-from cryoalign.apps.catalogue import (DB_FILE, FEATURES_DIR, format_table, index, open_db, read_entries, search,
-                                 signature_distance)
+from cryoalign.apps.catalogue import DB_FILE, FEATURES_DIR, format_table, index, open_db, read_entries, search
+from cryoalign.apps.catalogue.signature import signature_distance
 from cryoalign.config import AlignConfig
 from cryoalign.errors import InputError
 from cryoalign.io import read_map, read_model, write_map

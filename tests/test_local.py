@@ -268,7 +268,7 @@ def test_nearest_tables_break_ties_towards_the_lower_index():
 # --------------------------------------------------------------------------- map refinement
 def test_map_refine_recovers_a_small_offset(case):
     sample = maprefine.sample_source(case.source, case.sc)
-    assert 0 < len(sample.points_A) <= maprefine.Settings.max_points
+    assert 0 < len(sample.points_A) <= AlignConfig.map_points
     assert np.all(sample.values >= case.sc)
     from scipy.spatial.transform import Rotation
     centre = tf.apply(case.T_true, case.src_ca).mean(0)

@@ -526,7 +526,7 @@ def check_concurrent_folder(folder, runs, codes, problems):
     import numpy as np
 
     import cryoalign
-    from cryoalign.io.outputs import resample_onto
+    from cryoalign.io.maps import resample_onto
 
     out_dir = option(runs[0], "--out-dir")
     if not os.path.isdir(out_dir):

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import emdb
-from .catalogue import catalogue_config, params_hash, stored_features, stored_params
+from .catalogue.store import catalogue_config, params_hash, stored_features, stored_params
 from ..config import AlignConfig
 from ..errors import InputError
 from ..executor import run_tasks

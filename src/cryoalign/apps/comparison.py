@@ -41,7 +41,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 from ..io.maps import as_map
-from ..io.outputs import resample_onto
+from ..io.maps import resample_onto
 from ..types import DensityMap
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,41 @@ class CompareResult:
 
 
 # ----------------------------------------------------------------------------- the steps
+@dataclass
+class Superposition:
+    """The source on the target's grid (`superimpose`)."""
+    T_target_source: np.ndarray
+    moved: DensityMap                   # the source resampled onto the target's grid
+    alignment: object | None            # the `AlignResult`; None when the matrix was given
+    seconds: dict                       # "align" (0 with a matrix) and "resample"
+
+
+def superimpose(src_map: DensityMap, tgt_map: DensityMap, source_contour: float, target_contour: float, *,
+                matrix=None, config=None, source_background: float = 0.0) -> Superposition:
+    """The first half of every comparison (`compare`, and each map of `variance`): align
+    the source on the target with `cryoalign.align` (`config`) unless `matrix` is given,
+    resample it onto the target's grid about `source_background` (so the target grid
+    outside the source's box reads background, not 0), and check that the two overlap
+    (`InputError` when they do not)."""
+    t0 = time.perf_counter()
+    alignment = None
+    if matrix is None:
+        from ..core.pipeline import align
+        alignment = align(src_map, tgt_map, source_contour=source_contour, target_contour=target_contour,
+                          config=config)
+        T = np.asarray(alignment.T_target_source, float)
+    else:
+        T = as_rigid_matrix(matrix)
+    t1 = time.perf_counter()
+    bg = np.float32(source_background)
+    moved = resample_onto(DensityMap(data=src_map.data - bg, voxel_size_A=src_map.voxel_size_A,
+                                     origin_A=src_map.origin_A), tgt_map, T)
+    np.add(moved.data, bg, out=moved.data)
+    seconds = {"align": t1 - t0 if alignment is not None else 0.0, "resample": time.perf_counter() - t1}
+    check_overlap(moved.data, tgt_map.data, source_contour, target_contour)
+    return Superposition(T_target_source=T, moved=moved, alignment=alignment, seconds=seconds)
+
+
 def compare(source, target, *, source_contour=None, target_contour=None, matrix=None, config=None,
             density_Da_per_A3: float = PROTEIN_DA_PER_A3, min_blob_A3: float | None = None,
             fsc_mask: bool = True, scale_method: str = DEFAULT_SCALE_METHOD,
@@ -222,23 +257,13 @@ def compare(source, target, *, source_contour=None, target_contour=None, matrix=
     if scale_method not in SCALE_METHODS:
         raise InputError(f"scale_method must be one of {', '.join(SCALE_METHODS)}, got {scale_method!r}")
 
-    alignment = None
-    if matrix is None:
-        from ..core.pipeline import align
-        alignment = align(src_map, tgt_map, source_contour=sc, target_contour=tc, config=config)
-        T = np.asarray(alignment.T_target_source, float)
-        timings["align"] = time.perf_counter() - t0
-    else:
-        T = as_rigid_matrix(matrix)
-
-    t = time.perf_counter()
     s_bg, t_bg = map_background(src_map.data, sc), map_background(tgt_map.data, tc)
-    # resampled about the background, so the target grid outside the source's box reads background, not 0
-    moved = resample_onto(DensityMap(data=src_map.data - np.float32(s_bg), voxel_size_A=src_map.voxel_size_A,
-                                     origin_A=src_map.origin_A), tgt_map, T)
-    np.add(moved.data, np.float32(s_bg), out=moved.data)
-    timings["resample"] = time.perf_counter() - t
-    check_overlap(moved.data, tgt_map.data, sc, tc)
+    t = time.perf_counter()
+    sup = superimpose(src_map, tgt_map, sc, tc, matrix=matrix, config=config, source_background=s_bg)
+    alignment, T, moved = sup.alignment, sup.T_target_source, sup.moved
+    if alignment is not None:
+        timings["align"] = t - t0 + sup.seconds["align"]
+    timings["resample"] = sup.seconds["resample"]
 
     t = time.perf_counter()
     t_mol = tgt_map.data > tc

@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -281,21 +280,18 @@ def align_to_reference(item) -> dict:
     """Worker task. item: (map path, contour or None, reference path, reference contour,
     AlignConfig as dict, work folder, key).  Writes ``<key>.npy`` (the scaled map on the
     reference's grid, float32) then ``<key>.json`` (the record, returned)."""
-    from .comparison import check_overlap, fit_scale, masked_correlation, resolve_level
     from ..config import AlignConfig
+    from ..io.files import atomic_write
     from ..io.maps import read_map
-    from ..io.outputs import resample_onto
-    from ..core.pipeline import align
+    from .comparison import fit_scale, masked_correlation, resolve_level, superimpose
 
     map_path, contour, ref_path, ref_contour, config_dict, work, key = item
     t0 = time.perf_counter()
     density, ref = read_map(map_path), read_map(ref_path)
     try:
         level, estimated = resolve_level(density, contour, "contour")
-        result = align(density, ref, source_contour=level, target_contour=ref_contour,
-                       config=AlignConfig(**config_dict))
-        moved = resample_onto(density, ref, result.T_target_source)
-        check_overlap(moved.data, ref.data, level, ref_contour)
+        sup = superimpose(density, ref, level, ref_contour, config=AlignConfig(**config_dict))
+        result, moved = sup.alignment, sup.moved
     except InputError as exc:
         raise InputError(f"{map_path}: {exc}") from None
     scale = fit_scale(moved.data, ref.data, level, ref_contour)
@@ -306,21 +302,16 @@ def align_to_reference(item) -> dict:
               "matrix": np.asarray(result.T_target_source).tolist(), "score": float(score),
               "correlation_with_reference": masked_correlation(scaled, ref.data, union),
               "scale": scale.as_dict(), "seconds": 0.0}
-    _atomic_save(os.path.join(work, f"{key}.npy"), lambda fh: np.save(fh, scaled))
+    atomic_write(os.path.join(work, f"{key}.npy"), lambda tmp: np.save(tmp, scaled), journal=False)
     record["seconds"] = time.perf_counter() - t0
-    _atomic_save(os.path.join(work, f"{key}.json"), lambda fh: fh.write(json.dumps(record).encode()))
+    atomic_write(os.path.join(work, f"{key}.json"), lambda tmp: _write_bytes(tmp, json.dumps(record).encode()),
+                 journal=False)
     return record
 
 
-def _atomic_save(path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _write_bytes(path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
 
 
 def _as_path(m, what) -> str:

@@ -1,7 +1,7 @@
 """Map-level refinement: polish a pose on the densities themselves (like ChimeraX fitmap).
 
 The point stages stop at the precision of their sampling lattice.  Here the
-source map's voxels above its contour (at most `Settings.max_points` of them) are moved by the pose, the target density is read there by
+source map's voxels above its contour (at most `AlignConfig.map_points` of them) are moved by the pose, the target density is read there by
 trilinear interpolation, and the pose is changed to maximise the correlation
 about the mean (Pearson) between the source values and those target values:
 
@@ -24,6 +24,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from .. import transform as tf
+from ..config import AlignConfig
 from ..types import DensityMap
 
 try:
@@ -32,30 +33,8 @@ except ImportError:  # pragma: no cover - numba is a dependency; keep working wi
     njit = None
 
 _SLAB = 32
-OUTER_ROUNDS = 4         # default L-BFGS restarts from the new pose (the small-angle gradient is exact there) ...
-INNER_ITERATIONS = 40    # ... of at most this many iterations (AlignConfig.map_rounds, map_iterations)
 FTOL = 1e-7              # stop when the correlation improves by less than this (relative) ...
 GTOL = 1e-6              # ... or its gradient (per Å of motion) is this flat
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The map-refinement part of the configuration (`settings(config)`)."""
-    max_points: int = 20000      # source voxels above contour used
-    coarse_points: int = 2000    # refine_distinct: first pass on this many points ...
-    competitive: float = 0.8     # ... then all points when within this fraction of the best kept
-    near_factor: float = 2.5     # poses this x the same-pose tolerances from a refined one are dropped
-    same_pose_A: float = 3.0     # results closer than this at the centre ...
-    same_pose_deg: float = 10.0  # ... and this in rotation are one optimum
-    rounds: int = OUTER_ROUNDS
-    iterations: int = INNER_ITERATIONS
-
-
-def settings(config) -> Settings:
-    return Settings(max_points=config.map_points, coarse_points=config.map_coarse_points,
-                    competitive=config.map_competitive, near_factor=config.map_near_factor,
-                    same_pose_A=config.same_pose_A, same_pose_deg=config.same_pose_deg,
-                    rounds=config.map_rounds, iterations=config.map_iterations)
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,7 +55,7 @@ class MapSample:
         return MapSample(points_A=self.points_A[::k], values=self.values[::k])
 
 
-def sample_source(density: DensityMap, contour: float, max_points: int = Settings.max_points) -> MapSample:
+def sample_source(density: DensityMap, contour: float, max_points: int = AlignConfig.map_points) -> MapSample:
     """Voxels of `density` at or above `contour`; when there are more than `max_points`,
     every k-th of them in storage order (an even spread, and deterministic)."""
     data = density.data
@@ -240,8 +219,8 @@ class MapFit:
     evaluations: int
 
 
-def refine(sample: MapSample, target: DensityMap, T_init: np.ndarray, *, rounds: int = OUTER_ROUNDS,
-           iterations: int = INNER_ITERATIONS, tol_A: float = 0.01) -> MapFit:
+def refine(sample: MapSample, target: DensityMap, T_init: np.ndarray, *, rounds: int = AlignConfig.map_rounds,
+           iterations: int = AlignConfig.map_iterations, tol_A: float = 0.01) -> MapFit:
     """Maximise the correlation about the mean over rigid motions, starting from T_init."""
     from scipy import optimize
 
@@ -293,20 +272,20 @@ def refine(sample: MapSample, target: DensityMap, T_init: np.ndarray, *, rounds:
                   evaluations=evaluations)
 
 
-def _refine_coarse_to_fine(sample, target, T, kept, s: Settings) -> MapFit:
+def _refine_coarse_to_fine(sample, target, T, kept, c: AlignConfig) -> MapFit:
     """Refine on a thinned sample first; polish on the whole sample only when the result
     can compete with what is already kept (a poor placement is not worth the full cost)."""
-    coarse = refine(sample.thinned(s.coarse_points), target, T, rounds=2, iterations=30)
+    coarse = refine(sample.thinned(c.map_coarse_points), target, T, rounds=2, iterations=30)
     best = max((f.correlation for _, f in kept), default=-1.0)
     fine_before = correlation(sample, target, T)
-    if coarse.correlation < s.competitive * best:
-        c = correlation(sample, target, coarse.T_target_source)
-        if c < fine_before:
+    if coarse.correlation < c.map_competitive * best:
+        at_coarse = correlation(sample, target, coarse.T_target_source)
+        if at_coarse < fine_before:
             return MapFit(T_target_source=np.array(T, float), correlation_before=fine_before,
                           correlation=fine_before, evaluations=coarse.evaluations)
-        return MapFit(T_target_source=coarse.T_target_source, correlation_before=fine_before, correlation=c,
+        return MapFit(T_target_source=coarse.T_target_source, correlation_before=fine_before, correlation=at_coarse,
                       evaluations=coarse.evaluations)
-    fine = refine(sample, target, coarse.T_target_source, rounds=s.rounds, iterations=s.iterations)
+    fine = refine(sample, target, coarse.T_target_source, rounds=c.map_rounds, iterations=c.map_iterations)
     if fine.correlation < fine_before:
         return MapFit(T_target_source=np.array(T, float), correlation_before=fine_before,
                       correlation=fine_before, evaluations=coarse.evaluations + fine.evaluations)
@@ -315,23 +294,23 @@ def _refine_coarse_to_fine(sample, target, T, kept, s: Settings) -> MapFit:
 
 
 def refine_distinct(poses, sample: MapSample, target: DensityMap, centre_A: np.ndarray, *, want: int,
-                    settings: Settings = Settings(), refine_mask=None,
+                    config: AlignConfig = AlignConfig(), refine_mask=None,
                     max_refined: int | None = None) -> list[tuple[int, MapFit]]:
     """Refine `poses` (best first by the point score) one by one until `want` distinct
     results; a result that lands on an earlier one (same pose within the tolerances at
-    `centre_A`: `settings.same_pose_*`) is dropped, so near-identical optima never compete on noise.  Poses
+    `centre_A`: `config.same_pose_*`) is dropped, so near-identical optima never compete on noise.  Poses
     whose `refine_mask` entry is False (weak point scores), and all after the first
     `max_refined` refinements, are not refined, only scored where they are.  Poses that start within
-    `settings.near_factor` x the tolerances of a
+    `config.map_near_factor` x the tolerances of a
     pose already refined are shoulders of the same optimum (refining them mostly lands
     on it) and are dropped without refinement.  Returns (index into poses, fit), best
     correlation first (ties: earlier pose first)."""
-    s = settings
+    s = config
     kept = []
     for i, T in enumerate(poses):
         if any(f.evaluations and tf.same_pose(T, f.T_target_source, centre_A,
-                                              max_shift_A=s.near_factor * s.same_pose_A,
-                                              max_angle_deg=s.near_factor * s.same_pose_deg) for _, f in kept):
+                                              max_shift_A=s.map_near_factor * s.same_pose_A,
+                                              max_angle_deg=s.map_near_factor * s.same_pose_deg) for _, f in kept):
             continue
         refined = sum(1 for _, f in kept if f.evaluations)
         if (refine_mask is None or refine_mask[i]) and (max_refined is None or refined < max_refined):

@@ -126,7 +126,7 @@ def _on_the_maps(src, tgt, candidates, config, with_js, timer):
     with timer.stage("map refine"):
         floor = config.map_refine_fraction * candidates[0].score.similarity
         fits = maprefine.refine_distinct([c.T_target_source for c in candidates], src.sample, tgt.density,
-                                         src.centre_A, want=len(candidates), settings=maprefine.settings(config),
+                                         src.centre_A, want=len(candidates), config=config,
                                          refine_mask=[c.score.similarity >= floor for c in candidates],
                                          max_refined=config.map_refine_max)
     with timer.stage("score"):

@@ -5,29 +5,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from scipy import ndimage
-
 from .. import transform as tf
 from .files import write_text
+from .maps import resample_onto
 from ..types import DensityMap
-
-
-def resample_onto(source: DensityMap, target: DensityMap, T_target_source: np.ndarray) -> DensityMap:
-    """Source density moved by T and sampled (trilinear) on the target's grid:
-    out(y) = source(T^-1 y) for every target voxel centre y; 0 outside the source box."""
-    nz, ny, nx = target.data.shape
-    T_inv = tf.invert(np.asarray(T_target_source, float))
-    out = np.empty((nz, ny, nx), np.float32)
-    ix = np.arange(nx) * target.voxel_size_A[0] + target.origin_A[0]
-    iy = np.arange(ny) * target.voxel_size_A[1] + target.origin_A[1]
-    gy, gx = np.meshgrid(iy, ix, indexing="ij")
-    plane = np.stack([gx.ravel(), gy.ravel(), np.zeros(gx.size)], 1)
-    for k in range(nz):                      # slab by slab: memory stays at one plane
-        plane[:, 2] = k * target.voxel_size_A[2] + target.origin_A[2]
-        f = source.world_to_index(tf.apply(T_inv, plane))
-        out[k] = ndimage.map_coordinates(source.data, [f[:, 2], f[:, 1], f[:, 0]], order=1,
-                                         cval=0.0).reshape(ny, nx)
-    return DensityMap(data=out, voxel_size_A=target.voxel_size_A.copy(), origin_A=target.origin_A.copy())
 
 
 def chimerax_script(path, *, target_map: str, target_contour: float, source_map: str,

@@ -101,7 +101,7 @@ def align_pictures(src_map, tgt_map, T_target_source, out_dir, *, after: Density
     coordinates, i.e. moved by the identity) on the target's grid; returns [png path].
     after: the source already resampled by T_target_source (`outputs.resample_onto`), when
     the caller has it."""
-    from .outputs import resample_onto
+    from .maps import resample_onto
     from .maps import as_map
 
     src_map, tgt_map = as_map(src_map), as_map(tgt_map)
@@ -189,7 +189,7 @@ def blob_projections(target: DensityMap, differences: dict, path, *, top: int = 
 
 def compare_pictures(result, out_dir) -> list:
     """projections.png (before/after), fsc.png and difference_blobs.png for a CompareResult."""
-    from .outputs import resample_onto
+    from .maps import resample_onto
 
     out_dir = os.fspath(out_dir)
     target = result.target

@@ -1,103 +1,31 @@
-"""A catalogue of prepared maps, and search: which stored maps are the query's molecule?
-
-    summary = index(["a.mrc", "b.mrc", "EMD-1234"], "db", contours={"a.mrc": 0.3}, jobs=2)
-    result = search("query.mrc", "db", contour=0.5, top=10)
-    result.hits[0].map, result.hits[0].T_query_entry, format_table(result)
-
-index: each map is prepared once (stages 1-3, `prepare.prepare`, fine=True, at the
-catalogue's fixed sampling interval: `sampling_A`, else `default_sampling_A`) and
-stored.  An entry is keyed by the map FILE's content hash (SHA-256 of its bytes) and
-`params_hash`: the hash of the parameters that shaped it (`AlignConfig.prepare_params()`)
-and of the contour asked for (a number, or null: the EMDB header's / estimated).  A
-changed parameter therefore makes a new entry, never reuses a stale one.
-
-Layout of the catalogue folder DB:
-
-    DB/catalogue.sqlite                    table `entries` (one row per prepared map) and
-                                           table `meta` (format, schema_version, signature)
-    DB/features/<filehash>-<paramshash>.npz  the prepared map (`PreparedMap.save`)
-
-An entry is written in two steps: the worker writes its .npz (temporary file, then
-rename), then the main process inserts the row in one transaction; so a row exists only
-when its file is complete, SQLite has one writer, and a rerun skips the maps whose
-(file hash, params hash) row exists: a killed run continues where it stopped.
-
-The pre-filter vector (`prefilter.vector`, version `prefilter.VERSION`, a BLOB column of
-float32) is what search ranks the whole catalogue by: rotation-invariant, from the
-entry's own point cloud (see `prefilter`).  The older shape signature (`signature`,
-version SIGNATURE_VERSION: volume, radius of gyration, principal semi-axes, radial and D2
-quantiles, JSON) is still stored.  A catalogue of schema 1 (cryoalign 0.3) has no vector
-column: `index` (with or without maps) adds it and computes the vectors from the stored
-features in the workers, committed in chunks (an interrupted upgrade continues); search
-and batch refuse it with a message saying so.
-
-search: one read of the catalogue (`usable_vectors`: the ids and vectors of the entries
-prepared with the search's parameters, as one array), the query prepared once (as a
-target, fine=True), every entry's pre-filter distance at once (numpy), and the
-`prefilter` closest taken further, their rows read in one query (`entries_by_id`).  Two
-stages, in the workers (which inherit the prepared query when forked, else load it once):
-1. screen (`screen_entry`): the entry's coarse poses from the stored descriptors (at
-   most SCREEN_HYPOTHESES), refined on the points; the best by vector agreement; screen
-   score = agreement x coverage.  No map refinement: a hopeless entry stops here.
-2. refine (`align_entry`): the `refine` best screened entries aligned with the full
-   pipeline (`pipeline.align_prepared`, entry = source, query = target, GLOBAL mode at the
-   catalogue's sampling interval, no wider search); search score = the alignment score
-   (`AlignResult.score.value`, taken over the entry's points) x the coverage (the fraction
-   of the query's points within one sampling interval of the moved entry's points), so
-   that a part of the query (a sub-complex) ranks below the whole.
-Hits: the fully aligned ones first, by score, then the screened ones by screen score
-(correlation None).  No entry map is read again.  Global mode because the question is
-"which entries are the query's molecule": the pre-filter compares whole shapes; to place
-a query inside a larger entry, align the two with `cryoalign.align(..., mode="local")`.
-
-Bad input raises `InputError` (the messages are tested one by one):
-1. index: a map file that does not exist (all are listed, before any work starts).
-2. DB is a folder that is not a catalogue: it holds files but no catalogue.sqlite.
-3. DB/catalogue.sqlite is not an SQLite file, or not a cryoalign catalogue (wrong
-   format or schema version); search or batch on a catalogue without pre-filter vectors
-   (schema 1, or an interrupted upgrade): run index on it once.
-4. search (and batch with a catalogue, `stored_features`): DB does not exist, or holds
-   no entries.
-5. search (and batch): the entries were prepared with other parameters than the
-   search's (the parameter and both values are named): index again or search with the
-   same ones.
-"""
+"""The catalogue's storage: the SQLite database, its schema and upgrades, and `index`
+(every map prepared once, stored as a row and a features file).  See the package's
+docstring for the layout and the rules."""
 from __future__ import annotations
 
 import datetime
 import hashlib
 import json
 import logging
-import math
 import os
-import shutil
 import sqlite3
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ...config import AlignConfig
+from ...errors import InputError
+from ...executor import run_tasks
+from ...io.files import check_writable_folder, file_sha256
 from . import prefilter as prefilter_module
-from ..config import AlignConfig
-from ..errors import InputError
-from ..executor import run_tasks
-from ..io.files import check_writable_folder, file_sha256
+from .signature import SIGNATURE_VERSION, signature
 
 log = logging.getLogger(__name__)
-
 DB_FILE = "catalogue.sqlite"
 FEATURES_DIR = "features"
 FORMAT = "cryoalign-catalogue"
 SCHEMA_VERSION = "2"            # 2 (0.4): the pre-filter vector column; 1 is upgraded by `index`
-SIGNATURE_VERSION = "shape-1"
-SIGNATURE_POINTS = 2000          # points of the cloud used for the signature (seeded subset)
-RADIAL_QUANTILES = 16
-D2_QUANTILES = 32
-SCREEN_HYPOTHESES = 4            # search, first pass over the pre-filtered entries: coarse poses ...
-PREFILTER = 25                   # search: entries screened after the pre-filter (README: from its recall curve)
-REFINE = 3                       # ... and of them aligned with the full pipeline
-
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE entries (
@@ -123,7 +51,6 @@ _ENTRY_COLUMNS = ("id", "map", "path", "file_hash", "params", "params_hash", "co
                   "volume_A3", "n_points", "signature", "features", "created", "version", "vector")
 
 
-# ----------------------------------------------------------------------------- results
 @dataclass(frozen=True)
 class IndexSummary:
     """What `index` returns. errors: [(map, message)] of maps that could not be prepared
@@ -143,112 +70,6 @@ class IndexSummary:
                 f"errors={len(self.errors)} entries={self.entries} {self.time_s:.1f}s>")
 
 
-@dataclass(frozen=True)
-class Hit:
-    """One aligned entry. T_query_entry: 4x4, entry world (Å) -> query world."""
-
-    map: str
-    path: str
-    score: float                    # alignment_score x coverage
-    alignment_score: float          # the pipeline's score of the entry on the query (AlignResult.score.value)
-    coverage: float                 # fraction of the query's points the moved entry covers
-    correlation: float | None
-    T_query_entry: np.ndarray
-    signature_distance: float
-    contour: float
-    entry_id: int
-
-    def as_dict(self, rank: int) -> dict:
-        return {"rank": rank, "map": self.map, "score": self.score, "alignment_score": self.alignment_score,
-                "coverage": self.coverage, "correlation": self.correlation,
-                "matrix": np.asarray(self.T_query_entry).tolist(), "signature_distance": self.signature_distance,
-                "path": self.path, "contour": self.contour, "entry_id": self.entry_id}
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """What `search` returns: hits best first (at most `top`), how many entries were aligned
-    (`searched`) and stored (`entries`), the query's contour and the parameters."""
-
-    query: str
-    hits: list
-    searched: int
-    entries: int
-    params: dict
-    timings_s: dict
-    errors: list = field(default_factory=list)   # [(map, message)] of entries whose alignment failed
-
-    def to_json(self) -> dict:
-        from .. import __version__
-        return {"version": __version__, "query": self.query,
-                "hits": [h.as_dict(k) for k, h in enumerate(self.hits, 1)],
-                "searched": self.searched, "entries": self.entries, "params": self.params,
-                "errors": [{"map": m, "error": e} for m, e in self.errors],
-                "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()}}
-
-    def __repr__(self):
-        best = f" best={self.hits[0].map} score={self.hits[0].score:.3f}" if self.hits else ""
-        return f"<SearchResult hits={len(self.hits)} searched={self.searched} entries={self.entries}{best}>"
-
-
-def format_table(result: SearchResult) -> str:
-    """The hits as a short text table (for the terminal)."""
-    from .. import transform as tf
-
-    lines = [f"query {result.query}: {result.searched} of {result.entries} entries aligned",
-             "rank  score  coverage  correlation  sig.dist  rotation  translation (Å)             map"]
-    for k, h in enumerate(result.hits, 1):
-        T = np.asarray(h.T_query_entry)
-        corr = "       -" if h.correlation is None else f"{h.correlation:8.3f}"
-        t = T[:3, 3]
-        lines.append(f"{k:4d}  {h.score:5.3f}     {h.coverage:5.3f}     {corr}  {h.signature_distance:8.3f}  "
-                     f"{tf.rotation_angle_deg(T[:3, :3]):7.2f}°  ({t[0]:8.2f}, {t[1]:8.2f}, {t[2]:8.2f})  {h.map}")
-    if not result.hits:
-        lines.append("(no entry could be aligned)")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- the signature
-def signature(prepared) -> dict:
-    """The rotation-invariant shape signature of a `PreparedMap` (see the module docstring).
-    points: the sampled cloud above contour, at most SIGNATURE_POINTS of them."""
-    from scipy.spatial.distance import pdist
-
-    points = prefilter_module.points_of(prepared, SIGNATURE_POINTS)
-    centred = points - points.mean(0)
-    eigenvalues = np.sort(np.linalg.eigvalsh(centred.T @ centred / len(centred)))[::-1]
-    axes = np.sqrt(np.maximum(eigenvalues, 1e-6))
-    radial = np.linalg.norm(centred, axis=1)
-    pairs = pdist(points) if len(points) > 1 else np.zeros(1)
-    return {"version": SIGNATURE_VERSION, "volume_A3": float(prepared.volume_A3),
-            "rg_A": float(math.sqrt(max(eigenvalues.sum(), 1e-6))),
-            "axes_A": [float(v) for v in axes],
-            "radial_A": [float(v) for v in np.quantile(radial, _levels(RADIAL_QUANTILES))],
-            "d2_A": [float(v) for v in np.quantile(pairs, _levels(D2_QUANTILES))]}
-
-
-def _levels(n: int) -> np.ndarray:
-    return (np.arange(n) + 0.5) / n
-
-
-def signature_distance(query: dict, entries: list) -> np.ndarray:
-    """Distances (module docstring formula) from the `query` signature to each of `entries`."""
-    if not entries:
-        return np.zeros(0)
-
-    def stack(key):
-        return np.array([e[key] for e in entries], float)
-
-    volume, rg = stack("volume_A3"), stack("rg_A")
-    axes, radial, d2 = stack("axes_A"), stack("radial_A"), stack("d2_A")
-    scale = (query["rg_A"] + rg) / 2.0
-    return (np.abs(np.log(query["volume_A3"]) - np.log(volume))
-            + np.abs(np.log(query["axes_A"]) - np.log(axes)).mean(1)
-            + (np.abs(np.asarray(query["d2_A"]) - d2).mean(1)
-               + np.abs(np.asarray(query["radial_A"]) - radial).mean(1)) / scale)
-
-
-# ----------------------------------------------------------------------------- the database
 def catalogue_config(config: AlignConfig | None) -> AlignConfig:
     """The configuration entries are prepared with: the sampling interval fixed
     (`sampling_A`, else `default_sampling_A`), whatever the map's size."""
@@ -404,7 +225,6 @@ def stored_features(db, config: AlignConfig) -> dict:
             for e in usable_entries(db, config, user="the batch", retry="run the batch")[0]}
 
 
-# ----------------------------------------------------------------------------- index
 def index(maps, db, *, contours: dict | None = None, config: AlignConfig | None = None, jobs: int | None = None,
           scheduler: str | None = None, progress: bool = False) -> IndexSummary:
     """Prepare every map of `maps` (paths or EMDB IDs) and store it in the catalogue folder
@@ -500,8 +320,6 @@ def _resolve_maps(maps: list, contours: dict) -> list[dict]:
         listed = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise InputError(f"map file(s) not found: {listed}; check the path(s) (nothing was indexed)")
     return specs
-
-
 VECTOR_COMMIT = 200             # vectors written per transaction when filled in from stored features
 
 
@@ -566,8 +384,8 @@ def prepare_entry(task: dict) -> dict:
     """Prepare one map and write its .npz (runs in a worker): task = {path, name, contour
     (None: estimate), contour_source, config (AlignConfig fields), features (npz path)}
     -> a small dict.  A bad map becomes status "error" with a one-line message."""
-    from ..io.maps import read_map
     from ..core.prepare import prepare, resolve_contour
+    from ..io.maps import read_map
     from ..io.robust import without_outliers
 
     started = time.perf_counter()
@@ -586,112 +404,6 @@ def prepare_entry(task: dict) -> dict:
                     time_s=round(time.perf_counter() - started, 3))
     except InputError as exc:
         return dict(status="error", error=" ".join(str(exc).split()))
-
-
-# ----------------------------------------------------------------------------- search
-def search(query, db, *, contour: float | None = None, top: int = 10, prefilter: int | None = PREFILTER,
-           refine: int = REFINE, config: AlignConfig | None = None, jobs: int | None = None,
-           scheduler: str | None = None, progress: bool = False) -> SearchResult:
-    """Rank the catalogue's entries by how well they superimpose on `query` (a map path or
-    EMDB ID; contour: given, else the EMDB header's, else estimated).  The `prefilter`
-    entries closest by pre-filter vector (None: all) are screened (their best point pose
-    from the stored descriptors: `screen_entry`), the `refine` best of them aligned with
-    the full pipeline (`align_entry`); the `top` best are returned (the fully aligned ones
-    first).  jobs / scheduler: see `executor.run_tasks`."""
-    from ..io import emdb
-    from ..io.maps import read_map
-    from ..core.prepare import prepare, resolve_contour
-    from ..io.robust import without_outliers
-
-    timings = {}
-    started = time.perf_counter()
-    if top < 1:
-        raise InputError(f"top={top} is not allowed: give a whole number of at least 1")
-    if refine < 1:
-        raise InputError(f"refine={refine} is not allowed: give a whole number of at least 1")
-    if prefilter is not None and prefilter < 1:
-        raise InputError(f"prefilter={prefilter} is not allowed: give at least 1 (or None to align every entry)")
-    db = os.fspath(db)
-    config = catalogue_config(config)
-    params = stored_params(config)
-    ids, vectors, total = usable_vectors(db, config)
-    timings["read catalogue"] = time.perf_counter() - started
-
-    spec = os.fspath(query)
-    if not emdb.is_emdb_id(spec) and not os.path.isfile(spec):
-        raise InputError(f"query map not found: {spec}; check the path")
-    path, recommended, note = emdb.resolve_map(spec)
-    contour_source = "given" if contour is not None else "emdb" if recommended is not None else "estimated"
-    contour = contour if contour is not None else recommended
-    density = without_outliers(read_map(path))
-    region, _ = resolve_contour(density, contour, "contour")
-    query_prepared = prepare(density, region.contour, config, fine=True, region=region, name="query")
-    query_vector = prefilter_module.vector(query_prepared)
-    timings["prepare query"] = time.perf_counter() - started - timings["read catalogue"]
-
-    ranked = time.perf_counter()
-    distances = prefilter_module.distances(query_vector, vectors)
-    order = np.lexsort((ids, distances))
-    chosen = order if prefilter is None else order[:prefilter]
-    rows = entries_by_id(db, [int(ids[i]) for i in chosen])
-    distance_of = {int(ids[i]): float(distances[i]) for i in chosen}
-    timings["prefilter"] = time.perf_counter() - ranked
-
-    full_config = search_config(config)
-    features = os.path.abspath(os.path.join(db, FEATURES_DIR))
-    tmp = tempfile.mkdtemp(prefix=".search-", dir=db if os.access(db, os.W_OK) else None)
-    try:
-        query_npz = os.path.join(os.path.abspath(tmp), "query.npz")
-        query_prepared.save(query_npz)
-        # the workers find the query here (inherited when they are forked; else loaded once each)
-        _QUERY_CACHE.clear()
-        _QUERY_CACHE[(query_npz, os.path.abspath(path))] = query_prepared.with_density(density)
-
-        def align_all(fn, picked, cfg, stage):
-            tasks = [dict(entry=os.path.join(features, rows[k]["features"]), query=query_npz,
-                          query_map=os.path.abspath(path), config=cfg.as_dict()) for k in picked]
-            outcomes = {}
-            for n, outcome in run_tasks(fn, tasks, jobs=jobs, scheduler=scheduler, progress=progress, desc=stage):
-                outcomes[picked[n]] = outcome
-            return outcomes
-
-        aligning = time.perf_counter()
-        order_ids = list(rows)
-        screened = align_all(screen_entry, order_ids, full_config, "screen")
-        timings["screen"] = time.perf_counter() - aligning
-        ok = [k for k in order_ids if screened[k]["status"] == "ok"]
-        leaders = sorted(ok, key=lambda k: (-screened[k]["score"], distance_of[k], k))[:refine]
-        aligning = time.perf_counter()
-        final = dict(screened)
-        final.update({k: o for k, o in align_all(align_entry, leaders, full_config, "refine").items()
-                      if o["status"] == "ok"})
-        timings["refine"] = time.perf_counter() - aligning
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _QUERY_CACHE.clear()
-
-    hits, errors = [], []
-    for k in order_ids:
-        entry, outcome = rows[k], final[k]
-        if outcome["status"] != "ok":
-            errors.append((entry["map"], outcome["error"]))
-            log.warning("%s: alignment failed: %s", entry["map"], outcome["error"])
-            continue
-        hits.append(Hit(map=entry["map"], path=entry["path"], score=outcome["score"],
-                        alignment_score=outcome["alignment_score"], coverage=outcome["coverage"],
-                        correlation=outcome["correlation"], T_query_entry=np.array(outcome["matrix"]).reshape(4, 4),
-                        signature_distance=distance_of[k], contour=entry["contour"], entry_id=k))
-    # the fully aligned leaders first (their scores come from the full pipeline), then the screened others
-    refined = set(leaders)
-    hits.sort(key=lambda h: (h.entry_id not in refined, -h.score, h.signature_distance, h.entry_id))
-    timings["total"] = time.perf_counter() - started
-    run_params = dict(params, mode="global", wide_search=full_config.wide_search,
-                      contour=float(region.contour), contour_source=contour_source, top=top, prefilter=prefilter,
-                      refine=refine, screen={"max_hypotheses": min(SCREEN_HYPOTHESES, full_config.max_hypotheses),
-                                             "map_refine": False},
-                      seed=config.seed, map_refine=config.map_refine, signature=prefilter_module.VERSION)
-    return SearchResult(query=spec, hits=hits[:top], searched=len(order_ids), entries=total,
-                        params=run_params, timings_s=timings, errors=errors)
 
 
 def usable_vectors(db, config: AlignConfig) -> tuple[np.ndarray, np.ndarray, int]:
@@ -736,14 +448,6 @@ def entries_by_id(db, ids: list) -> dict:
     return {i: _decoded(found[i]) for i in ids}
 
 
-def search_config(config: AlignConfig) -> AlignConfig:
-    """The configuration of the entry-on-query alignments: global mode, and no wider search
-    (a pipeline stage that retries weak answers from many random orientations: in a
-    catalogue most entries are not the query's molecule, and every one of them would
-    pay for it)."""
-    return config.replace(mode="global", wide_search="never")
-
-
 def _params_mismatch(db: str, entries: list, params: dict, *, user: str = "the search",
                      retry: str = "search") -> str:
     """The message for a search (or another `user` of the catalogue) whose parameters no
@@ -756,91 +460,3 @@ def _params_mismatch(db: str, entries: list, params: dict, *, user: str = "the s
     diff = ", ".join(f"{k}={stored.get(k)!r} ({user} uses {v!r})" for k, v in params.items() if stored.get(k) != v)
     return (f"the catalogue {db} was built with other parameters: {diff}; {retry} with the same parameters, or "
             "index the maps again with these ones")
-
-
-_QUERY_CACHE: dict = {}
-
-
-def _query(npz: str, map_path: str, config: AlignConfig):
-    """The query's prepared map with its density (loaded once per worker process)."""
-    from ..io.maps import read_map
-    from ..core.prepare import load
-    from ..io.robust import without_outliers
-
-    key = (npz, map_path)
-    if key not in _QUERY_CACHE:
-        _QUERY_CACHE.clear()
-        _QUERY_CACHE[key] = load(npz, config, density=without_outliers(read_map(map_path)))
-    return _QUERY_CACHE[key]
-
-
-def coverage(entry, query, T_query_entry: np.ndarray, radius_A: float) -> float:
-    """Fraction of the query's sampled points within `radius_A` of the entry's points moved
-    by T_query_entry.  The alignment score is taken over the entry's points, so an entry
-    that is only a part of the query (a sub-complex) scores as well as the whole; the
-    coverage is what tells them apart."""
-    from scipy.spatial import cKDTree
-
-    from .. import transform as tf
-
-    moved = cKDTree(tf.apply(T_query_entry, entry.cloud.points_A))
-    d, _ = moved.query(query.cloud.points_A, distance_upper_bound=radius_A)
-    return float(np.isfinite(d).mean())
-
-
-def align_entry(task: dict) -> dict:
-    """Align one stored entry onto the query (runs in a worker): task = {entry (npz),
-    query (npz), query_map (path), config (AlignConfig fields, mode global)} -> a small
-    dict with the search score, the alignment score, the coverage, the correlation and
-    T_query_entry (16 numbers)."""
-    from ..core.pipeline import align_prepared
-    from ..core.prepare import load
-
-    package_log = logging.getLogger("cryoalign")
-    level = package_log.level
-    package_log.setLevel(logging.ERROR)       # most entries are another molecule: their warnings are noise
-    try:
-        config = AlignConfig(**task["config"])
-        query = _query(task["query"], task["query_map"], config)
-        entry = load(task["entry"], config)
-        result = align_prepared(entry, query, config)
-        covered = coverage(entry, query, result.T_target_source, config.sampling_A)
-        return dict(status="ok", score=float(result.score.value) * covered, alignment_score=float(result.score.value),
-                    coverage=covered,
-                    correlation=None if result.score.correlation is None else float(result.score.correlation),
-                    matrix=[float(v) for v in np.asarray(result.T_target_source).ravel()])
-    except InputError as exc:
-        return dict(status="error", error=" ".join(str(exc).split()))
-    finally:
-        package_log.setLevel(level)
-
-
-def screen_entry(task: dict) -> dict:
-    """The first, cheap look at one stored entry on the query (runs in a worker): its
-    coarse poses from the stored descriptors (at most SCREEN_HYPOTHESES), each refined on
-    the points (`rank.screen_poses`), the best by vector agreement; score = that
-    agreement x the coverage.  No map refinement: an entry that is not the query's
-    molecule stops here.  task as `align_entry`'s -> a dict of the same keys
-    (correlation None)."""
-    from ..core.pipeline import coarse_hypotheses
-    from ..core.prepare import load
-    from ..core.rank import screen_poses
-    from ..timing import Timer
-
-    package_log = logging.getLogger("cryoalign")
-    level = package_log.level
-    package_log.setLevel(logging.ERROR)
-    try:
-        config = AlignConfig(**task["config"])
-        config = config.replace(max_hypotheses=min(SCREEN_HYPOTHESES, config.max_hypotheses))
-        query = _query(task["query"], task["query_map"], config)
-        entry = load(task["entry"], config)
-        hypotheses, _ = coarse_hypotheses(entry, query, config, Timer())
-        agreement, T, _ = screen_poses(entry, query, hypotheses, config)[0]
-        covered = coverage(entry, query, T, config.sampling_A)
-        return dict(status="ok", score=float(agreement) * covered, alignment_score=float(agreement),
-                    coverage=covered, correlation=None, matrix=[float(v) for v in np.asarray(T).ravel()])
-    except InputError as exc:
-        return dict(status="error", error=" ".join(str(exc).split()))
-    finally:
-        package_log.setLevel(level)
