@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from .errors import InputError, one_line
 
@@ -44,7 +45,7 @@ def resolve_jobs(jobs: int | None, *, what: str = "jobs") -> int:
 
 
 def run_tasks(fn: Callable, items: Iterable, *, jobs: int | None = None, scheduler: str | None = None,
-              progress: bool = False, desc: str = "tasks") -> Iterator[tuple[int, object]]:
+              progress: bool = False, desc: str = "tasks") -> Iterator[tuple[int, Any]]:
     """Yield (index, fn(items[index])) as tasks finish.
 
     scheduler: address of a Dask distributed scheduler ("tcp://host:8786"); None runs
@@ -98,7 +99,7 @@ def _processes(fn, items, jobs: int):
         _stop_pool(pool)
 
 
-_DEFERRED = {"depth": 0, "pending": None}
+_DEFERRED: dict[str, Any] = {"depth": 0, "pending": None}
 
 
 @contextlib.contextmanager

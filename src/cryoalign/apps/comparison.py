@@ -35,6 +35,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -154,7 +155,7 @@ class CompareResult:
     difference_maps: dict
     source: DensityMap
     target: DensityMap
-    alignment: object | None
+    alignment: Any
     params: dict
     timings_s: dict = field(default_factory=dict)
     warnings: tuple = ()
@@ -186,7 +187,7 @@ class Superposition:
     """The source on the target's grid (`superimpose`)."""
     T_target_source: np.ndarray
     moved: DensityMap                   # the source resampled onto the target's grid
-    alignment: object | None            # the `AlignResult`; None when the matrix was given
+    alignment: Any                      # the `AlignResult`; None when the matrix was given
     seconds: dict                       # "align" (0 with a matrix) and "resample"
 
 

@@ -35,6 +35,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -146,12 +147,11 @@ def variance(reference, maps, *, contours=None, reference_contour=None, out_dir,
     estimated contour.  config: `AlignConfig` (default mode "global")."""
     from ..config import AlignConfig
     from ..executor import resolve_jobs
-    from ..io.files import check_work_folder, open_work_folder, remove_unused_work_folder
+    from ..io.files import open_work_folder, remove_unused_work_folder
     from ..io.maps import read_map
     from .comparison import resolve_level
 
     t0 = time.perf_counter()
-    check_work_folder(os.fspath(out_dir), "--out-dir")
     paths = [_as_path(m, "map") for m in maps]
     if len(paths) < 2:
         raise InputError(f"variance needs at least two maps besides the reference, got {len(paths)}; "
@@ -192,7 +192,8 @@ def _run(paths, ref_path, ref_map, ref_contour, ref_est, contours, config_dict, 
     from ..io.report import variance_sections, write_report
 
     ref_hash = file_sha256(ref_path)
-    items, records = [], [None] * len(paths)
+    items: list = []
+    records: list[Any] = [None] * len(paths)
     first_of_hash = {}
     for index, p in enumerate(paths):
         digest = file_sha256(p)

@@ -274,6 +274,7 @@ def _correlations(products: np.ndarray, sh: _Scan) -> np.ndarray:
 
 def _scan_chunk(rotation_indices) -> list:
     sh = _SHARED
+    assert sh is not None, "_scan_chunk runs in a worker set up by _init"
     cubes = np.zeros((2,) + sh.cube, np.float32)
     out = []
     for i in rotation_indices:
@@ -344,6 +345,7 @@ def setup(src: PreparedMap, tgt: PreparedMap, config: AlignConfig) -> tuple[_Sca
     grid) and its plan (centre, radius, voxel, step, box, ...)."""
     from scipy import fft
 
+    assert tgt.density is not None and src.density is not None, "the scan needs both maps (PreparedMap.with_density)"
     resolution = config.exhaustive_resolution_A or max(2.0 * float(tgt.density.voxel_size_A.max()),
                                                        float(config.sampling_A or 0.0))
     centre, radius, voxel, m, lo, extent, density_extent = _plan(src, tgt, config, resolution)
@@ -413,6 +415,7 @@ def scan(src: PreparedMap, tgt: PreparedMap, config: AlignConfig) -> tuple[list[
 
     found = _distinct_peaks(peaks, rotations, shape, lo, voxel, centre, max(config.same_pose_A, 2.0 * voxel),
                             max(config.same_pose_deg, 1.5 * step), config.exhaustive_candidates)
+    assert tgt.density is not None, "the scan needs the target's map (PreparedMap.with_density)"
     sample = src.sample.thinned(config.wide_sample_points)
     # the coarse score is a filter: the best distinct peaks by it, and the best by the ranking's
     # correlation on the maps themselves at the coarse pose, are refined on the maps

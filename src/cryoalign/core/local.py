@@ -158,6 +158,7 @@ def _search_mask(k: int) -> list[tuple[float, int, int, np.ndarray]]:
     """Coarse poses of mask k scored on a subsample: [(agreement, k, h, T)].  (A short ICP
     per pose here gave the same placements on the public sets at twice the cost.)"""
     sh = _SHARED
+    assert sh is not None, "_search_mask runs in a worker set up by _init"
     matches = _mask_matches(sh, k)
     c = sh.src_cloud
     screen = PointCloud(c.points_A[sh.screen], c.vectors[sh.screen], c.density[sh.screen], c.spacing_A)

@@ -30,7 +30,7 @@ from ..types import DensityMap
 try:
     from numba import njit
 except ImportError:  # pragma: no cover - numba is a dependency; keep working without it
-    njit = None
+    njit = None  # type: ignore[assignment]
 
 _SLAB = 32
 FTOL = 1e-7              # stop when the correlation improves by less than this (relative) ...
@@ -312,7 +312,7 @@ def refine_distinct(poses, sample: MapSample, target: DensityMap, centre_A: np.n
                                               max_shift_A=s.map_near_factor * s.same_pose_A,
                                               max_angle_deg=s.map_near_factor * s.same_pose_deg) for _, f in kept):
             continue
-        refined = sum(1 for _, f in kept if f.evaluations)
+        refined = len([f for _, f in kept if f.evaluations])
         if (refine_mask is None or refine_mask[i]) and (max_refined is None or refined < max_refined):
             fit = _refine_coarse_to_fine(sample, target, T, kept, s)
         else:

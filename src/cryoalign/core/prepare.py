@@ -42,14 +42,15 @@ def resolve_contour(density: DensityMap, contour: float | None, param: str) -> t
     """The contour to use (the given one, checked, or an estimate from the map's
     background) and what one pass over the map finds at it.  `param` names the
     parameter in messages ("source_contour")."""
-    estimated = contour is None
-    if estimated:
+    if contour is None:
+        estimated = True
         level = pointcloud.estimate_contour(density)
         log.info("%s not given: estimated %.6g from the map's density", param, level)
         warning = pointcloud.contour_warning(density, level, param)
         if warning:
             log.warning("%s", warning)
     else:
+        estimated = False
         level = float(contour)
         if not math.isfinite(level):
             raise InputError(f"{param}={contour} is not a finite number; pass the EMDB recommended level")

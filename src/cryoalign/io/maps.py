@@ -33,6 +33,7 @@ import math
 import os
 import warnings
 import zlib
+from typing import Any
 
 import numpy as np
 
@@ -184,7 +185,7 @@ def _check_cell_angles(path, h) -> None:
     angles = [float(h.cellb.alpha), float(h.cellb.beta), float(h.cellb.gamma)]
     if all(a == 0.0 or abs(a - 90.0) < ANGLE_TOLERANCE_DEG for a in angles):   # NaN fails both
         return
-    shown = ", ".join(f"{a:g}" for a in np.float32(angles))
+    shown = ", ".join(f"{a:g}" for a in np.asarray(angles, np.float32))
     raise InputError(f"{path} has cell angles alpha, beta, gamma = ({shown}) degrees: skewed (non-orthogonal) "
                      "grids are not supported; resample the map onto an orthogonal grid, for example with "
                      "ChimeraX 'volume resample'")
@@ -261,7 +262,7 @@ def _memory_mapped(path) -> tuple[DensityMap, str | None] | None:
 
 def _read_bytes(path) -> bytes:
     """The file's bytes, decompressed when it starts with a gzip, bzip2 or xz magic number."""
-    openers = {"gzip": lambda fh: gzip.GzipFile(fileobj=fh), "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile}
+    openers: dict[str, Any] = {"gzip": lambda fh: gzip.GzipFile(fileobj=fh), "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile}
     with open(path, "rb") as fh:
         head = fh.read(8)
         fh.seek(0)

@@ -3,6 +3,7 @@ the target's grid, moved models, and a ChimeraX script that shows them together.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 from .. import transform as tf
@@ -53,7 +54,7 @@ CHAIN_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4
 
 
 def fit_script(path, *, map_path: str, contour: float, assembled: str | None = None,
-               folder: str | None = None, best: tuple = ()) -> None:
+               folder: str | None = None, best: Sequence = ()) -> None:
     """Write a .cxc that opens the map (grey mesh), every chain's rank-1 placement (`best`:
     (chain, model path) pairs, one colour each) and the assembled model (hidden: the
     rank-1 placements of identical chains may share one copy, the assembled model never)."""

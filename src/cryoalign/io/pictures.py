@@ -106,9 +106,9 @@ def align_pictures(src_map, tgt_map, T_target_source, out_dir, *, after: Density
 
     src_map, tgt_map = as_map(src_map), as_map(tgt_map)
     before = resample_onto(src_map, tgt_map, np.eye(4)).data
-    after = (after if after is not None else resample_onto(src_map, tgt_map, np.asarray(T_target_source, float))).data
+    moved = after if after is not None else resample_onto(src_map, tgt_map, np.asarray(T_target_source, float))
     path = os.path.join(os.fspath(out_dir), "align_projections.png")
-    return [projections(tgt_map, [("before", before), ("after", after)], path,
+    return [projections(tgt_map, [("before", before), ("after", moved.data)], path,
                         title="maximum-intensity projections on the target's grid")]
 
 
@@ -206,7 +206,8 @@ def compare_pictures(result, out_dir) -> list:
 def variance_peak(data: np.ndarray) -> tuple[tuple[int, int, int], float]:
     """The voxel of largest variance, as an array index (z, y, x), and its value."""
     flat = int(np.argmax(data))
-    return tuple(int(i) for i in np.unravel_index(flat, data.shape)), float(data.flat[flat])
+    z, y, x = (int(i) for i in np.unravel_index(flat, data.shape))
+    return (z, y, x), float(data.flat[flat])
 
 
 def variance_slices(variance_map: DensityMap, path, *, mean: DensityMap | None = None,

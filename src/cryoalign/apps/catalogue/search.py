@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -66,7 +67,7 @@ class SearchResult:
     errors: list = field(default_factory=list)   # [(map, message)] of entries whose alignment failed
 
     def to_json(self) -> dict:
-        from .. import __version__
+        from ... import __version__
         return {"version": __version__, "query": self.query,
                 "hits": [h.as_dict(k) for k, h in enumerate(self.hits, 1)],
                 "searched": self.searched, "entries": self.entries, "params": self.params,
@@ -80,7 +81,7 @@ class SearchResult:
 
 def format_table(result: SearchResult) -> str:
     """The hits as a short text table (for the terminal)."""
-    from .. import transform as tf
+    from ... import transform as tf
 
     lines = [f"query {result.query}: {result.searched} of {result.entries} entries aligned",
              "rank  score  coverage  correlation  sig.dist  rotation  translation (Å)             map"]
@@ -104,9 +105,9 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
     from the stored descriptors: `screen_entry`), the `refine` best of them aligned with
     the full pipeline (`align_entry`); the `top` best are returned (the fully aligned ones
     first).  jobs / scheduler: see `executor.run_tasks`."""
-    from ..core.prepare import prepare, resolve_contour
-    from ..io import emdb
-    from ..io.robust import without_outliers
+    from ...core.prepare import prepare, resolve_contour
+    from ...io import emdb
+    from ...io.robust import without_outliers
 
     timings = {}
     started = time.perf_counter()
@@ -209,9 +210,9 @@ _QUERY_CACHE: dict = {}
 
 def _query(npz: str, map_path: str, config: AlignConfig):
     """The query's prepared map with its density (loaded once per worker process)."""
-    from ..core.prepare import load
-    from ..io.maps import read_map
-    from ..io.robust import without_outliers
+    from ...core.prepare import load
+    from ...io.maps import read_map
+    from ...io.robust import without_outliers
 
     key = (npz, map_path)
     if key not in _QUERY_CACHE:
@@ -227,7 +228,7 @@ def coverage(entry, query, T_query_entry: np.ndarray, radius_A: float) -> float:
     coverage is what tells them apart."""
     from scipy.spatial import cKDTree
 
-    from .. import transform as tf
+    from ... import transform as tf
 
     moved = cKDTree(tf.apply(T_query_entry, entry.cloud.points_A))
     d, _ = moved.query(query.cloud.points_A, distance_upper_bound=radius_A)
@@ -239,8 +240,8 @@ def align_entry(task: dict) -> dict:
     query (npz), query_map (path), config (AlignConfig fields, mode global)} -> a small
     dict with the search score, the alignment score, the coverage, the correlation and
     T_query_entry (16 numbers)."""
-    from ..core.pipeline import align_prepared
-    from ..core.prepare import load
+    from ...core.pipeline import align_prepared
+    from ...core.prepare import load
 
     package_log = logging.getLogger("cryoalign")
     level = package_log.level
@@ -250,7 +251,7 @@ def align_entry(task: dict) -> dict:
         query = _query(task["query"], task["query_map"], config)
         entry = load(task["entry"], config)
         result = align_prepared(entry, query, config)
-        covered = coverage(entry, query, result.T_target_source, config.sampling_A)
+        covered = coverage(entry, query, result.T_target_source, cast(float, config.sampling_A))
         return dict(status="ok", score=float(result.score.value) * covered, alignment_score=float(result.score.value),
                     coverage=covered,
                     correlation=None if result.score.correlation is None else float(result.score.correlation),
@@ -268,10 +269,10 @@ def screen_entry(task: dict) -> dict:
     agreement x the coverage.  No map refinement: an entry that is not the query's
     molecule stops here.  task as `align_entry`'s -> a dict of the same keys
     (correlation None)."""
-    from ..core.pipeline import coarse_hypotheses
-    from ..core.prepare import load
-    from ..core.rank import screen_poses
-    from ..timing import Timer
+    from ...core.pipeline import coarse_hypotheses
+    from ...core.prepare import load
+    from ...core.rank import screen_poses
+    from ...timing import Timer
 
     package_log = logging.getLogger("cryoalign")
     level = package_log.level
@@ -283,7 +284,7 @@ def screen_entry(task: dict) -> dict:
         entry = load(task["entry"], config)
         hypotheses, _ = coarse_hypotheses(entry, query, config, Timer())
         agreement, T, _ = screen_poses(entry, query, hypotheses, config)[0]
-        covered = coverage(entry, query, T, config.sampling_A)
+        covered = coverage(entry, query, T, cast(float, config.sampling_A))
         return dict(status="ok", score=float(agreement) * covered, alignment_score=float(agreement),
                     coverage=covered, correlation=None, matrix=[float(v) for v in np.asarray(T).ravel()])
     except InputError as exc:

@@ -291,7 +291,7 @@ def index(maps, db, *, contours: dict | None = None, config: AlignConfig | None 
 
 def _resolve_maps(maps: list, contours: dict) -> list[dict]:
     """Each distinct map -> {map, path, contour, contour_source}; every missing file in one error."""
-    from ..io import emdb
+    from ...io import emdb
 
     if not maps:
         raise InputError("no maps to index; give at least one map file or EMDB ID")
@@ -315,7 +315,7 @@ def _resolve_maps(maps: list, contours: dict) -> list[dict]:
             contour, source = float(recommended), "emdb"
         else:
             contour, source = None, "estimated"
-        specs.append(dict(map=name, path=os.path.abspath(path), contour=contour, contour_source=source))
+        specs.append(dict(map=name, path=os.path.abspath(str(path)), contour=contour, contour_source=source))
     if missing:
         listed = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise InputError(f"map file(s) not found: {listed}; check the path(s) (nothing was indexed)")
@@ -350,7 +350,7 @@ def _fill_vectors(conn: sqlite3.Connection, db: str, jobs, scheduler, progress) 
 
 def vector_of_features(npz: str) -> bytes:
     """The pre-filter vector (float32 bytes) of a stored entry (runs in a worker)."""
-    from ..core.prepare import load
+    from ...core.prepare import load
 
     return prefilter_module.vector(load(npz)).tobytes()      # load names an unreadable file (InputError)
 
@@ -365,7 +365,7 @@ def _fill_hashes(specs: list, jobs, scheduler, progress) -> None:
 
 
 def _insert(conn: sqlite3.Connection, spec: dict, outcome: dict, params: dict) -> None:
-    from .. import __version__
+    from ... import __version__
 
     row = dict(map=spec["map"], path=spec["path"], file_hash=spec["file_hash"],
                params=json.dumps(params, sort_keys=True), params_hash=spec["params_hash"],
@@ -384,9 +384,9 @@ def prepare_entry(task: dict) -> dict:
     """Prepare one map and write its .npz (runs in a worker): task = {path, name, contour
     (None: estimate), contour_source, config (AlignConfig fields), features (npz path)}
     -> a small dict.  A bad map becomes status "error" with a one-line message."""
-    from ..core.prepare import prepare, resolve_contour
-    from ..io.maps import read_map
-    from ..io.robust import without_outliers
+    from ...core.prepare import prepare, resolve_contour
+    from ...io.maps import read_map
+    from ...io.robust import without_outliers
 
     started = time.perf_counter()
     try:
@@ -456,7 +456,7 @@ def _params_mismatch(db: str, entries: list, params: dict, *, user: str = "the s
     for e in entries:
         key = json.dumps(e["params"], sort_keys=True)
         counts[key] = counts.get(key, 0) + 1
-    stored = json.loads(max(counts, key=counts.get))
+    stored = json.loads(max(counts, key=lambda k: counts[k]))
     diff = ", ".join(f"{k}={stored.get(k)!r} ({user} uses {v!r})" for k, v in params.items() if stored.get(k) != v)
     return (f"the catalogue {db} was built with other parameters: {diff}; {retry} with the same parameters, or "
             "index the maps again with these ones")
