@@ -4,7 +4,7 @@ The resolved configuration (defaults, what the user set, and values chosen from
 the data such as the sampling interval) is saved with every result
 (`params.json`), so a result can be reproduced from its parameters alone.
 Field names are the library's names; the command line maps its own flags onto
-them (`cli.FLAGS`), and error messages name the field (`sampling_A=3`).
+them (`flags.FLAGS`), and error messages name the field (`sampling_A=3`).
 """
 from __future__ import annotations
 

@@ -127,7 +127,7 @@ def align_sections(result, images: list) -> list:
 def confidence_section(confidence: dict, command: str) -> dict:
     """The "Confidence" section: the verdict, its evidence and, for a low answer, what to
     try (with the command's own flags)."""
-    from ..cli import flagged
+    from ..flags import flagged
 
     e = confidence.get("evidence", {})
     text = {"high": "high: a strong score, a clear lead over the next pose, nearly full overlap, terms agreeing.",
