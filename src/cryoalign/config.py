@@ -9,6 +9,7 @@ them (`flags.FLAGS`), and error messages name the field (`sampling_A=3`).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
+from typing import cast
 
 import numpy as np
 
@@ -163,15 +164,15 @@ class AlignConfig:
 
     @property
     def merge_eps_A(self) -> float:
-        return self.keypoint_merge_A if self.keypoint_merge_A is not None else self.sampling_A
+        return cast(float, self.keypoint_merge_A if self.keypoint_merge_A is not None else self.sampling_A)
 
     @property
     def noise_A(self) -> float:
-        return self.noise_bound_A if self.noise_bound_A is not None else self.sampling_A
+        return cast(float, self.noise_bound_A if self.noise_bound_A is not None else self.sampling_A)
 
     @property
     def descriptor_radius_A(self) -> float:
-        return self.descriptor_radius_factor * self.sampling_A
+        return self.descriptor_radius_factor * cast(float, self.sampling_A)
 
     def replace(self, **changes) -> AlignConfig:
         unknown = sorted(set(changes) - {f.name for f in fields(self)})

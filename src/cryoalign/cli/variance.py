@@ -23,10 +23,12 @@ def add_parser(sub, d) -> None:
 
 def run(args) -> int:
     from ..apps.variation import read_contour_table, variance
+    from ..io.files import check_work_folder
 
     config = _alignment_config(args, jobs=1)
     contours = read_contour_table(args.contour_table) if args.contour_table else None
     _refuse_overwriting_inputs([], [args.reference, *args.maps, args.contour_table], folder=args.out_dir)
+    check_work_folder(args.out_dir, "--out-dir")   # a file, an unwritable place, someone else's files: refused
     result = variance(args.reference, args.maps, contours=contours, reference_contour=args.reference_contour,
                       out_dir=args.out_dir, jobs=args.jobs, scheduler=args.scheduler, keep_all=args.keep_all,
                       components=args.components, config=config, progress=not args.quiet)
