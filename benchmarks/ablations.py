@@ -19,6 +19,7 @@ Then the hand check: every pair aligned with --check-hand, once as is and once
 with the source replaced by its mirror image; the verdicts are tabulated
 (a mirrored source must be called "mirrored", an unflipped one never).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,12 +72,17 @@ def main(argv=None):
     def run(d, c, s, src=None, **kw):
         mode = "local" if ("local" in s or "chain" in s) else "global"
         t = time.perf_counter()
-        r = cryoalign.align(src if src is not None else os.path.join(d, "source.mrc"),
-                            os.path.join(d, "target.mrc"), source_contour=c["source_contour"],
-                            target_contour=c["target_contour"], mode=mode, **kw)
+        r = cryoalign.align(
+            src if src is not None else os.path.join(d, "source.mrc"),
+            os.path.join(d, "target.mrc"),
+            source_contour=c["source_contour"],
+            target_contour=c["target_contour"],
+            mode=mode,
+            **kw,
+        )
         return r, time.perf_counter() - t
 
-    run(*cases[0][1:3], cases[0][0])      # warm up numba's caches
+    run(*cases[0][1:3], cases[0][0])  # warm up numba's caches
     rows = []
     for name in a.configs.split(","):
         for s in sets:
@@ -89,8 +95,12 @@ def main(argv=None):
                 strict = evaluate.rmsd(r.T_target_source, gts[0], ca)
                 sym = min(evaluate.rmsd(r.T_target_source, g, ca) for g in gts)
                 recs.append((strict, sym, r.ambiguous, dt))
-                print(f"{name:15s} {c['case_id']:20s} strict {strict:7.2f} sym {sym:7.2f} "
-                      f"{'ambiguous ' if r.ambiguous else ''}{dt:6.2f} s", file=sys.stderr, flush=True)
+                print(
+                    f"{name:15s} {c['case_id']:20s} strict {strict:7.2f} sym {sym:7.2f} "
+                    f"{'ambiguous ' if r.ambiguous else ''}{dt:6.2f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             rows.append((name, s, recs))
     print(ablation_table(rows))
 
@@ -101,31 +111,43 @@ def main(argv=None):
             r, dt = run(d, c, s, src=src, check_hand=True)
             rf, _ = run(d, c, s, src=mirror(src)[0], check_hand=True)
             hand.append((s, c["case_id"], r.hand, rf.hand, dt))
-            print(f"hand {c['case_id']:20s} as is {r.hand['verdict']:8s} mirrored source "
-                  f"{rf.hand['verdict']:8s}", file=sys.stderr, flush=True)
+            print(
+                f"hand {c['case_id']:20s} as is {r.hand['verdict']:8s} mirrored source {rf.hand['verdict']:8s}",
+                file=sys.stderr,
+                flush=True,
+            )
         print()
         print(hand_table(hand))
 
 
 def ablation_table(rows):
-    out = ["| configuration | set | pairs | failures (>10 Å) | under 3 Å | rank 1 < 5 Å | median RMSD strict (Å) "
-           "| median RMSD sym (Å) | flagged ambiguous | median time (s) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| configuration | set | pairs | failures (>10 Å) | under 3 Å | rank 1 < 5 Å | median RMSD strict (Å) "
+        "| median RMSD sym (Å) | flagged ambiguous | median time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, s, recs in rows:
         st = np.array([r[0] for r in recs])
         sy = np.array([r[1] for r in recs])
-        out.append(f"| {name} | {s} | {len(recs)} | {(sy > 10).sum()} | {(sy < 3).mean() * 100:.0f}% | "
-                   f"{(sy < 5).mean() * 100:.0f}% | {np.median(st):.2f} | {np.median(sy):.2f} | "
-                   f"{sum(r[2] for r in recs)} | {np.median([r[3] for r in recs]):.2f} |")
+        out.append(
+            f"| {name} | {s} | {len(recs)} | {(sy > 10).sum()} | {(sy < 3).mean() * 100:.0f}% | "
+            f"{(sy < 5).mean() * 100:.0f}% | {np.median(st):.2f} | {np.median(sy):.2f} | "
+            f"{sum(r[2] for r in recs)} | {np.median([r[3] for r in recs]):.2f} |"
+        )
     return "\n".join(out)
 
 
 def hand_table(hand):
-    out = ["| set | case | as is: verdict (score / mirrored) | mirrored source: verdict (score / mirrored) "
-           "| time with --check-hand (s) |", "|---|---|---|---|---|"]
+    out = [
+        "| set | case | as is: verdict (score / mirrored) | mirrored source: verdict (score / mirrored) "
+        "| time with --check-hand (s) |",
+        "|---|---|---|---|---|",
+    ]
     for s, cid, h, hf, dt in hand:
-        out.append(f"| {s} | {cid} | {h['verdict']} ({h['score']:.3f} / {h['mirrored_score']:.3f}) | "
-                   f"{hf['verdict']} ({hf['score']:.3f} / {hf['mirrored_score']:.3f}) | {dt:.2f} |")
+        out.append(
+            f"| {s} | {cid} | {h['verdict']} ({h['score']:.3f} / {h['mirrored_score']:.3f}) | "
+            f"{hf['verdict']} ({hf['score']:.3f} / {hf['mirrored_score']:.3f}) | {dt:.2f} |"
+        )
     n = len(hand)
     right = sum(hf["verdict"] == "mirrored" for *_, hf, _ in hand)
     wrong = sum(h["verdict"] == "mirrored" for _, _, h, _, _ in hand)

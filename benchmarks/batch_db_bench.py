@@ -10,6 +10,7 @@ file size (preparation matters most for large maps), every map indexed.  Both ru
 use the catalogue's sampling interval, so their lines must be equal but for time_s and
 from_db; the table says whether they are.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -12,6 +12,7 @@ the source) in fresh processes, sampling the process's resident memory
 (psutil) every 50 ms, and prints a table: wall time, peak RSS, CA RMSD of the
 answer.  Needs psutil (pip install -e .[bench]).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,8 @@ def build(workdir: str, size: int):
     import mrcfile
 
     import cryoalign
-    from cryoalign.apps import simulate
     from cryoalign import transform as tf
+    from cryoalign.apps import simulate
 
     st = cryoalign.read_model(os.path.join(ROOT, "examples", "5nsr.pdb.gz"))
     sim = simulate.simulate(st, 6.0, voxel_A=1.0)
@@ -42,13 +43,13 @@ def build(workdir: str, size: int):
     big = os.path.join(workdir, f"big_{size}.mrc")
     # place the simulated box at a fixed offset inside the big box (origin 0, 1 Å voxels)
     nz, ny, nx = sim.data.shape
-    offset = (size - np.array([nx, ny, nz])) // np.array([3, 2, 4])      # x, y, z voxels
+    offset = (size - np.array([nx, ny, nz])) // np.array([3, 2, 4])  # x, y, z voxels
     assert np.all(offset + [nx, ny, nz] < size), "box too small for the molecule"
     with mrcfile.new_mmap(big, shape=(size, size, size), mrc_mode=2, overwrite=True) as m:
         m.voxel_size = 1.0
-        for z in range(0, size, 64):                                        # zero in slabs
-            m.data[z:z + 64] = 0.0
-        m.data[offset[2]:offset[2] + nz, offset[1]:offset[1] + ny, offset[0]:offset[0] + nx] = sim.data
+        for z in range(0, size, 64):  # zero in slabs
+            m.data[z : z + 64] = 0.0
+        m.data[offset[2] : offset[2] + nz, offset[1] : offset[1] + ny, offset[0] : offset[0] + nx] = sim.data
         m.header.origin.x = m.header.origin.y = m.header.origin.z = 0.0
         m.update_header_stats()
     # world position of the model in the big map: shifted so sim's origin lands at `offset`
@@ -60,7 +61,7 @@ def build(workdir: str, size: int):
     source = os.path.join(workdir, "source.mrc")
     cryoalign.write_map(src, source)
     ca = cryoalign.io.model_coordinates(moved, selection="ca")
-    T_true = T_place @ tf.invert(T_move)          # source world -> big world
+    T_true = T_place @ tf.invert(T_move)  # source world -> big world
     return big, source, contour, simulate.contour_for(src, simulate.model_mass_Da(moved)), T_true, ca
 
 
@@ -81,7 +82,7 @@ def run(argv, out_json):
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{err}")
-    return wall, peak / 2 ** 20, json.load(open(out_json))
+    return wall, peak / 2**20, json.load(open(out_json))
 
 
 def main(argv=None):
@@ -97,15 +98,20 @@ def main(argv=None):
     try:
         t = time.perf_counter()
         big, source, big_contour, src_contour, T_true, ca = build(work, a.size)
-        print(f"built {big} ({os.path.getsize(big) / 2 ** 30:.2f} GiB) in {time.perf_counter() - t:.0f} s",
-              file=sys.stderr)
+        print(
+            f"built {big} ({os.path.getsize(big) / 2**30:.2f} GiB) in {time.perf_counter() - t:.0f} s", file=sys.stderr
+        )
         exe = shutil.which("cryoalign") or f"{sys.executable} -m cryoalign"
         rows = []
         out = os.path.join(work, "r.json")
-        cases = [("source -> big", [source, big, "--source-contour", src_contour, "--target-contour", big_contour],
-                  T_true),
-                 ("big -> source", [big, source, "--source-contour", big_contour, "--target-contour", src_contour,
-                                    "--global"], tf.invert(T_true))]
+        cases = [
+            ("source -> big", [source, big, "--source-contour", src_contour, "--target-contour", big_contour], T_true),
+            (
+                "big -> source",
+                [big, source, "--source-contour", big_contour, "--target-contour", src_contour, "--global"],
+                tf.invert(T_true),
+            ),
+        ]
         for name, args, T_ref in cases:
             cmd = exe.split() + ["align"] + [str(x) for x in args] + ["--json", out, "--quiet"]
             wall, peak, doc = run(cmd, out)
@@ -113,8 +119,10 @@ def main(argv=None):
             pts = ca if name.startswith("source") else tf.apply(T_true, ca)
             rows.append((name, wall, peak, tf.rmsd(M, T_ref, pts), doc["params"]["mode"]))
             print(f"{name}: {wall:.1f} s, peak {peak:.0f} MiB", file=sys.stderr)
-        print(f"| case ({a.size}^3 float32 map, {os.path.getsize(big) / 2 ** 30:.1f} GiB) | mode | wall (s) "
-              "| peak RSS (MiB) | CA RMSD (Å) |")
+        print(
+            f"| case ({a.size}^3 float32 map, {os.path.getsize(big) / 2**30:.1f} GiB) | mode | wall (s) "
+            "| peak RSS (MiB) | CA RMSD (Å) |"
+        )
         print("|---|---|---|---|---|")
         for name, wall, peak, rms, mode in rows:
             print(f"| {name} | {mode} | {wall:.1f} | {peak:.0f} | {rms:.2f} |")

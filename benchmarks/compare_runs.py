@@ -8,6 +8,7 @@ RUNS_A, RUNS_B: the `runs/<method>` folders that run_benchmark.py leaves under -
 (one `<set>/<case>/out.json` per case).  Used to check that a refactoring gives the
 same answers (issue: within 0.01 Å).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,13 @@ def ca_coordinates(pdb_path: str) -> np.ndarray:
     import gemmi
 
     st = gemmi.read_structure(pdb_path)
-    out = [a.pos.tolist() for ch in st[0] for r in ch for a in r
-           if (a.name == "CA" and a.element.name == "C") or (a.name == "P" and a.element.name == "P")]
+    out = [
+        a.pos.tolist()
+        for ch in st[0]
+        for r in ch
+        for a in r
+        if (a.name == "CA" and a.element.name == "C") or (a.name == "P" and a.element.name == "P")
+    ]
     return np.array(out, float)
 
 
@@ -47,7 +53,7 @@ def main(argv=None):
         Tb = np.array(json.load(open(other))["matrix"], float)
         X = ca_coordinates(os.path.join(a.cases, set_name, case, "source_model.pdb"))
         d = (X @ Ta[:3, :3].T + Ta[:3, 3]) - (X @ Tb[:3, :3].T + Tb[:3, 3])
-        r = float(np.sqrt((d ** 2).sum(1).mean()))
+        r = float(np.sqrt((d**2).sum(1).mean()))
         worst = max(worst, r)
         print(f"| {set_name} | {case} | {r:.4f} |")
     print(f"\nlargest difference: {worst:.4f} Å")

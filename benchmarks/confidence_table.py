@@ -12,6 +12,7 @@ tried without running the alignments again.  Prints, per set and in total, the a
 called high / medium / low and how many of each were right, and lists every failure and
 every wrong "high" answer with its evidence.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ def _candidates(doc):
         t = c["score_terms"]
         score = SimpleNamespace(**t)
         score.value = c["score"]
-        out.append(SimpleNamespace(score=score, copy_correlation=c.get("copy_correlation"),
-                                   copy_shift_A=c.get("copy_shift_A")))
+        out.append(
+            SimpleNamespace(score=score, copy_correlation=c.get("copy_correlation"), copy_shift_A=c.get("copy_shift_A"))
+        )
     return out
 
 
@@ -43,7 +45,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     rows = []
     for tsv in sorted(glob.glob(os.path.join(a.out, f"{a.method}__*.tsv"))):
-        set_name = os.path.basename(tsv)[len(a.method) + 2:-4]
+        set_name = os.path.basename(tsv)[len(a.method) + 2 : -4]
         with open(tsv) as fh:
             for r in csv.DictReader(fh, delimiter="\t"):
                 path = os.path.join(a.out, "runs", a.method, set_name, r["case_id"], "out.json")
@@ -70,8 +72,10 @@ def main(argv=None):
         print(f"| {s} | {len(sel)} | " + " | ".join(cell) + f" | {len(fails)}: {fv} |")
     high = [r for r in rows if r[3]["verdict"] == "high"]
     if high:
-        print(f"\nhigh answers right: {sum(r[2] < 3 for r in high)}/{len(high)} "
-              f"({100 * sum(r[2] < 3 for r in high) / len(high):.1f}%)")
+        print(
+            f"\nhigh answers right: {sum(r[2] < 3 for r in high)}/{len(high)} "
+            f"({100 * sum(r[2] < 3 for r in high) / len(high):.1f}%)"
+        )
     print("\nwrong answers (>= 3 Å) and wrong 'high' answers:")
     for r in rows:
         if r[2] >= 3 or (a.cases):

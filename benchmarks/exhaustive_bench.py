@@ -20,6 +20,7 @@ confidence (cryoalign) and the time.  PowerFit lives in its own environment
 (`python -m venv pf && pf/bin/pip install powerfit-em`); pass its `powerfit` with
 --powerfit, or leave it out to run cryoalign alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,21 +43,61 @@ def cases(which):
     out = []
     if "5nsr" in which:
         for ch in "ABCDEMFG":
-            out.append(dict(name=f"5nsr_{ch}", model=ROOT / "examples/5nsr.pdb.gz", chain=ch,
-                            map=ROOT / "examples/emd_3695_5A.mrc.gz", res=6.0, contour=1.25))
+            out.append(
+                dict(
+                    name=f"5nsr_{ch}",
+                    model=ROOT / "examples/5nsr.pdb.gz",
+                    chain=ch,
+                    map=ROOT / "examples/emd_3695_5A.mrc.gz",
+                    res=6.0,
+                    contour=1.25,
+                )
+            )
     if "public" in which:
-        out.append(dict(name="3j6b_9", model=DATA / "models/3j6b_9.pdb.gz", chain=None,
-                        map=DATA / "maps/emd_2566_crop.mrc.gz", res=3.2, contour=None))
-        out.append(dict(name="5fwp_A", model=DATA / "models/5fwp.pdb.gz", chain="A",
-                        map=DATA / "maps/emd_3340_5A.mrc.gz", res=10.0, contour="small"))
-        out.append(dict(name="5u8t_A", model=DATA / "models/5u8t.pdb.gz", chain="A",
-                        map=DATA / "maps/emd_8519_5A.mrc.gz", res=10.0, contour="small"))
+        out.append(
+            dict(
+                name="3j6b_9",
+                model=DATA / "models/3j6b_9.pdb.gz",
+                chain=None,
+                map=DATA / "maps/emd_2566_crop.mrc.gz",
+                res=3.2,
+                contour=None,
+            )
+        )
+        out.append(
+            dict(
+                name="5fwp_A",
+                model=DATA / "models/5fwp.pdb.gz",
+                chain="A",
+                map=DATA / "maps/emd_3340_5A.mrc.gz",
+                res=10.0,
+                contour="small",
+            )
+        )
+        out.append(
+            dict(
+                name="5u8t_A",
+                model=DATA / "models/5u8t.pdb.gz",
+                chain="A",
+                map=DATA / "maps/emd_8519_5A.mrc.gz",
+                res=10.0,
+                contour="small",
+            )
+        )
     return out
 
 
 def trace(st, chain):
-    return np.array([[a.pos.x, a.pos.y, a.pos.z] for ch in st[0] if ch.name == chain for res in ch
-                     for a in res if a.name in ("CA", "P")])
+    return np.array(
+        [
+            [a.pos.x, a.pos.y, a.pos.z]
+            for ch in st[0]
+            if ch.name == chain
+            for res in ch
+            for a in res
+            if a.name in ("CA", "P")
+        ]
+    )
 
 
 def rmsd(a, b):
@@ -71,22 +112,34 @@ def contour_of(case, density):
 
 
 def run_cryoalign(case, st, chain, exhaustive, jobs, angle):
-    from cryoalign.apps import fit
     from cryoalign import transform as tf
+    from cryoalign.apps import fit
     from cryoalign.core.pipeline import as_map
 
     density = as_map(str(case["map"]))
     t0 = time.perf_counter()
-    r = fit.fit_model(st, density, resolution_A=case["res"], chains=[chain], contour=contour_of(case, density),
-                      jobs=jobs, exhaustive=exhaustive, exhaustive_min_step_deg=angle)
+    r = fit.fit_model(
+        st,
+        density,
+        resolution_A=case["res"],
+        chains=[chain],
+        contour=contour_of(case, density),
+        jobs=jobs,
+        exhaustive=exhaustive,
+        exhaustive_min_step_deg=angle,
+    )
     dt = time.perf_counter() - t0
     c = r.chains[0]
     ca = trace(st, chain)
     d = [rmsd(tf.apply(p.T_target_source, ca), ca) for p in c.placements]
-    return dict(rank1=d[0] if d else float("nan"), top5=any(x < 3 for x in d[:5]), time=dt,
-                verdict=c.confidence["verdict"] if c.confidence else "-",
-                scan=r.timings_s.get("exhaustive scan", 0.0),
-                found=c.placements[0].found_by if c.placements else "")
+    return dict(
+        rank1=d[0] if d else float("nan"),
+        top5=any(x < 3 for x in d[:5]),
+        time=dt,
+        verdict=c.confidence["verdict"] if c.confidence else "-",
+        scan=r.timings_s.get("exhaustive scan", 0.0),
+        found=c.placements[0].found_by if c.placements else "",
+    )
 
 
 def run_powerfit(case, st, chain, powerfit, jobs, angle):
@@ -102,8 +155,26 @@ def run_powerfit(case, st, chain, powerfit, jobs, angle):
         one.write_pdb(str(model))
         out = Path(tmp) / "out"
         t0 = time.perf_counter()
-        proc = subprocess.run([powerfit, str(mp), str(case["res"]), str(model), "-c", chain, "-a", str(angle),
-                               "-p", str(jobs), "-d", str(out), "-n", "5"], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                powerfit,
+                str(mp),
+                str(case["res"]),
+                str(model),
+                "-c",
+                chain,
+                "-a",
+                str(angle),
+                "-p",
+                str(jobs),
+                "-d",
+                str(out),
+                "-n",
+                "5",
+            ],
+            capture_output=True,
+            text=True,
+        )
         dt = time.perf_counter() - t0
         if proc.returncode != 0:
             return dict(rank1=float("nan"), top5=False, time=dt, verdict="error: " + proc.stderr.strip()[-200:])
@@ -113,8 +184,9 @@ def run_powerfit(case, st, chain, powerfit, jobs, angle):
             f = out / f"fit_{k}.pdb"
             if f.exists():
                 moved = gemmi.read_structure(str(f))
-                got = np.array([[a.pos.x, a.pos.y, a.pos.z] for ch in moved[0] for res in ch for a in res
-                                if a.name in ("CA", "P")])
+                got = np.array(
+                    [[a.pos.x, a.pos.y, a.pos.z] for ch in moved[0] for res in ch for a in res if a.name in ("CA", "P")]
+                )
                 d.append(rmsd(got, ca) if len(got) == len(ca) else float("nan"))
         return dict(rank1=d[0] if d else float("nan"), top5=any(x < 3 for x in d[:5]), time=dt, verdict="")
 
@@ -140,15 +212,19 @@ def main(argv=None):
         st = gemmi.read_structure(str(case["model"]))
         st.setup_entities()
         chain = case["chain"] or max((c.name for c in st[0]), key=lambda n: len(trace(st, n)))
-        runs = [(f"cryoalign {m}", lambda m=m: run_cryoalign(case, st, chain, m, args.jobs, args.angle))
-                for m in args.modes.split(",")]
+        runs = [
+            (f"cryoalign {m}", lambda m=m: run_cryoalign(case, st, chain, m, args.jobs, args.angle))
+            for m in args.modes.split(",")
+        ]
         if args.powerfit:
             runs.append(("powerfit", lambda: run_powerfit(case, st, chain, args.powerfit, args.jobs, args.angle)))
         for tool, fn in runs:
             r = fn()
-            row = (f"{case['name']}\t{tool}\t{r['rank1']:.1f}\t{'yes' if r['rank1'] < 3 else 'no'}\t"
-                   f"{'yes' if r['top5'] else 'no'}\t{r['verdict']}\t{r['time']:.1f}\t{r.get('scan', 0.0):.1f}\t"
-                   f"{r.get('found', '')}")
+            row = (
+                f"{case['name']}\t{tool}\t{r['rank1']:.1f}\t{'yes' if r['rank1'] < 3 else 'no'}\t"
+                f"{'yes' if r['top5'] else 'no'}\t{r['verdict']}\t{r['time']:.1f}\t{r.get('scan', 0.0):.1f}\t"
+                f"{r.get('found', '')}"
+            )
             rows.append(row)
             print(row, flush=True)
     if args.out:

@@ -47,6 +47,7 @@ Writes to --out: summary.md (the tables), failures.tsv (one row per failing case
 reproduction: seed, case index, family, mutation, argv), cases.tsv (every case), and
 failures/case-N/ (the inputs of the first failing cases of each signature).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,7 @@ import pathlib
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))     # benchmarks/: the fuzzing package
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # benchmarks/: the fuzzing package
 
 from fuzzing.generators import FAMILY_WEIGHTS  # noqa: E402
 from fuzzing.harness import FAILURES, _rmtree, replay, run_pool  # noqa: E402
@@ -63,36 +64,63 @@ from fuzzing.report import write_reports  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--cases", type=int, default=10000, help="number of cases (default 10000)")
     p.add_argument("--seed", type=int, default=1, help="seed of the case generator (default 1)")
     p.add_argument("--start", type=int, default=0, help="index of the first case (default 0)")
-    p.add_argument("--timeout", type=float, default=60.0,
-                   help="seconds per case before it counts as a hang (default 60; a full alignment of "
-                        "these small maps takes 0.3-20 s)")
-    p.add_argument("--full-timeout", type=float, default=150.0,
-                   help="seconds for a case that runs a whole alignment (default 150: a small map placed "
-                        "locally into a large one may run the exhaustive scan, 35-40 s on a quiet machine "
-                        "and over 60 s with both cores busy)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds per case before it counts as a hang (default 60; a full alignment of "
+        "these small maps takes 0.3-20 s)",
+    )
+    p.add_argument(
+        "--full-timeout",
+        type=float,
+        default=150.0,
+        help="seconds for a case that runs a whole alignment (default 150: a small map placed "
+        "locally into a large one may run the exhaustive scan, 35-40 s on a quiet machine "
+        "and over 60 s with both cores busy)",
+    )
     p.add_argument("--out", default=os.path.join("/tmp", "cryoalign-fuzz"), help="scratch and report folder")
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
-    p.add_argument("--full", type=float, default=0.06,
-                   help="fraction of cases that run a whole alignment (default 0.06)")
+    p.add_argument(
+        "--full", type=float, default=0.06, help="fraction of cases that run a whole alignment (default 0.06)"
+    )
     p.add_argument("--families", default=None, help=f"comma-separated subset of {','.join(FAMILY_WEIGHTS)}")
-    p.add_argument("--mem-gb", type=float, default=4.0,
-                   help="address-space limit per worker in GB, so that runaway allocations fail with "
-                        "MemoryError instead of exhausting the machine (0: none; default 4)")
+    p.add_argument(
+        "--mem-gb",
+        type=float,
+        default=4.0,
+        help="address-space limit per worker in GB, so that runaway allocations fail with "
+        "MemoryError instead of exhausting the machine (0: none; default 4)",
+    )
     p.add_argument("--keep", type=int, default=3, help="failing cases kept per signature in OUT/failures")
-    p.add_argument("--case", type=int, nargs="+", default=None,
-                   help="replay these case indices in-process (prints the details, keeps the files)")
+    p.add_argument(
+        "--case",
+        type=int,
+        nargs="+",
+        default=None,
+        help="replay these case indices in-process (prints the details, keeps the files)",
+    )
     args = p.parse_args(argv)
     families = args.families.split(",") if args.families else None
     if families and set(families) - set(FAMILY_WEIGHTS):
         p.error(f"unknown families {sorted(set(families) - set(FAMILY_WEIGHTS))}")
-    opts = dict(seed=args.seed, timeout=args.timeout, full_timeout=args.full_timeout,
-                out=os.path.abspath(args.out), jobs=max(1, args.jobs),
-                p_full=args.full, families=families, mem_gb=args.mem_gb, keep=args.keep)
+    opts = dict(
+        seed=args.seed,
+        timeout=args.timeout,
+        full_timeout=args.full_timeout,
+        out=os.path.abspath(args.out),
+        jobs=max(1, args.jobs),
+        p_full=args.full,
+        families=families,
+        mem_gb=args.mem_gb,
+        keep=args.keep,
+    )
     os.makedirs(opts["out"], exist_ok=True)
     if args.case is not None:
         replay(opts, args.case)

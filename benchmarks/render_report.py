@@ -4,6 +4,7 @@
 
 Needs `chromium` on PATH (Debian: apt-get install -y chromium). Exit code 2 without it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,11 +29,25 @@ def render(html_path, png_path, *, size=(1200, 2000), timeout_s: float = 120.0) 
     if browser is None:
         raise FileNotFoundError("no chromium on PATH: apt-get install -y chromium")
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                        "--disable-component-update", "--disable-sync", "--no-first-run",
-                        f"--user-data-dir={profile}", f"--screenshot={os.path.abspath(png_path)}",
-                        f"--window-size={size[0]},{size[1]}", "file://" + os.path.abspath(html_path)],
-                       check=True, capture_output=True, timeout=timeout_s)
+        subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                f"--screenshot={os.path.abspath(png_path)}",
+                f"--window-size={size[0]},{size[1]}",
+                "file://" + os.path.abspath(html_path),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=timeout_s,
+        )
     if not os.path.isfile(png_path):
         raise RuntimeError(f"chromium wrote no screenshot at {png_path}")
     return os.fspath(png_path)

@@ -42,6 +42,7 @@ alignment time, successes per molecule):
 Times are wall-clock seconds of `align` alone (simulation excluded) in a worker process;
 with --workers 2 two alignments run at once, one per core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")      # one core per worker
+    os.environ.setdefault(_var, "1")  # one core per worker
 
 import numpy as np
 from scipy import ndimage
@@ -62,9 +63,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
 import cryoalign  # noqa: E402
-from cryoalign.core import pointcloud  # noqa: E402
-from cryoalign.apps import simulate as sim  # noqa: E402
 from cryoalign import transform as tf  # noqa: E402
+from cryoalign.apps import simulate as sim  # noqa: E402
+from cryoalign.core import pointcloud  # noqa: E402
 from cryoalign.io import model_coordinates, read_model, transform_model  # noqa: E402
 from cryoalign.types import DensityMap  # noqa: E402
 
@@ -77,9 +78,9 @@ FIXED_SOURCE_RESOLUTION_A = 6.0
 SUCCESS_A = 3.0
 PADDING_A = 20.0
 MIN_VOXEL_A = 1.5
-MAX_BOX_VOXELS = 160 ** 3
+MAX_BOX_VOXELS = 160**3
 MAX_TRANSLATION_A = 30.0
-FAIL_DRAWN_A = 300.0      # where an infinite median RMSD (alignments raised) is drawn
+FAIL_DRAWN_A = 300.0  # where an infinite median RMSD (alignments raised) is drawn
 
 # sweep name -> (title, condition label, x values)
 SWEEPS = {
@@ -121,8 +122,9 @@ def noisy_map(st, mass, resolution, snr, rng, noise_kind):
     signal_var = float(clean.data[clean.data >= level].astype(float).var())
     noise = rng.standard_normal(clean.data.shape)
     if noise_kind == "band":
-        noise = ndimage.gaussian_filter(noise, sim.SIGMA_PER_RESOLUTION * resolution / clean.voxel_size_A[0],
-                                        mode="wrap")
+        noise = ndimage.gaussian_filter(
+            noise, sim.SIGMA_PER_RESOLUTION * resolution / clean.voxel_size_A[0], mode="wrap"
+        )
     noise *= math.sqrt(signal_var / snr) / noise.std()
     data = (clean.data + noise).astype(np.float32)
     return DensityMap(data=data, voxel_size_A=clean.voxel_size_A, origin_A=clean.origin_A), level
@@ -166,9 +168,18 @@ def run_case(args):
         rmsd, error = tf.rmsd(result.T_target_source, tf.invert(T), ca), ""
     except Exception as exc:  # an InputError (too few points, ...) is a failed alignment
         rmsd, error = math.inf, f"{type(exc).__name__}: {exc}"[:120]
-    return dict(sweep=sweep, x=x, molecule=name, repeat=rep, rmsd=rmsd, time_s=time.perf_counter() - t0,
-                error=error, voxel_src=float(source.voxel_size_A[0]), voxel_tgt=float(target.voxel_size_A[0]),
-                box_tgt="x".join(map(str, target.data.shape[::-1])))
+    return dict(
+        sweep=sweep,
+        x=x,
+        molecule=name,
+        repeat=rep,
+        rmsd=rmsd,
+        time_s=time.perf_counter() - t0,
+        error=error,
+        voxel_src=float(source.voxel_size_A[0]),
+        voxel_tgt=float(target.voxel_size_A[0]),
+        box_tgt="x".join(map(str, target.data.shape[::-1])),
+    )
 
 
 def cases(molecules, repeats, models_dir, seed, noise_kind, snrs, resolutions):
@@ -178,8 +189,18 @@ def cases(molecules, repeats, models_dir, seed, noise_kind, snrs, resolutions):
         for x in xs:
             for mi, name in enumerate(molecules):
                 for rep in range(repeats):
-                    out.append((sweep, x, name, MOLECULES.index(name) if name in MOLECULES else 10 + mi, rep,
-                                models_dir, seed, noise_kind))
+                    out.append(
+                        (
+                            sweep,
+                            x,
+                            name,
+                            MOLECULES.index(name) if name in MOLECULES else 10 + mi,
+                            rep,
+                            models_dir,
+                            seed,
+                            noise_kind,
+                        )
+                    )
     # the costly ones (fine grids, big molecules) first, for load balance
     return sorted(out, key=lambda c: (c[0].startswith("noise"), -(1.0 / c[1] if c[0].startswith("res") else 0)))
 
@@ -200,12 +221,23 @@ def summarise(rows, molecules):
         for x in xs:
             cell = [r for r in sub if r["x"] == x]
             ok = [r["rmsd"] < SUCCESS_A for r in cell]
-            per_mol = " ".join(f"{sum(r['rmsd'] < SUCCESS_A for r in cell if r['molecule'] == m)}/"
-                               f"{sum(r['molecule'] == m for r in cell)}" for m in molecules)
-            table.append(dict(x=x, rate=float(np.mean(ok)), ok=int(sum(ok)), n=len(cell),
-                              median_rmsd=float(np.median([r["rmsd"] for r in cell])),
-                              median_time=float(np.median([r["time_s"] for r in cell])),
-                              errors=sum(bool(r["error"]) for r in cell), per_molecule=per_mol))
+            per_mol = " ".join(
+                f"{sum(r['rmsd'] < SUCCESS_A for r in cell if r['molecule'] == m)}/"
+                f"{sum(r['molecule'] == m for r in cell)}"
+                for m in molecules
+            )
+            table.append(
+                dict(
+                    x=x,
+                    rate=float(np.mean(ok)),
+                    ok=int(sum(ok)),
+                    n=len(cell),
+                    median_rmsd=float(np.median([r["rmsd"] for r in cell])),
+                    median_time=float(np.median([r["time_s"] for r in cell])),
+                    errors=sum(bool(r["error"]) for r in cell),
+                    per_molecule=per_mol,
+                )
+            )
         out[sweep] = table
     return out
 
@@ -217,30 +249,38 @@ def fmt_rmsd(v):
 def markdown(summary, molecules):
     parts = []
     for sweep, title in SWEEPS.items():
-        lines = [f"**{title}**", "",
-                 f"| condition | success (< {SUCCESS_A:g} Å) | median CA RMSD (Å) | median time (s) | "
-                 f"successes per molecule ({', '.join(molecules)}) |",
-                 "|---|---|---|---|---|"]
+        lines = [
+            f"**{title}**",
+            "",
+            f"| condition | success (< {SUCCESS_A:g} Å) | median CA RMSD (Å) | median time (s) | "
+            f"successes per molecule ({', '.join(molecules)}) |",
+            "|---|---|---|---|---|",
+        ]
         for c in summary[sweep]:
             err = f", {c['errors']} raised" if c["errors"] else ""
-            lines.append(f"| {label(sweep, c['x'])} | {c['ok']}/{c['n']} ({100 * c['rate']:.0f}%{err}) | "
-                         f"{fmt_rmsd(c['median_rmsd'])} | {c['median_time']:.1f} | {c['per_molecule']} |")
+            lines.append(
+                f"| {label(sweep, c['x'])} | {c['ok']}/{c['n']} ({100 * c['rate']:.0f}%{err}) | "
+                f"{fmt_rmsd(c['median_rmsd'])} | {c['median_time']:.1f} | {c['per_molecule']} |"
+            )
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
 
 def plot(summary, path, title_note=""):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    inf_x = 30.0     # where "no noise" is drawn on the SNR axis
+    inf_x = 30.0  # where "no noise" is drawn on the SNR axis
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex="col")
-    styles = {"noise-oracle": ("oracle contour", "C0", "o", "-"),
-              "noise-estimated": ("estimated contour", "C1", "s", "--"),
-              "resolution-same": ("both maps at r, oracle contour", "C2", "o", "-"),
-              "resolution-same-estimated": ("both maps at r, estimated contour", "C1", "s", "--"),
-              "resolution-src6": ("source at 6 Å, oracle contour", "C3", "^", ":")}
+    styles = {
+        "noise-oracle": ("oracle contour", "C0", "o", "-"),
+        "noise-estimated": ("estimated contour", "C1", "s", "--"),
+        "resolution-same": ("both maps at r, oracle contour", "C2", "o", "-"),
+        "resolution-same-estimated": ("both maps at r, estimated contour", "C1", "s", "--"),
+        "resolution-src6": ("source at 6 Å, oracle contour", "C3", "^", ":"),
+    }
     for sweep, table in summary.items():
         col = 0 if sweep.startswith("noise") else 1
         name, colour, marker, ls = styles[sweep]
@@ -256,8 +296,9 @@ def plot(summary, path, title_note=""):
         axes[1, col].set_ylabel(f"median CA RMSD (Å; none found: {FAIL_DRAWN_A:g})")
         axes[1, col].set_yscale("log")
         axes[1, col].axhline(SUCCESS_A, color="grey", ls="--", lw=1)
-        axes[1, col].text(0.01, SUCCESS_A * 1.1, f"{SUCCESS_A:g} Å", color="grey",
-                          transform=axes[1, col].get_yaxis_transform())
+        axes[1, col].text(
+            0.01, SUCCESS_A * 1.1, f"{SUCCESS_A:g} Å", color="grey", transform=axes[1, col].get_yaxis_transform()
+        )
         for row in (0, 1):
             axes[row, col].grid(alpha=0.3)
             axes[row, col].legend(loc="best", fontsize=8)
@@ -279,8 +320,9 @@ def plot(summary, path, title_note=""):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=os.path.join(ROOT, "..", "shared", "data", "models"),
-                    help="folder with <id>.pdb.gz models")
+    ap.add_argument(
+        "--models", default=os.path.join(ROOT, "..", "shared", "data", "models"), help="folder with <id>.pdb.gz models"
+    )
     ap.add_argument("--molecules", default=",".join(MOLECULES))
     ap.add_argument("--repeats", type=int, default=3, help="random motions per molecule and condition")
     ap.add_argument("--seed", type=int, default=2026)
@@ -296,13 +338,17 @@ def main(argv=None):
     if a.quick:
         molecules, snrs, resolutions, repeats = molecules[:1], (math.inf, 1.0, 0.1), (4.0, 10.0, 20.0), 1
     todo = cases(molecules, repeats, os.path.abspath(a.models), a.seed, a.noise, snrs, resolutions)
-    print(f"{len(todo)} alignments: {len(molecules)} molecules x {repeats} motions; workers {a.workers}",
-          file=sys.stderr, flush=True)
+    print(
+        f"{len(todo)} alignments: {len(molecules)} molecules x {repeats} motions; workers {a.workers}",
+        file=sys.stderr,
+        flush=True,
+    )
     t0 = time.perf_counter()
     rows = []
     if a.workers > 1:
-        with ProcessPoolExecutor(max_workers=a.workers, initializer=warm_up,
-                                 initargs=(os.path.abspath(a.models),)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=a.workers, initializer=warm_up, initargs=(os.path.abspath(a.models),)
+        ) as pool:
             for k, row in enumerate(pool.map(run_case, todo, chunksize=1), 1):
                 rows.append(row)
                 if k % 20 == 0:
@@ -313,8 +359,7 @@ def main(argv=None):
     wall = time.perf_counter() - t0
     summary = summarise(rows, molecules)
     print(markdown(summary, molecules))
-    print(f"\n{len(rows)} alignments in {wall / 60:.1f} min wall ({a.workers} workers); "
-          f"seed {a.seed}; noise {a.noise}")
+    print(f"\n{len(rows)} alignments in {wall / 60:.1f} min wall ({a.workers} workers); seed {a.seed}; noise {a.noise}")
     failures = [r for r in rows if r["error"]]
     for r in failures[:10]:
         print(f"  raised: {r['sweep']} {label(r['sweep'], r['x'])} {r['molecule']} #{r['repeat']}: {r['error']}")

@@ -18,6 +18,7 @@ hit with its label is checked against the known motion.
 Generated maps, the catalogue and the per-query results live under --cache
 (default ~/.cache/cryoalign-bench/search); reruns reuse them (indexing and searching resume).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,12 +30,16 @@ import time
 
 import numpy as np
 
-from cryoalign.apps import simulate
 from cryoalign import transform as tf
+from cryoalign.apps import simulate
 from cryoalign.apps.catalogue import index, read_entries, search
 from cryoalign.io import read_model, transform_model, write_map
 
-MODELS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "models", "*.pdb.gz")))
+MODELS = sorted(
+    glob.glob(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "models", "*.pdb.gz")
+    )
+)
 RESOLUTIONS = (6.0, 8.0, 10.0)
 
 
@@ -69,8 +74,9 @@ def random_pose(rng) -> np.ndarray:
 
 def simulate_map(st, chains, resolution, T, path, rng=None, noise=0.0) -> float:
     """Write the map of `chains` moved by T; return its contour (the molecular volume's)."""
-    density = simulate.simulate(transform_model(st, T), resolution, chains=list(chains) if chains else None,
-                                voxel_A=max(resolution / 3.0, 2.0))
+    density = simulate.simulate(
+        transform_model(st, T), resolution, chains=list(chains) if chains else None, voxel_A=max(resolution / 3.0, 2.0)
+    )
     contour = simulate.contour_for(density, simulate.model_mass_Da(st, list(chains) if chains else None))
     if noise > 0:
         data = density.data + rng.normal(0.0, noise * contour, density.data.shape).astype(np.float32)
@@ -103,8 +109,14 @@ def build_database(args, folder) -> tuple[dict, dict]:
             name = f"e{n:04d}_{label(model, chains).replace(':', '_')}_{resolution:g}A.mrc"
             path = os.path.join(folder, "maps", name)
             contour = simulate_map(st, chains, resolution, T, path)
-            maps[path] = dict(label=label(model, chains), model=model, chains=chains, resolution=resolution,
-                              T_world_model=T.tolist(), contour=contour)
+            maps[path] = dict(
+                label=label(model, chains),
+                model=model,
+                chains=chains,
+                resolution=resolution,
+                T_world_model=T.tolist(),
+                contour=contour,
+            )
     json.dump(dict(entries=args.entries, maps=maps), open(manifest_path, "w"))
     return maps, {p: m["contour"] for p, m in maps.items()}
 
@@ -137,15 +149,29 @@ def run_queries(args, folder, maps, queries, db, prefilter, tag) -> list:
             out.append(json.load(open(cached)))
             continue
         started = time.perf_counter()
-        result = search(path, db, contour=contour, top=max(10, args.top), prefilter=prefilter, refine=args.refine,
-                        jobs=args.jobs)
+        result = search(
+            path, db, contour=contour, top=max(10, args.top), prefilter=prefilter, refine=args.refine, jobs=args.jobs
+        )
         elapsed = time.perf_counter() - started
-        record = dict(label=info["label"], time_s=elapsed, searched=result.searched,
-                      timings=result.timings_s, hits=[], pose_error=None)
+        record = dict(
+            label=info["label"],
+            time_s=elapsed,
+            searched=result.searched,
+            timings=result.timings_s,
+            hits=[],
+            pose_error=None,
+        )
         for h in result.hits:
-            record["hits"].append(dict(label=maps[h.path]["label"], score=h.score, sig=h.signature_distance,
-                                       alignment_score=h.alignment_score, coverage=h.coverage,
-                                       copy=equivalent_copy(info, T, maps[h.path], h.T_query_entry)))
+            record["hits"].append(
+                dict(
+                    label=maps[h.path]["label"],
+                    score=h.score,
+                    sig=h.signature_distance,
+                    alignment_score=h.alignment_score,
+                    coverage=h.coverage,
+                    copy=equivalent_copy(info, T, maps[h.path], h.T_query_entry),
+                )
+            )
         for h in result.hits:
             if maps[h.path]["label"] == info["label"]:
                 T_ref = T @ tf.invert(np.array(maps[h.path]["T_world_model"]))
@@ -154,17 +180,28 @@ def run_queries(args, folder, maps, queries, db, prefilter, tag) -> list:
                 break
         json.dump(record, open(cached, "w"))
         ok = record["hits"] and record["hits"][0]["label"] == info["label"]
-        print(f"  [{tag}] q{q:03d} {info['label']:16s} rank1={'yes' if ok else 'NO '} "
-              f"best={record['hits'][0]['label'] if record['hits'] else '-':16s} {elapsed:6.1f} s "
-              f"pose err={record['pose_error']}", flush=True)
+        print(
+            f"  [{tag}] q{q:03d} {info['label']:16s} rank1={'yes' if ok else 'NO '} "
+            f"best={record['hits'][0]['label'] if record['hits'] else '-':16s} {elapsed:6.1f} s "
+            f"pose err={record['pose_error']}",
+            flush=True,
+        )
         out.append(record)
     return out
 
 
 def _ca(model: str, chains) -> np.ndarray:
     st = read_model(model)
-    return np.array([a.pos.tolist() for ch in st[0] if chains is None or ch.name in chains
-                     for r in ch for a in r if a.name in ("CA", "P")])
+    return np.array(
+        [
+            a.pos.tolist()
+            for ch in st[0]
+            if chains is None or ch.name in chains
+            for r in ch
+            for a in r
+            if a.name in ("CA", "P")
+        ]
+    )
 
 
 def equivalent_copy(query: dict, T_query: np.ndarray, entry: dict, T_query_entry) -> bool:
@@ -205,6 +242,7 @@ def same_structure(a: dict, b: dict, tolerance_A: float = 1.0) -> float | None:
 
 def _centre(path):
     from cryoalign.io import read_map
+
     m = read_map(path)
     zyx = np.argwhere(m.data > np.percentile(m.data, 90))
     return m.index_to_world(zyx[:, ::-1]).mean(0)
@@ -213,10 +251,9 @@ def _centre(path):
 def prefilter_recall(maps, queries, folder, db, args) -> list:
     """For each query (its pre-filter vector, from the query map prepared as search does):
     the pre-filter rank of the first entry carrying its label."""
-    from cryoalign.apps.catalogue import prefilter
-    from cryoalign.apps.catalogue import catalogue_config
-    from cryoalign.io import read_map
+    from cryoalign.apps.catalogue import catalogue_config, prefilter
     from cryoalign.core.prepare import prepare, resolve_contour
+    from cryoalign.io import read_map
 
     entries = read_entries(db)
     matrix = np.stack([e["vector"] for e in entries])
@@ -266,11 +303,14 @@ def main(argv=None):
     summary = index(list(maps), db, contours=contours, jobs=args.jobs)
     index_s = time.perf_counter() - started
     timing_path = os.path.join(folder, "index_timing.json")
-    if summary.indexed:          # keep the figures of the run that did the work
+    if summary.indexed:  # keep the figures of the run that did the work
         json.dump(dict(wall_s=index_s, indexed=summary.indexed, prepare_s=summary.prepare_s), open(timing_path, "w"))
     timing = json.load(open(timing_path))
-    print(f"database: {len(maps)} maps ({len({m['label'] for m in maps.values()})} labels), simulated in "
-          f"{simulate_s:.0f} s; {summary}", flush=True)
+    print(
+        f"database: {len(maps)} maps ({len({m['label'] for m in maps.values()})} labels), simulated in "
+        f"{simulate_s:.0f} s; {summary}",
+        flush=True,
+    )
 
     queries = plan_queries(args, maps)
     results = run_queries(args, folder, maps, queries, db, args.prefilter, f"p{args.prefilter}-r{args.refine}")
@@ -279,10 +319,11 @@ def main(argv=None):
 
     n = len(results)
     rank1 = sum(bool(r["hits"]) and r["hits"][0]["label"] == r["label"] for r in results)
-    rank1_copy = sum(bool(r["hits"]) and (r["hits"][0]["label"] == r["label"] or r["hits"][0].get("copy", False))
-                     for r in results)
+    rank1_copy = sum(
+        bool(r["hits"]) and (r["hits"][0]["label"] == r["label"] or r["hits"][0].get("copy", False)) for r in results
+    )
     infos = {m["label"]: m for m in maps.values()}
-    identical = []            # misses whose best hit is the query's chain under another label
+    identical = []  # misses whose best hit is the query's chain under another label
     for r in results:
         if r["hits"] and r["hits"][0]["label"] != r["label"]:
             rmsd = same_structure(infos[r["label"]], infos[r["hits"][0]["label"]])
@@ -299,11 +340,13 @@ def main(argv=None):
     refine_s = float(np.mean([r["timings"]["refine"] for r in results]))
     prep_query = float(np.mean([r["timings"]["prepare query"] for r in results]))
     within = sum(r is not None and r <= args.prefilter for r in sig_ranks)
-    same_full = sum(bool(f["hits"]) and bool(r["hits"]) and f["hits"][0]["label"] == r["hits"][0]["label"]
-                    for f, r in zip(full, results))
+    same_full = sum(
+        bool(f["hits"]) and bool(r["hits"]) and f["hits"][0]["label"] == r["hits"][0]["label"]
+        for f, r in zip(full, results)
+    )
     full_rank1 = sum(bool(f["hits"]) and f["hits"][0]["label"] == f["label"] for f in full)
 
-    scaled = args.prefilter * 30000 // len(maps)       # the true entry's signature rank grows with the catalogue
+    scaled = args.prefilter * 30000 // len(maps)  # the true entry's signature rank grows with the catalogue
     rows = [
         ("entries (maps indexed)", f"{len(maps)}"),
         ("index: worker time per map", f"{per_map:.2f} s (wall {wall_per_map:.2f} s per map on {args.jobs} workers)"),
@@ -312,35 +355,64 @@ def main(argv=None):
         ("true entry or an equivalent copy at its pose at rank 1", f"{rank1_copy}/{n} = {100 * rank1_copy / n:.0f}%"),
         ("rank 1 wrong, but the same chain (CA RMSD < 1 Å)", f"{len(identical)}: " + ("; ".join(identical) or "-")),
         (f"true entry in top {args.top}", f"{top5}/{n} = {100 * top5 / n:.0f}%"),
-        ("rank 1 right when ranked by the alignment score alone", f"{rank1_alignment}/{n} (the 10 best hits "
-                                                                  "re-ranked without the coverage)"),
-        ("pose error of the best true hit (median / max)",
-         f"{np.median(errors[:, 0]):.2f}° / {errors[:, 0].max():.2f}°, "
-         f"{np.median(errors[:, 1]):.2f} Å / {errors[:, 1].max():.2f} Å" if len(errors) else "-"),
-        ("time per query (median / max)", f"{np.median(times):.1f} s / {times.max():.1f} s "
-                                          f"(prefilter {args.prefilter}, {args.jobs} workers)"),
-        ("signature: true entry within the prefilter", f"{within}/{n} (signature rank median "
-                                                       f"{np.median([r or 10**9 for r in sig_ranks]):.0f}, "
-                                                       f"max {max(r or 10**9 for r in sig_ranks)})"),
-        ("prefilter=all (every entry aligned)",
-         f"{len(full)} queries: same rank-1 label {same_full}/{len(full)}, rank 1 right {full_rank1}/{len(full)}, "
-         f"{np.median([f['time_s'] for f in full]):.0f} s per query" if full else "-"),
-        ("screen one entry (worker time)", f"{align_per_entry:.2f} s; re-align the best 5: {refine_s:.1f} s "
-                                           f"(wall); prepare the query {prep_query:.2f} s"),
-        ("projected: index 30,000 maps", "; ".join(f"{30000 * per_map / w / 60:.0f} min on {w} workers"
-                                                   for w in (2, 16, 64))
-         + " (simulated maps of 20-550 kDa; real maps are larger boxes)"),
-        ("projected: search 30,000 maps", "; ".join(
-            f"{_search_s(prep_query, p, align_per_entry, refine_s, w):.0f} s" for p in (args.prefilter, scaled)
-            for w in (2, 16, 64)) + f" on 2, 16, 64 workers with prefilter {args.prefilter}, then with it "
-                                    f"scaled with the catalogue ({scaled})"),
+        (
+            "rank 1 right when ranked by the alignment score alone",
+            f"{rank1_alignment}/{n} (the 10 best hits re-ranked without the coverage)",
+        ),
+        (
+            "pose error of the best true hit (median / max)",
+            f"{np.median(errors[:, 0]):.2f}° / {errors[:, 0].max():.2f}°, "
+            f"{np.median(errors[:, 1]):.2f} Å / {errors[:, 1].max():.2f} Å"
+            if len(errors)
+            else "-",
+        ),
+        (
+            "time per query (median / max)",
+            f"{np.median(times):.1f} s / {times.max():.1f} s (prefilter {args.prefilter}, {args.jobs} workers)",
+        ),
+        (
+            "signature: true entry within the prefilter",
+            f"{within}/{n} (signature rank median "
+            f"{np.median([r or 10**9 for r in sig_ranks]):.0f}, "
+            f"max {max(r or 10**9 for r in sig_ranks)})",
+        ),
+        (
+            "prefilter=all (every entry aligned)",
+            f"{len(full)} queries: same rank-1 label {same_full}/{len(full)}, rank 1 right {full_rank1}/{len(full)}, "
+            f"{np.median([f['time_s'] for f in full]):.0f} s per query"
+            if full
+            else "-",
+        ),
+        (
+            "screen one entry (worker time)",
+            f"{align_per_entry:.2f} s; re-align the best 5: {refine_s:.1f} s "
+            f"(wall); prepare the query {prep_query:.2f} s",
+        ),
+        (
+            "projected: index 30,000 maps",
+            "; ".join(f"{30000 * per_map / w / 60:.0f} min on {w} workers" for w in (2, 16, 64))
+            + " (simulated maps of 20-550 kDa; real maps are larger boxes)",
+        ),
+        (
+            "projected: search 30,000 maps",
+            "; ".join(
+                f"{_search_s(prep_query, p, align_per_entry, refine_s, w):.0f} s"
+                for p in (args.prefilter, scaled)
+                for w in (2, 16, 64)
+            )
+            + f" on 2, 16, 64 workers with prefilter {args.prefilter}, then with it "
+            f"scaled with the catalogue ({scaled})",
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     print()
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
-    json.dump(dict(rows=rows, results=results, full=full, sig_ranks=sig_ranks),
-              open(os.path.join(folder, "report.json"), "w"), indent=1)
+    json.dump(
+        dict(rows=rows, results=results, full=full, sig_ranks=sig_ranks),
+        open(os.path.join(folder, "report.json"), "w"),
+        indent=1,
+    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ the hit's T_query_entry and the query's CA atoms cover each other (at least 80% 
 within 4 Å): an equivalent copy (a chain of a homo-oligomer, the same sub-complex of
 another copy, the same complex from a related model).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,14 +45,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "unseen"))
 import make_unseen_cases as mu  # noqa: E402
 
-from cryoalign.apps import simulate  # noqa: E402
 from cryoalign import transform as tf  # noqa: E402
+from cryoalign.apps import simulate  # noqa: E402
 from cryoalign.io import transform_model, write_map  # noqa: E402
 
 DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
 RESOLUTIONS = (4.0, 5.0, 6.0, 8.0, 10.0, 12.0)
-PUBLIC_FAMILY = {"5nss": "5nsr", "5fkw": "5fkv", "5m1s": "5fkv", "5fwp": "5fwm", "5u8t": "5u8s",
-                 "1oel_crystal_frame": "chaperonin"}
+PUBLIC_FAMILY = {
+    "5nss": "5nsr",
+    "5fkw": "5fkv",
+    "5m1s": "5fkv",
+    "5fwp": "5fwm",
+    "5u8t": "5u8s",
+    "1oel_crystal_frame": "chaperonin",
+}
 MAX_SINGLE_CHAINS = 16
 CONTACT_A = 8.0
 
@@ -73,7 +80,7 @@ _LOADED: dict = {}
 def load(key: str, path: str):
     """The cleaned model (hydrogens, waters, ligands and later models removed), cached per process."""
     if key not in _LOADED:
-        _LOADED.clear()          # tasks come grouped by model: keep one
+        _LOADED.clear()  # tasks come grouped by model: keep one
         _LOADED[key] = _load(key, path)
     return _LOADED[key].clone()
 
@@ -91,8 +98,10 @@ def _load(key: str, path: str):
 
 
 def chain_cas(st) -> dict:
-    return {ch.name: np.array([a.pos.tolist() for r in ch for a in r if a.name in ("CA", "P")]).reshape(-1, 3)
-            for ch in st[0]}
+    return {
+        ch.name: np.array([a.pos.tolist() for r in ch for a in r if a.name in ("CA", "P")]).reshape(-1, 3)
+        for ch in st[0]
+    }
 
 
 def contacts(cas: dict) -> dict:
@@ -102,7 +111,7 @@ def contacts(cas: dict) -> dict:
     trees = {c: cKDTree(cas[c]) for c in names}
     out = {c: set() for c in names}
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             if trees[a].count_neighbors(trees[b], CONTACT_A) > 0:
                 out[a].add(b)
                 out[b].add(a)
@@ -154,8 +163,9 @@ def _simulate(task: dict) -> dict:
         st, _ = mu.anm_state(np.random.default_rng(task["seed"]), st, task["anm"])
     chains = list(task["chains"]) if task["chains"] else None
     T = np.array(task["T"])
-    density = simulate.simulate(transform_model(st, T), task["resolution"], chains=chains,
-                                voxel_A=max(task["resolution"] / 3.0, 2.0))
+    density = simulate.simulate(
+        transform_model(st, T), task["resolution"], chains=chains, voxel_A=max(task["resolution"] / 3.0, 2.0)
+    )
     contour = float(simulate.contour_for(density, simulate.model_mass_Da(st, chains)))
     if task["noise"] > 0:
         rng = np.random.default_rng(task["seed"])
@@ -165,7 +175,7 @@ def _simulate(task: dict) -> dict:
     write_map(density, tmp)
     os.replace(tmp, task["out"])
     info = dict(contour=contour, shape=list(density.data.shape))
-    if task.get("anm"):        # the moved CA atoms, for the right-hit test
+    if task.get("anm"):  # the moved CA atoms, for the right-hit test
         np.save(task["out"] + ".ca.npy", np.concatenate([v for v in chain_cas(st).values() if len(v)]))
     json.dump(info, open(task["out"] + ".json", "w"))
     return info
@@ -183,8 +193,10 @@ def plan(args) -> tuple[list, list, dict]:
     scale = 1.0
     for _ in range(40):
         per_model = {k: (1 if n == 1 else max(3, int(round(scale * n)))) for k, n in n_chains.items()}
-        sels = {k: selections(cas[k], per_model[k], np.random.default_rng([args.seed, i]))
-                for i, k in enumerate(sorted(cas))}
+        sels = {
+            k: selections(cas[k], per_model[k], np.random.default_rng([args.seed, i]))
+            for i, k in enumerate(sorted(cas))
+        }
         total = sum(6 if len(s) == 1 else 3 * len(s) for s in sels.values())
         if total >= args.entries:
             break
@@ -206,13 +218,17 @@ def plan(args) -> tuple[list, list, dict]:
     # states: ADK closed against the open form only, then ANM states of whole models of 150-2500 residues
     queries.append(dict(kind="state", label=label("adk_open", None), key="adk_closed", chains=None, anm=None))
     used_models["adk_open"] = 1
-    anm_models = [k for k in sorted(cas) if 150 <= molecules[label(k, None)]["n_ca"] <= 2500
-                  and k not in ("adk_open", "adk_closed")]
+    anm_models = [
+        k
+        for k in sorted(cas)
+        if 150 <= molecules[label(k, None)]["n_ca"] <= 2500 and k not in ("adk_open", "adk_closed")
+    ]
     for k in [anm_models[i] for i in qrng.permutation(len(anm_models))][: n_state - 1]:
-        queries.append(dict(kind="state", label=label(k, None), key=k, chains=None,
-                            anm=float(np.round(qrng.uniform(4.0, 8.0), 1))))
+        queries.append(
+            dict(kind="state", label=label(k, None), key=k, chains=None, anm=float(np.round(qrng.uniform(4.0, 8.0), 1)))
+        )
         used_models[k] = used_models.get(k, 0) + 1
-    held_share = {"resolution": n_res // 3, "present": n_present // 3}     # a third from held-out families
+    held_share = {"resolution": n_res // 3, "present": n_present // 3}  # a third from held-out families
     for kind, count in (("resolution", n_res), ("present", n_present)):
         for lab in order:
             mine = [q for q in queries if q["kind"] == kind]
@@ -222,8 +238,12 @@ def plan(args) -> tuple[list, list, dict]:
             held = sum(molecules[q["label"]]["family"] in mu.HELD for q in mine)
             if (m["family"] in mu.HELD) != (held < held_share[kind]):
                 continue
-            if used_models.get(m["key"], 0) >= 2 or any(q["label"] == lab for q in queries) \
-                    or m["key"] == "adk_closed" or m["n_ca"] < 60:
+            if (
+                used_models.get(m["key"], 0) >= 2
+                or any(q["label"] == lab for q in queries)
+                or m["key"] == "adk_closed"
+                or m["n_ca"] < 60
+            ):
                 continue
             queries.append(dict(kind=kind, label=lab, key=m["key"], chains=m["chains"], anm=None))
             used_models[m["key"]] = used_models.get(m["key"], 0) + 1
@@ -232,7 +252,7 @@ def plan(args) -> tuple[list, list, dict]:
     entries = []
     for k in sorted(sels):
         if k == "adk_closed":
-            continue           # the catalogue holds adenylate kinase open only
+            continue  # the catalogue holds adenylate kinase open only
         for chains in sels[k]:
             lab = label(k, chains)
             if lab in gap:
@@ -266,11 +286,33 @@ def build(args) -> dict:
     catalogue = models()
     os.makedirs(os.path.join(folder, "maps"), exist_ok=True)
     os.makedirs(os.path.join(folder, "queries"), exist_ok=True)
-    tasks = [dict(key=e["key"], path=catalogue[e["key"]][0], chains=e["chains"], resolution=e["resolution"],
-                  T=e["T"], out=os.path.join(folder, "maps", e["name"]), noise=0.0, seed=0) for e in entries]
-    tasks += [dict(key=q["key"], path=catalogue[q["key"]][0], chains=q["chains"], resolution=q["resolution"],
-                   T=q["T"], out=os.path.join(folder, "queries", q["name"]), noise=args.noise,
-                   seed=args.seed + 100 + n, anm=q["anm"]) for n, q in enumerate(queries)]
+    tasks = [
+        dict(
+            key=e["key"],
+            path=catalogue[e["key"]][0],
+            chains=e["chains"],
+            resolution=e["resolution"],
+            T=e["T"],
+            out=os.path.join(folder, "maps", e["name"]),
+            noise=0.0,
+            seed=0,
+        )
+        for e in entries
+    ]
+    tasks += [
+        dict(
+            key=q["key"],
+            path=catalogue[q["key"]][0],
+            chains=q["chains"],
+            resolution=q["resolution"],
+            T=q["T"],
+            out=os.path.join(folder, "queries", q["name"]),
+            noise=args.noise,
+            seed=args.seed + 100 + n,
+            anm=q["anm"],
+        )
+        for n, q in enumerate(queries)
+    ]
     infos = [None] * len(tasks)
     with ProcessPoolExecutor(args.jobs) as pool:
         for n, info in enumerate(pool.map(_simulate, tasks, chunksize=64)):
@@ -280,8 +322,13 @@ def build(args) -> dict:
     for item, task, info in zip(entries + queries, tasks, infos):
         item["path"] = task["out"]
         item["contour"] = info["contour"]
-    manifest = dict(entries=entries, queries=queries, molecules=molecules, simulate_s=time.perf_counter() - started,
-                    args=dict(entries=args.entries, queries=args.queries, seed=args.seed, noise=args.noise))
+    manifest = dict(
+        entries=entries,
+        queries=queries,
+        molecules=molecules,
+        simulate_s=time.perf_counter() - started,
+        args=dict(entries=args.entries, queries=args.queries, seed=args.seed, noise=args.noise),
+    )
     tmp = manifest_path + ".tmp"
     json.dump(manifest, open(tmp, "w"))
     os.replace(tmp, manifest_path)
@@ -306,7 +353,7 @@ def query_ca(manifest: dict, query: dict) -> np.ndarray:
     moved = query["path"] + ".ca.npy"
     if os.path.exists(moved):
         ca = np.load(moved)
-    elif query["key"] != manifest["molecules"][query["label"]]["key"]:     # the other state (ADK closed)
+    elif query["key"] != manifest["molecules"][query["label"]]["key"]:  # the other state (ADK closed)
         cas = chain_cas(load(query["key"], models()[query["key"]][0]))
         ca = np.concatenate([v for v in cas.values() if len(v)])
     else:
@@ -314,7 +361,9 @@ def query_ca(manifest: dict, query: dict) -> np.ndarray:
     return tf.apply(np.array(query["T"]), ca)
 
 
-def is_right(manifest: dict, query: dict, entry: dict, T_query_entry, cover: float = 0.8, within_A: float = 4.0) -> bool:
+def is_right(
+    manifest: dict, query: dict, entry: dict, T_query_entry, cover: float = 0.8, within_A: float = 4.0
+) -> bool:
     """The module docstring's rule."""
     from scipy.spatial import cKDTree
 
@@ -352,8 +401,10 @@ def main(argv=None):
             print(f"  {kind}: {len(qs)} ({sum(q['part'] == 'held' for q in qs)} held)")
         return
     manifest = build(args)
-    print(f"{len(manifest['entries'])} entries and {len(manifest['queries'])} queries "
-          f"(simulated in {manifest['simulate_s']:.0f} s)")
+    print(
+        f"{len(manifest['entries'])} entries and {len(manifest['queries'])} queries "
+        f"(simulated in {manifest['simulate_s']:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

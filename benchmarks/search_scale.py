@@ -17,6 +17,7 @@ The corpus (entries, queries, the right-hit rule, the tune / held split of the q
    the peak memory;
 4. the table: both parts, and the per-part costs for the projection to 30,000 entries.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,6 @@ import json
 import logging
 import os
 import resource
-import sqlite3
 import sys
 import time
 
@@ -33,9 +33,14 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import search_corpus as sc  # noqa: E402
-
-from cryoalign.apps.catalogue import prefilter  # noqa: E402
-from cryoalign.apps.catalogue import DB_FILE, catalogue_config, index, read_entries, search  # noqa: E402
+from cryoalign.apps.catalogue import (  # noqa: E402
+    DB_FILE,
+    catalogue_config,
+    index,
+    prefilter,  # noqa: E402
+    read_entries,
+    search,
+)
 from cryoalign.apps.catalogue.signature import signature, signature_distance  # noqa: E402
 
 KS = (1, 5, 20, 50)
@@ -51,18 +56,24 @@ def build_and_index(args) -> tuple[dict, str]:
     db = os.path.join(folder, "db")
     timing_path = os.path.join(folder, "index_timing.json")
     started = time.perf_counter()
-    summary = index([e["path"] for e in manifest["entries"]], db,
-                    contours={e["path"]: e["contour"] for e in manifest["entries"]}, jobs=args.jobs)
+    summary = index(
+        [e["path"] for e in manifest["entries"]],
+        db,
+        contours={e["path"]: e["contour"] for e in manifest["entries"]},
+        jobs=args.jobs,
+    )
     if summary.indexed or not os.path.exists(timing_path):
-        json.dump(dict(wall_s=time.perf_counter() - started, indexed=summary.indexed, prepare_s=summary.prepare_s),
-                  open(timing_path, "w"))
+        json.dump(
+            dict(wall_s=time.perf_counter() - started, indexed=summary.indexed, prepare_s=summary.prepare_s),
+            open(timing_path, "w"),
+        )
     return manifest, db
 
 
 def query_vectors(manifest, folder) -> list:
     """(pre-filter vector, shape signature) of every query, prepared as search prepares it (cached)."""
-    from cryoalign.io import read_map
     from cryoalign.core.prepare import prepare, resolve_contour
+    from cryoalign.io import read_map
     from cryoalign.io.robust import without_outliers
 
     path = os.path.join(folder, "query_vectors.json")
@@ -83,8 +94,12 @@ def query_vectors(manifest, folder) -> list:
 
 
 BOW_WORDS = 64
-TRAINING_MAPS = {"emd_3695_5A.mrc.gz": 1.25, "emd_3696_5A.mrc.gz": 0.69, "emd_5168_monomer.mrc.gz": None,
-                 "emd_2566_crop.mrc.gz": None}
+TRAINING_MAPS = {
+    "emd_3695_5A.mrc.gz": 1.25,
+    "emd_3696_5A.mrc.gz": 0.69,
+    "emd_5168_monomer.mrc.gz": None,
+    "emd_2566_crop.mrc.gz": None,
+}
 
 
 def bow_codebook(folder) -> np.ndarray:
@@ -93,8 +108,8 @@ def bow_codebook(folder) -> np.ndarray:
     catalogue: an entry's histogram never depends on the indexed maps."""
     from scipy.cluster.vq import kmeans2
 
-    from cryoalign.io import read_map
     from cryoalign.core.prepare import prepare, resolve_contour
+    from cryoalign.io import read_map
 
     path = os.path.join(folder, "codebook.npy")
     if os.path.exists(path):
@@ -115,8 +130,13 @@ def bow_histogram(descriptors: np.ndarray, words: np.ndarray) -> np.ndarray:
     """The share of the descriptors nearest to each word, square-rooted (Hellinger)."""
     if not len(descriptors):
         return np.zeros(len(words), np.float32)
-    d = ((descriptors[:, None, :] - words[None, :, :]) ** 2).sum(-1) if len(descriptors) < 2000 else \
-        np.concatenate([((c[:, None, :] - words[None, :, :]) ** 2).sum(-1) for c in np.array_split(descriptors, 8)])
+    d = (
+        ((descriptors[:, None, :] - words[None, :, :]) ** 2).sum(-1)
+        if len(descriptors) < 2000
+        else np.concatenate(
+            [((c[:, None, :] - words[None, :, :]) ** 2).sum(-1) for c in np.array_split(descriptors, 8)]
+        )
+    )
     counts = np.bincount(d.argmin(1), minlength=len(words))
     return np.sqrt(counts / counts.sum()).astype(np.float32)
 
@@ -157,15 +177,18 @@ def variants(args, manifest, db):
     ids = np.array([e["id"] for e in entries])
     sigs = [e["signature"] for e in entries]
     qv = query_vectors(manifest, folder)
-    options = {"0.3 signature": None, "shape": {"shape": 1.0, "harmonics": 0.0},
-               "harmonics": {"shape": 0.0, "harmonics": 1.0}}
+    options = {
+        "0.3 signature": None,
+        "shape": {"shape": 1.0, "harmonics": 0.0},
+        "harmonics": {"shape": 0.0, "harmonics": 1.0},
+    }
     for w in (0.05, 0.1, 0.2, 0.5, 1.0, 2.0):
         options[f"shape + {w:g} x harmonics"] = {"shape": 1.0, "harmonics": w}
     words = bow_codebook(folder)
     bows = entry_bows(folder, db, entries, words)
     qbows = [bow_histogram(np.load(q["path"] + ".descriptors.npy"), words) for q in manifest["queries"]]
     for w in (0.0, 1.0, 3.0):
-        options[f"bow" if w == 0 else f"shape + harmonics + {w:g} x bow"] = ("bow", w)
+        options["bow" if w == 0 else f"shape + harmonics + {w:g} x bow"] = ("bow", w)
     table = {}
     for name, weights in options.items():
         ranks = []
@@ -178,14 +201,19 @@ def variants(args, manifest, db):
             order = np.lexsort((ids, d))
             ranks.append(first_right_rank(order, entry_classes, code[classes[q["label"]]]))
         table[name] = ranks
-    print(f"\npre-filter: rank of the first right entry among {len(entries)} (recall@K = share of queries with "
-          "it in the first K)")
+    print(
+        f"\npre-filter: rank of the first right entry among {len(entries)} (recall@K = share of queries with "
+        "it in the first K)"
+    )
     print(f"{'variant':28s} {'part':5s} " + " ".join(f"@{k:<4d}" for k in KS) + "  median  max")
     for name, ranks in table.items():
         for part in ("tune", "held"):
-            r = [x if x is not None else 10 ** 9 for x, q in zip(ranks, manifest["queries"]) if q["part"] == part]
-            print(f"{name:28s} {part:5s} " + " ".join(f"{np.mean(np.array(r) <= k):5.2f}" for k in KS)
-                  + f"  {np.median(r):6.0f}  {max(r)}")
+            r = [x if x is not None else 10**9 for x, q in zip(ranks, manifest["queries"]) if q["part"] == part]
+            print(
+                f"{name:28s} {part:5s} "
+                + " ".join(f"{np.mean(np.array(r) <= k):5.2f}" for k in KS)
+                + f"  {np.median(r):6.0f}  {max(r)}"
+            )
     json.dump(table, open(os.path.join(folder, "variants.json"), "w"))
     return table
 
@@ -202,19 +230,29 @@ def searches(args, manifest, db) -> list:
             out.append(json.load(open(cached)))
             continue
         started = time.perf_counter()
-        result = search(q["path"], db, contour=q["contour"], top=10, prefilter=args.prefilter, refine=args.refine,
-                        jobs=args.jobs)
+        result = search(
+            q["path"], db, contour=q["contour"], top=10, prefilter=args.prefilter, refine=args.refine, jobs=args.jobs
+        )
         elapsed = time.perf_counter() - started
         rights = [sc.is_right(manifest, q, by_path[h.path], h.T_query_entry) for h in result.hits]
-        record = dict(query=q["name"], kind=q["kind"], part=q["part"], label=q["label"], time_s=elapsed,
-                      timings=result.timings_s, rights=rights,
-                      hits=[dict(label=by_path[h.path]["label"], score=h.score, d=h.signature_distance)
-                            for h in result.hits],
-                      maxrss_MB=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        record = dict(
+            query=q["name"],
+            kind=q["kind"],
+            part=q["part"],
+            label=q["label"],
+            time_s=elapsed,
+            timings=result.timings_s,
+            rights=rights,
+            hits=[dict(label=by_path[h.path]["label"], score=h.score, d=h.signature_distance) for h in result.hits],
+            maxrss_MB=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        )
         json.dump(record, open(cached, "w"))
-        print(f"  q{n:03d} {q['kind']:10s} {q['part']:4s} {q['label'][:30]:30s} rank1={'yes' if rights[:1] == [True] else 'NO '} "
-              f"top5={'yes' if any(rights[:5]) else 'NO '} best={record['hits'][0]['label'][:30] if record['hits'] else '-':30s} "
-              f"{elapsed:5.1f} s", flush=True)
+        print(
+            f"  q{n:03d} {q['kind']:10s} {q['part']:4s} {q['label'][:30]:30s} rank1={'yes' if rights[:1] == [True] else 'NO '} "
+            f"top5={'yes' if any(rights[:5]) else 'NO '} best={record['hits'][0]['label'][:30] if record['hits'] else '-':30s} "
+            f"{elapsed:5.1f} s",
+            flush=True,
+        )
         out.append(record)
     return out
 
@@ -226,33 +264,42 @@ def table(args, manifest, db, results):
     disk = sum(os.path.getsize(os.path.join(features, f)) for f in os.listdir(features))
     n = len(manifest["entries"])
     sqlite_size = os.path.getsize(os.path.join(db, DB_FILE))
-    print(f"\n{n} entries ({len({e['label'] for e in manifest['entries']})} labels), {len(results)} queries; "
-          f"prefilter {args.prefilter}, refine {args.refine}, {args.jobs} workers")
+    print(
+        f"\n{n} entries ({len({e['label'] for e in manifest['entries']})} labels), {len(results)} queries; "
+        f"prefilter {args.prefilter}, refine {args.refine}, {args.jobs} workers"
+    )
     print(f"{'part':10s} {'queries':>7s} {'rank 1':>8s} {'top 5':>8s} {'time median':>12s} {'max':>7s}")
     for part in ("tune", "held", "all"):
         rs = [r for r in results if part == "all" or r["part"] == part]
         if not rs:
             continue
         t = [r["time_s"] for r in rs]
-        print(f"{part:10s} {len(rs):7d} {sum(r['rights'][:1] == [True] for r in rs):4d}/{len(rs):<3d} "
-              f"{sum(any(r['rights'][:5]) for r in rs):4d}/{len(rs):<3d} {np.median(t):10.1f} s {max(t):5.1f} s")
+        print(
+            f"{part:10s} {len(rs):7d} {sum(r['rights'][:1] == [True] for r in rs):4d}/{len(rs):<3d} "
+            f"{sum(any(r['rights'][:5]) for r in rs):4d}/{len(rs):<3d} {np.median(t):10.1f} s {max(t):5.1f} s"
+        )
     for kind in ("present", "resolution", "state"):
         rs = [r for r in results if r["kind"] == kind]
-        print(f"  {kind:10s} {len(rs):3d} queries: rank 1 {sum(r['rights'][:1] == [True] for r in rs)}, top 5 "
-              f"{sum(any(r['rights'][:5]) for r in rs)}")
+        print(
+            f"  {kind:10s} {len(rs):3d} queries: rank 1 {sum(r['rights'][:1] == [True] for r in rs)}, top 5 "
+            f"{sum(any(r['rights'][:5]) for r in rs)}"
+        )
     stages = {}
     for r in results:
         for k, v in r["timings"].items():
             stages.setdefault(k, []).append(v)
     print("per-stage median (s): " + ", ".join(f"{k} {np.median(v):.2f}" for k, v in stages.items()))
-    print(f"index: {timing['indexed']} maps in {timing['wall_s'] / 60:.0f} min on {args.jobs} workers "
-          f"({np.mean(timing['prepare_s']) if timing['prepare_s'] else float('nan'):.2f} s worker time per map); "
-          f"disk {disk / n / 1e6:.2f} MB per entry (features) + {sqlite_size / n / 1e3:.1f} kB (SQLite row)")
+    print(
+        f"index: {timing['indexed']} maps in {timing['wall_s'] / 60:.0f} min on {args.jobs} workers "
+        f"({np.mean(timing['prepare_s']) if timing['prepare_s'] else float('nan'):.2f} s worker time per map); "
+        f"disk {disk / n / 1e6:.2f} MB per entry (features) + {sqlite_size / n / 1e3:.1f} kB (SQLite row)"
+    )
     print(f"peak memory of the search process: {max(r['maxrss_MB'] for r in results):.0f} MB")
     opened = []
     for _ in range(3):
         t = time.perf_counter()
         from cryoalign.apps.catalogue import usable_vectors
+
         usable_vectors(db, catalogue_config(None))
         opened.append(time.perf_counter() - t)
     print(f"catalogue read for a search ({n} entries): {min(opened):.3f} s")

@@ -10,6 +10,7 @@ runs in a fresh process per version per round, alternating, so machine load drif
 alike; the table gives each version's median over the rounds, the ratio new / old, and the
 set medians. The alignment mode is each set's (run_benchmark.py's tables).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,24 +53,41 @@ def main(argv=None):
                 continue
             d = os.path.join(a.cases, s, cid)
             c = json.load(open(os.path.join(d, "case.json")))
-            cmd = [sys.executable, "-m", "cryoalign", "align", f"{d}/source.mrc", f"{d}/target.mrc",
-                   "--source-contour", str(c["source_contour"]), "--target-contour", str(c["target_contour"]),
-                   "--quiet", "--json", os.devnull] + ([flag] if flag else [])
+            cmd = [
+                sys.executable,
+                "-m",
+                "cryoalign",
+                "align",
+                f"{d}/source.mrc",
+                f"{d}/target.mrc",
+                "--source-contour",
+                str(c["source_contour"]),
+                "--target-contour",
+                str(c["target_contour"]),
+                "--quiet",
+                "--json",
+                os.devnull,
+            ] + ([flag] if flag else [])
             new, old = [], []
             for _ in range(a.rounds):
                 new.append(timed(cmd, new_env))
                 old.append(timed(cmd, old_env))
             rows.append((s, cid, float(np.median(new)), float(np.median(old))))
-            print(f"{s}\t{cid}\tnew {rows[-1][2]:.2f} s\told {rows[-1][3]:.2f} s\tratio {rows[-1][2] / rows[-1][3]:.2f}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{s}\t{cid}\tnew {rows[-1][2]:.2f} s\told {rows[-1][3]:.2f} s\tratio {rows[-1][2] / rows[-1][3]:.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
     print("| set | case | new (s) | old (s) | new / old |")
     print("|---|---|---|---|---|")
     for s, cid, n, o in rows:
         print(f"| {s} | {cid} | {n:.2f} | {o:.2f} | {n / o:.2f} |")
     for s in sorted({r[0] for r in rows}):
         sel = [r for r in rows if r[0] == s]
-        print(f"| {s} | **median** | {np.median([r[2] for r in sel]):.2f} | {np.median([r[3] for r in sel]):.2f} | "
-              f"{np.median([r[2] / r[3] for r in sel]):.2f} |")
+        print(
+            f"| {s} | **median** | {np.median([r[2] for r in sel]):.2f} | {np.median([r[3] for r in sel]):.2f} | "
+            f"{np.median([r[2] / r[3] for r in sel]):.2f} |"
+        )
 
 
 if __name__ == "__main__":

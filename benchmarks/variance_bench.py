@@ -6,6 +6,7 @@ memory, and whether the top variance lies on the changing chain.
 Maps are simulated from 5NSR (chain M present in every other map), each in a seeded random
 pose, on boxes of about (extent / voxel)^3 voxels (voxel 1.2 Å: about 200^3).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,10 @@ import time
 import numpy as np
 from scipy.spatial import cKDTree
 
-from cryoalign.apps import simulate
 from cryoalign import transform as tf
-from cryoalign.io import read_model, transform_model, write_map
+from cryoalign.apps import simulate
 from cryoalign.apps.variation import variance
+from cryoalign.io import read_model, transform_model, write_map
 
 MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "5nsr.pdb.gz")
 
@@ -55,25 +56,34 @@ def main(argv=None):
     out = os.path.join(folder, "out")
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
-    result = variance(paths[0], paths, contours=contours, reference_contour=contours[paths[0]], out_dir=out,
-                      jobs=args.jobs)
+    result = variance(
+        paths[0], paths, contours=contours, reference_contour=contours[paths[0]], out_dir=out, jobs=args.jobs
+    )
     wall = time.perf_counter() - t
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     var = result.variance
     top = np.argsort(var.data.ravel())[-500:]
     xyz = var.index_to_world(np.array(np.unravel_index(top, var.data.shape))[::-1].T)
-    near = lambda cs: cKDTree(np.array([[a.pos.x, a.pos.y, a.pos.z] for c in cs for r in st[0][c] for a in r])).query(xyz)[0]
+    near = lambda cs: cKDTree(np.array([[a.pos.x, a.pos.y, a.pos.z] for c in cs for r in st[0][c] for a in r])).query(
+        xyz
+    )[0]
     on_changing = float(np.mean(near([args.changing]) < near(kept)))
     t = time.perf_counter()
     variance(paths[0], paths, contours=contours, reference_contour=contours[paths[0]], out_dir=out, jobs=args.jobs)
     rerun = time.perf_counter() - t
-    print("maps  box          jobs  wall s  rerun s  peak RSS main MB  peak RSS worker MB  top-500 variance voxels on chain "
-          f"{args.changing}")
-    print(f"{args.maps:4d}  {box:<11}  {args.jobs:4d}  {wall:6.1f}  {rerun:7.1f}  {peak_self:16.0f}  {peak_children:18.0f}  "
-          f"{100 * on_changing:.0f}%")
-    print(f"kept {len(result.kept)}/{len(result.records)}; scores "
-          f"{min(r['score'] for r in result.records):.3f}-{max(r['score'] for r in result.records):.3f}; outputs in {out}")
+    print(
+        "maps  box          jobs  wall s  rerun s  peak RSS main MB  peak RSS worker MB  top-500 variance voxels on chain "
+        f"{args.changing}"
+    )
+    print(
+        f"{args.maps:4d}  {box:<11}  {args.jobs:4d}  {wall:6.1f}  {rerun:7.1f}  {peak_self:16.0f}  {peak_children:18.0f}  "
+        f"{100 * on_changing:.0f}%"
+    )
+    print(
+        f"kept {len(result.kept)}/{len(result.records)}; scores "
+        f"{min(r['score'] for r in result.records):.3f}-{max(r['score'] for r in result.records):.3f}; outputs in {out}"
+    )
 
 
 if __name__ == "__main__":

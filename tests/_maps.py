@@ -1,4 +1,5 @@
 """Map- and model-building helpers shared by the test modules."""
+
 import gzip
 import math
 import pathlib
@@ -40,8 +41,16 @@ def moved_structure(st, T, name=None):
 
 
 def ca_coords(st, chain=None) -> np.ndarray:
-    return np.array([[a.pos.x, a.pos.y, a.pos.z] for ch in st[0] if chain in (None, ch.name)
-                     for res in ch for a in res if a.name == "CA" and a.element.name == "C"]).reshape(-1, 3)
+    return np.array(
+        [
+            [a.pos.x, a.pos.y, a.pos.z]
+            for ch in st[0]
+            if chain in (None, ch.name)
+            for res in ch
+            for a in res
+            if a.name == "CA" and a.element.name == "C"
+        ]
+    ).reshape(-1, 3)
 
 
 def three_copies(data_dir):
@@ -70,7 +79,7 @@ def three_copies(data_dir):
     copies = [ca_coords(tri, c) for c in "ABC"]
     for i, j in ((0, 1), (0, 2), (1, 2)):
         closest = cKDTree(copies[i]).query(copies[j])[0].min()
-        assert 3.0 < closest < 8.0, closest          # touching, not clashing
+        assert 3.0 < closest < 8.0, closest  # touching, not clashing
     return mono, tri, C3, ca
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: the real test data folder and a writer for small synthetic MRC files."""
+
 from __future__ import annotations
 
 import pathlib
@@ -16,8 +17,7 @@ def data_dir() -> pathlib.Path:
     return DATA_DIR
 
 
-def _write_mrc(path, data_zyx, *, voxel=1.0, origin=(0.0, 0.0, 0.0), nstart=(0, 0, 0),
-               axes=(1, 2, 3)):
+def _write_mrc(path, data_zyx, *, voxel=1.0, origin=(0.0, 0.0, 0.0), nstart=(0, 0, 0), axes=(1, 2, 3)):
     """Write `data_zyx` to an MRC file exactly as given and return the path.
 
     data_zyx: 3D array in the file's stored order (section, row, column). With the

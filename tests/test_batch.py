@@ -3,6 +3,7 @@
 Tiny real maps from tests/data (the EMD-5168 actin monomer against a copy of itself moved
 by a known motion, EMD-3695 against EMD-3696) and one broken map that must give an
 error line without stopping the others."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,9 +30,10 @@ from cryoalign.apps.batching import RESULT_COLUMNS, batch
 from cryoalign.apps.catalogue import index
 from test_emdb import V3_HEADER, archive, map_gz  # noqa: F401  (local EMDB server fixtures)
 
-T_KNOWN = tf.make(Rotation.from_rotvec(np.deg2rad(25.0) * np.array([0.6, -0.48, 0.64])).as_matrix(),
-                  np.array([12.0, -7.0, 5.0]))
-MAP_COLUMNS = [c for c in RESULT_COLUMNS if c != "time_s"]   # everything but the time is reproducible
+T_KNOWN = tf.make(
+    Rotation.from_rotvec(np.deg2rad(25.0) * np.array([0.6, -0.48, 0.64])).as_matrix(), np.array([12.0, -7.0, 5.0])
+)
+MAP_COLUMNS = [c for c in RESULT_COLUMNS if c != "time_s"]  # everything but the time is reproducible
 
 
 def fast_config() -> AlignConfig:
@@ -59,9 +61,11 @@ def _table(folder, rows, header="source\ttarget\tsource_contour\ttarget_contour"
     return path
 
 
-PAIRS = [("maps/emd_5168_monomer.mrc.gz", "maps/moved.mrc", "", ""),
-         ("maps/emd_3695_5A.mrc.gz", "maps/emd_3696_5A.mrc.gz", "1.25", "0.69"),
-         ("maps/broken.mrc", "maps/emd_5168_monomer.mrc.gz", "", "")]
+PAIRS = [
+    ("maps/emd_5168_monomer.mrc.gz", "maps/moved.mrc", "", ""),
+    ("maps/emd_3695_5A.mrc.gz", "maps/emd_3696_5A.mrc.gz", "1.25", "0.69"),
+    ("maps/broken.mrc", "maps/emd_5168_monomer.mrc.gz", "", ""),
+]
 
 
 @pytest.fixture
@@ -93,13 +97,13 @@ def test_one_line_per_pair_with_known_motion_recovered_and_errors_recorded(work)
     angle_err, shift_err = tf.pose_error(_matrix(moved), T_KNOWN, read_map(work / PAIRS[0][0]).origin_A)
     assert angle_err < 2.0 and shift_err < 1.5, (angle_err, shift_err)
     assert float(moved["score"]) > 0.9
-    assert moved["source_contour"] == "" and float(moved["source_contour_used"]) > 0   # estimated
+    assert moved["source_contour"] == "" and float(moved["source_contour_used"]) > 0  # estimated
 
     real = rows[PAIRS[1][:2]]
     assert real["status"] == "ok"
     assert (real["source_contour"], real["target_contour"]) == ("1.25", "0.69")
     assert (real["source_contour_used"], real["target_contour_used"]) == ("1.25", "0.69")
-    assert float(real["correlation"]) > 0.5 and float(real["score"]) > 0.3          # score = correlation x agreement
+    assert float(real["correlation"]) > 0.5 and float(real["score"]) > 0.3  # score = correlation x agreement
     assert len(real["matrix"].split(",")) == 16 and _matrix(real)[3].tolist() == [0, 0, 0, 1]
 
     broken = rows[PAIRS[2][:2]]
@@ -117,12 +121,14 @@ def test_rerun_cuts_a_partial_last_line_and_finishes_the_rest(work):
     pairs = _table(work, [PAIRS[0], PAIRS[2]])
     batch(pairs, out, jobs=1, config=fast_config())
     header, first, second = out.read_text().splitlines()
-    out.write_text(header + "\n" + first + "\n" + second[:25])      # killed while writing the second line
+    out.write_text(header + "\n" + first + "\n" + second[:25])  # killed while writing the second line
     summary = batch(pairs, out, jobs=1, config=fast_config())
     assert (summary.ran, summary.skipped) == (1, 1)
     rows = _rows(out)
-    assert sorted((r["source"], r["status"]) for r in rows) == [("maps/broken.mrc", "error"),
-                                                               ("maps/emd_5168_monomer.mrc.gz", "ok")]
+    assert sorted((r["source"], r["status"]) for r in rows) == [
+        ("maps/broken.mrc", "error"),
+        ("maps/emd_5168_monomer.mrc.gz", "ok"),
+    ]
     assert out.read_text().endswith("\n")
 
 
@@ -132,13 +138,14 @@ def test_a_table_written_before_the_from_db_column_is_resumed(work):
     pairs = _table(work, [PAIRS[0], PAIRS[2]])
     batch(pairs, out, jobs=1, config=fast_config())
     header, first, _ = out.read_text().splitlines()
-    assert header.endswith("\tfrom_db\toptions") and first.endswith("\t" + json.dumps(
-        {"mode": "global", "sampling_A": 5.0}, separators=(",", ":")))
-    old_first = first[: first.rindex("\t")]                                     # without the options
-    out.write_text(header[: -len("\tfrom_db\toptions")] + "\n" + old_first[:-1] + "\n")   # as 0.2.0 left it
+    assert header.endswith("\tfrom_db\toptions") and first.endswith(
+        "\t" + json.dumps({"mode": "global", "sampling_A": 5.0}, separators=(",", ":"))
+    )
+    old_first = first[: first.rindex("\t")]  # without the options
+    out.write_text(header[: -len("\tfrom_db\toptions")] + "\n" + old_first[:-1] + "\n")  # as 0.2.0 left it
     summary = batch(pairs, out, jobs=1, config=fast_config())
     assert (summary.ran, summary.skipped) == (1, 1)
-    assert out.read_text().splitlines()[:2] == [header, old_first + "\t"]       # options unknown: blank
+    assert out.read_text().splitlines()[:2] == [header, old_first + "\t"]  # options unknown: blank
     assert sorted(r["status"] for r in _rows(out)) == ["error", "ok"]
 
 
@@ -162,7 +169,8 @@ def test_a_rerun_with_other_options_is_refused_naming_them(work):
     assert again.stderr.strip().splitlines() == [
         f"cryoalign: error: {out} holds 2 line(s) made with other options (--global, --sampling 5.0) than this "
         "run (--global, --sampling 4.0); rerun with the options of those lines, or give another --out (one "
-        "results table holds one set of options)"]
+        "results table holds one set of options)"
+    ]
     assert out.read_bytes() == before
     same = subprocess.run(command + ["--global", "--sampling", "5", "--jobs", "2"], capture_output=True, text=True)
     assert same.returncode == 0 and "0 run now" in same.stdout and "2 finished earlier" in same.stdout
@@ -180,7 +188,7 @@ def test_retry_errors_runs_failed_pairs_again_keeping_one_line_each(work):
 def _wait_for_a_result_line(proc, out, seconds, what):
     """Until the batch in `proc` has written the header and one result line to `out`."""
     deadline = time.monotonic() + seconds
-    while not (out.exists() and out.read_text().count("\n") >= 2):   # header and one result
+    while not (out.exists() and out.read_text().count("\n") >= 2):  # header and one result
         assert proc.poll() is None, f"the batch ended before it could be {what}"
         assert time.monotonic() < deadline, f"no result line within {seconds} s"
         time.sleep(0.02)
@@ -188,8 +196,12 @@ def _wait_for_a_result_line(proc, out, seconds, what):
 
 def test_killed_run_resumes_without_repeating_a_pair(work):
     # a quick pair first (its line is the signal to kill), then a slower one (killed in flight)
-    rows = [PAIRS[0], PAIRS[1], ("maps/moved.mrc", "maps/emd_5168_monomer.mrc.gz", "", ""),
-            ("maps/emd_5168_monomer.mrc.gz", "maps/emd_5168_monomer.mrc.gz", "", "")]
+    rows = [
+        PAIRS[0],
+        PAIRS[1],
+        ("maps/moved.mrc", "maps/emd_5168_monomer.mrc.gz", "", ""),
+        ("maps/emd_5168_monomer.mrc.gz", "maps/emd_5168_monomer.mrc.gz", "", ""),
+    ]
     pairs, out = _table(work, rows), work / "results.tsv"
     settings = json.dumps(dataclasses.asdict(fast_config()))
     code = textwrap.dedent("""
@@ -209,7 +221,7 @@ def test_killed_run_resumes_without_repeating_a_pair(work):
     summary = batch(pairs, out, jobs=1, config=fast_config())
     assert summary.skipped == done_before and summary.ran == 4 - done_before
     keys = [(r["source"], r["target"]) for r in _rows(out)]
-    assert sorted(keys) == sorted(r[:2] for r in rows)            # every pair exactly once
+    assert sorted(keys) == sorted(r[:2] for r in rows)  # every pair exactly once
     assert all(r["status"] == "ok" for r in _rows(out))
 
 
@@ -220,32 +232,39 @@ def test_missing_column_is_named(work):
         batch(path, work / "results.tsv")
     assert str(err.value) == (
         f"{path}: the header line lacks the column(s) target (found: source, source_contour); the first "
-        "line must name the tab-separated columns source and target, optionally source_contour and target_contour")
+        "line must name the tab-separated columns source and target, optionally source_contour and target_contour"
+    )
     assert not (work / "results.tsv").exists()
 
 
 def test_every_bad_row_is_listed_with_its_line_number(work):
     path = work / "pairs.tsv"
-    path.write_text("# a comment line\nsource\ttarget\tsource_contour\n"
-                    "maps/moved.mrc\tmaps/missing.mrc\t\n"
-                    "\n"
-                    "maps/nowhere.mrc\tmaps/moved.mrc\tabc\n"
-                    "maps/moved.mrc\tEMD-1234\tnan\n"
-                    "maps\tmaps/moved.mrc\t1\textra\n"
-                    "\tmaps/moved.mrc\n")
+    path.write_text(
+        "# a comment line\nsource\ttarget\tsource_contour\n"
+        "maps/moved.mrc\tmaps/missing.mrc\t\n"
+        "\n"
+        "maps/nowhere.mrc\tmaps/moved.mrc\tabc\n"
+        "maps/moved.mrc\tEMD-1234\tnan\n"
+        "maps\tmaps/moved.mrc\t1\textra\n"
+        "\tmaps/moved.mrc\n"
+    )
     with pytest.raises(InputError) as err:
         batch(path, work / "results.tsv")
     assert str(err.value) == (
         f"{path} has 6 problem(s): line 3: target file not found: maps/missing.mrc; "
         "line 5: source file not found: maps/nowhere.mrc; line 5: source_contour 'abc' is not a number; "
         "line 6: source_contour 'nan' is not a number; line 7: 4 tab-separated fields, the header names 3; "
-        "line 8: no source; fix the table and rerun")
+        "line 8: no source; fix the table and rerun"
+    )
 
 
 def test_long_problem_lists_are_cut_after_ten(work):
     path = _table(work, [(f"maps/missing_{k}.mrc", "maps/moved.mrc", "", "") for k in range(13)])
-    with pytest.raises(InputError, match=r"has 13 problem\(s\): line 2: .* line 11: source file not found: "
-                                         r"maps/missing_9.mrc; and 3 more; fix the table and rerun$"):
+    with pytest.raises(
+        InputError,
+        match=r"has 13 problem\(s\): line 2: .* line 11: source file not found: "
+        r"maps/missing_9.mrc; and 3 more; fix the table and rerun$",
+    ):
         batch(path, work / "results.tsv")
 
 
@@ -263,16 +282,16 @@ def test_dask_cluster_gives_the_same_lines_as_local_processes(work):
     pairs = _table(work, [PAIRS[0], PAIRS[2], ("maps/moved.mrc", "maps/emd_5168_monomer.mrc.gz", "", "")])
     local_out, dask_out = work / "local.tsv", work / "dask.tsv"
     batch(pairs, local_out, jobs=2, config=fast_config())
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         summary = batch(pairs, dask_out, scheduler=cluster.scheduler_address, config=fast_config())
     assert (summary.ran, summary.ok, summary.errors) == (3, 2, 1)
 
     def key(row):
         return row["source"], row["target"]
+
     local_rows = sorted(({c: r[c] for c in MAP_COLUMNS} for r in _rows(local_out)), key=key)
     dask_rows = sorted(({c: r[c] for c in MAP_COLUMNS} for r in _rows(dask_out)), key=key)
-    assert dask_rows == local_rows                  # matrices identical to the last digit
+    assert dask_rows == local_rows  # matrices identical to the last digit
 
 
 def test_unreachable_scheduler_is_an_input_error(work):
@@ -290,8 +309,12 @@ def test_emdb_ids_in_the_table_use_the_header_contour(work, archive, map_gz, mon
     monkeypatch.setenv("CRYOALIGN_EMDB_SERVER", archive.url)
     monkeypatch.setenv("CRYOALIGN_CACHE", str(work / "cache"))
     out = work / "results.tsv"
-    summary = batch(_table(work, [("EMD-1234", "EMD-1234", "", ""), ("emd:1234", "EMD-1234", "0.15", "")]),
-                    out, jobs=1, config=fast_config())
+    summary = batch(
+        _table(work, [("EMD-1234", "EMD-1234", "", ""), ("emd:1234", "EMD-1234", "0.15", "")]),
+        out,
+        jobs=1,
+        config=fast_config(),
+    )
     assert (summary.ok, summary.errors) == (2, 0), _rows(out)
     rows = {r["source"]: r for r in _rows(out)}
     assert (rows["EMD-1234"]["source_contour"], rows["EMD-1234"]["source_contour_used"]) == ("", "0.1")
@@ -303,11 +326,13 @@ def test_emdb_ids_in_the_table_use_the_header_contour(work, archive, map_gz, mon
 # ----------------------------------------------------------------------------- a catalogue (db=, --db)
 # The catalogue holds the monomer (contour estimated), EMD-3695 at 1.25 and EMD-3696 at 0.69.
 INDEXED = {"emd_5168_monomer.mrc.gz": None, "emd_3695_5A.mrc.gz": 1.25, "emd_3696_5A.mrc.gz": 0.69}
-DB_PAIRS = [PAIRS[0],                                                             # source indexed
-            PAIRS[1],                                                             # both, at the table's contours
-            ("maps/moved.mrc", "maps/emd_5168_monomer.mrc.gz", "", ""),          # target indexed
-            ("maps/emd_3695_5A.mrc.gz", "maps/emd_3696_5A.mrc.gz", "", "0.69"),  # blank: estimated, not 1.25
-            PAIRS[2]]                                                             # broken source: an error line
+DB_PAIRS = [
+    PAIRS[0],  # source indexed
+    PAIRS[1],  # both, at the table's contours
+    ("maps/moved.mrc", "maps/emd_5168_monomer.mrc.gz", "", ""),  # target indexed
+    ("maps/emd_3695_5A.mrc.gz", "maps/emd_3696_5A.mrc.gz", "", "0.69"),  # blank: estimated, not 1.25
+    PAIRS[2],
+]  # broken source: an error line
 FROM_DB = ["source", "source,target", "target", "target", ""]
 KEY_COLUMNS = ["source", "target", "source_contour", "target_contour"]
 
@@ -332,6 +357,7 @@ def _prepared_maps(monkeypatch) -> list:
     def counted(density, *args, **kwargs):
         names.append(os.path.basename(density.path))
         return real(density, *args, **kwargs)
+
     monkeypatch.setattr(prepare_module, "prepare", counted)
     monkeypatch.setattr(pipeline, "prepare", counted)
     return names
@@ -345,15 +371,15 @@ def _lines(path, columns=MAP_COLUMNS) -> list[dict]:
 def test_catalogue_maps_are_loaded_not_prepared_and_the_lines_are_unchanged(work, db, monkeypatch):
     pairs = _table(work, DB_PAIRS)
     plain, stored = work / "plain.tsv", work / "stored.tsv"
-    batch(pairs, plain, jobs=1, config=fast_config())          # the catalogue's sampling interval, without it
+    batch(pairs, plain, jobs=1, config=fast_config())  # the catalogue's sampling interval, without it
     prepared = _prepared_maps(monkeypatch)
     summary = batch(pairs, stored, jobs=1, config=fast_config(), db=db)
     assert (summary.ran, summary.ok, summary.errors) == (5, 4, 1)
-    assert sorted(prepared) == ["emd_3695_5A.mrc.gz", "moved.mrc", "moved.mrc"]     # only what is not indexed
+    assert sorted(prepared) == ["emd_3695_5A.mrc.gz", "moved.mrc", "moved.mrc"]  # only what is not indexed
     assert [r["from_db"] for r in _rows(stored)] == FROM_DB
     assert all(r["from_db"] == "" for r in _rows(plain))
     same = [c for c in MAP_COLUMNS if c != "from_db"]
-    assert _lines(stored, same) == _lines(plain, same)          # matrices identical to the last digit
+    assert _lines(stored, same) == _lines(plain, same)  # matrices identical to the last digit
 
     # a rerun with the catalogue skips the finished pairs and writes the others as before
     before = _lines(stored)
@@ -400,15 +426,19 @@ def test_stored_features_of_other_voxel_values_or_contour_are_prepared_again(wor
     prepare(spiky, region.contour, fast_config(), fine=True, region=region, with_hash=True).save(tmp_path / "raw.npz")
     with caplog.at_level(logging.INFO, logger="cryoalign"):
         again = align(spiky.path, moved, config=fast_config(), stored={"source": str(tmp_path / "raw.npz")})
-    assert "source: its stored features were prepared from other voxel values or at another contour: " \
-           "prepared again" in caplog.messages
+    assert (
+        "source: its stored features were prepared from other voxel values or at another contour: "
+        "prepared again" in caplog.messages
+    )
     assert again.params["from_catalogue"] == []
     np.testing.assert_array_equal(again.T_target_source, plain.T_target_source)
     # the right values at another contour: not used either
     from cryoalign.io.robust import without_outliers
+
     fixed = without_outliers(spiky)
-    prepare(fixed, 1.1 * plain.params["source_contour"], fast_config(), fine=True,
-            with_hash=True).save(tmp_path / "other.npz")
+    prepare(fixed, 1.1 * plain.params["source_contour"], fast_config(), fine=True, with_hash=True).save(
+        tmp_path / "other.npz"
+    )
     other = align(spiky.path, moved, config=fast_config(), stored={"source": str(tmp_path / "other.npz")})
     assert other.params["from_catalogue"] == []
     np.testing.assert_array_equal(other.T_target_source, plain.T_target_source)
@@ -424,8 +454,7 @@ def test_dask_cluster_with_a_catalogue_gives_the_same_lines_as_local_processes(w
     pairs = _table(work, DB_PAIRS[:3])
     local_out, dask_out = work / "local.tsv", work / "dask.tsv"
     batch(pairs, local_out, jobs=2, config=fast_config(), db=db)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         summary = batch(pairs, dask_out, scheduler=cluster.scheduler_address, config=fast_config(), db=db)
     assert (summary.ran, summary.ok) == (3, 3)
     assert _lines(dask_out) == _lines(local_out)
@@ -438,8 +467,10 @@ def test_a_folder_that_is_not_a_catalogue_is_refused(work):
     (folder / "notes.txt").write_text("not a catalogue\n")
     with pytest.raises(InputError) as err:
         batch(_table(work, [PAIRS[0]]), work / "results.tsv", config=fast_config(), db=folder)
-    assert str(err.value) == (f"{folder} is not a cryoalign catalogue (it holds files but no catalogue.sqlite); "
-                              "give the folder index wrote, or a new or empty folder to build one")
+    assert str(err.value) == (
+        f"{folder} is not a cryoalign catalogue (it holds files but no catalogue.sqlite); "
+        "give the folder index wrote, or a new or empty folder to build one"
+    )
     assert not (work / "results.tsv").exists()
 
 
@@ -447,15 +478,19 @@ def test_a_missing_catalogue_is_refused(work):
     nowhere = work / "nowhere"
     with pytest.raises(InputError) as err:
         batch(_table(work, [PAIRS[0]]), work / "results.tsv", config=fast_config(), db=nowhere)
-    assert str(err.value) == (f"catalogue not found: {nowhere} does not exist; build one with `cryoalign index "
-                              f"MAP... --db {nowhere}` (cryoalign.index(maps, '{nowhere}'))")
+    assert str(err.value) == (
+        f"catalogue not found: {nowhere} does not exist; build one with `cryoalign index "
+        f"MAP... --db {nowhere}` (cryoalign.index(maps, '{nowhere}'))"
+    )
 
 
 def test_a_catalogue_of_other_parameters_is_refused(work, db):
     with pytest.raises(InputError) as err:
         batch(_table(work, [PAIRS[0]]), work / "results.tsv", config=fast_config().replace(sampling_A=3.0), db=db)
-    assert str(err.value) == (f"the catalogue {db} was built with other parameters: sampling_A=5.0 (the batch uses "
-                              "3.0); run the batch with the same parameters, or index the maps again with these ones")
+    assert str(err.value) == (
+        f"the catalogue {db} was built with other parameters: sampling_A=5.0 (the batch uses "
+        "3.0); run the batch with the same parameters, or index the maps again with these ones"
+    )
     assert not (work / "results.tsv").exists()
 
 
@@ -463,7 +498,7 @@ def test_emdb_ids_are_found_in_the_catalogue_at_the_header_contour(work, archive
     archive.add(1234, map_bytes=map_gz, header=V3_HEADER.replace("0.0123", "0.1"))
     monkeypatch.setenv("CRYOALIGN_EMDB_SERVER", archive.url)
     monkeypatch.setenv("CRYOALIGN_CACHE", str(work / "cache"))
-    index(["EMD-1234"], work / "db", config=fast_config(), jobs=1)           # stored at the header's 0.1
+    index(["EMD-1234"], work / "db", config=fast_config(), jobs=1)  # stored at the header's 0.1
     pairs = _table(work, [("EMD-1234", "EMD-1234", "", ""), ("emd:1234", "EMD-1234", "0.15", "")])
     batch(pairs, work / "plain.tsv", jobs=1, config=fast_config())
     batch(pairs, work / "stored.tsv", jobs=1, config=fast_config(), db=work / "db")
@@ -476,15 +511,35 @@ def test_emdb_ids_are_found_in_the_catalogue_at_the_header_contour(work, archive
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_ctrl_c_on_a_first_run_keeps_the_finished_lines_and_a_rerun_resumes(work, jobs):
     """Issue 20.3: Ctrl-C used to delete RESULTS.tsv (the header was a journaled output)."""
-    rows = [PAIRS[0], ("maps/moved.mrc", "maps/emd_5168_monomer.mrc.gz", "", ""), PAIRS[1],
-            ("maps/emd_3696_5A.mrc.gz", "maps/emd_3695_5A.mrc.gz", "0.69", "1.25")]
+    rows = [
+        PAIRS[0],
+        ("maps/moved.mrc", "maps/emd_5168_monomer.mrc.gz", "", ""),
+        PAIRS[1],
+        ("maps/emd_3696_5A.mrc.gz", "maps/emd_3695_5A.mrc.gz", "0.69", "1.25"),
+    ]
     pairs, out = _table(work, rows), work / "results.tsv"
-    command = [sys.executable, "-m", "cryoalign", "batch", str(pairs), "--out", str(out), "--jobs", jobs,
-               "--global", "--sampling", "5"]
+    command = [
+        sys.executable,
+        "-m",
+        "cryoalign",
+        "batch",
+        str(pairs),
+        "--out",
+        str(out),
+        "--jobs",
+        jobs,
+        "--global",
+        "--sampling",
+        "5",
+    ]
     # SIGINT at its default in the child: a shell's background job inherits it ignored, and Python
     # then installs no KeyboardInterrupt handler (the run would ignore the Ctrl-C under test)
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         _wait_for_a_result_line(proc, out, 90, "interrupted")
         proc.send_signal(signal.SIGINT)
@@ -501,5 +556,5 @@ def test_ctrl_c_on_a_first_run_keeps_the_finished_lines_and_a_rerun_resumes(work
     assert 1 <= len(done) < 4 and all(r["status"] == "ok" for r in done)
     summary = batch(pairs, out, jobs=1, config=fast_config())
     assert (summary.skipped, summary.ran) == (len(done), 4 - len(done))
-    assert out.read_text().startswith(text)                       # the kept lines are untouched
+    assert out.read_text().startswith(text)  # the kept lines are untouched
     assert sorted((r["source"], r["target"]) for r in _rows(out)) == sorted(r[:2] for r in rows)

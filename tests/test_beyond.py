@@ -4,6 +4,7 @@ answers flagged as ambiguous, and the mirrored-hand check.
 Maps are simulated from actin (tests/data/3mfp.pdb.gz) with the helpers of
 test_pipeline; the symmetric case is a C3 trimer of actin built here.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,7 +69,7 @@ def test_symmetric_assembly_is_flagged_ambiguous_with_the_three_c3_poses(trimer,
         assert r.candidates[k - 1].score.value >= r.score.value * 0.97
     # the three ties were compared again on every source voxel, and still tie: kept and flagged
     assert r.stats["tie_break"]["poses"] == 3
-    assert r.stats["tie_break"]["voxels"] == int((trimer[0].data >= trimer[1]).sum())   # all source voxels
+    assert r.stats["tie_break"]["voxels"] == int((trimer[0].data >= trimer[1]).sum())  # all source voxels
     assert r.confidence["verdict"] == "medium"
 
 
@@ -101,11 +102,12 @@ def test_mirror_reflects_world_coordinates_through_the_box_centre(pair0):  # noq
     ijk = rng.integers(0, source.shape_xyz, (50, 3))
     world = source.index_to_world(ijk)
     image = flipped.world_to_index(tf.apply(F, world))
-    np.testing.assert_allclose(image, np.round(image), atol=1e-9)          # lands on voxels
+    np.testing.assert_allclose(image, np.round(image), atol=1e-9)  # lands on voxels
     im = np.round(image).astype(int)
-    np.testing.assert_array_equal(flipped.data[im[:, 2], im[:, 1], im[:, 0]],
-                                  source.data[ijk[:, 2], ijk[:, 1], ijk[:, 0]])
-    np.testing.assert_allclose(F @ F, np.eye(4), atol=1e-12)               # an involution
+    np.testing.assert_array_equal(
+        flipped.data[im[:, 2], im[:, 1], im[:, 0]], source.data[ijk[:, 2], ijk[:, 1], ijk[:, 0]]
+    )
+    np.testing.assert_allclose(F @ F, np.eye(4), atol=1e-12)  # an involution
 
 
 def test_check_hand_calls_a_mirrored_source_mirrored_and_gives_the_improper_matrix(pair0):  # noqa: F811
@@ -120,7 +122,7 @@ def test_check_hand_calls_a_mirrored_source_mirrored_and_gives_the_improper_matr
     original = tf.apply(tf.invert(T_true), moved_ca)
     rms = np.sqrt(((tf.apply(M, tf.apply(F, moved_ca)) - original) ** 2).sum(1).mean())
     assert rms < 1.0
-    R = r.T_target_source[:3, :3]                       # `matrix` stays a proper rotation
+    R = r.T_target_source[:3, :3]  # `matrix` stays a proper rotation
     assert np.linalg.det(R) == pytest.approx(1.0)
     j = r.to_json()
     assert j["hand"]["verdict"] == "mirrored" and np.allclose(j["mirrored_matrix"], M)
@@ -147,11 +149,15 @@ def test_map_refinement_raises_the_correlation_and_can_be_switched_off(pair0, re
     assert plain.score.value == plain.score.similarity
     assert "map refine" not in plain.timings_s and "map_refine" not in plain.to_json()
     j = result0.to_json()
-    assert j["map_refine"] == {"correlation_before": best.correlation_before,
-                               "correlation_after": best.score.correlation}
+    assert j["map_refine"] == {
+        "correlation_before": best.correlation_before,
+        "correlation_after": best.score.correlation,
+    }
     T_expected = tf.invert(T_true)
-    assert tf.rmsd(result0.T_target_source, T_expected, moved_ca) <= tf.rmsd(plain.T_target_source, T_expected,
-                                                                              moved_ca) + 0.05
+    assert (
+        tf.rmsd(result0.T_target_source, T_expected, moved_ca)
+        <= tf.rmsd(plain.T_target_source, T_expected, moved_ca) + 0.05
+    )
 
 
 # --------------------------------------------------------------------------- command line
@@ -165,8 +171,22 @@ def test_cli_check_hand_writes_the_flipped_map_and_the_hand_verdict(pair0, tmp_p
     src = _write(source, tmp_path / "source.mrc")
     tgt = _write(target, tmp_path / "target.mrc")
     out_json, flipped = tmp_path / "r.json", tmp_path / "flipped.mrc"
-    code = main(["align", src, tgt, "--source-contour", repr(sc), "--target-contour", repr(tc), "--check-hand",
-                 "--flipped-out", str(flipped), "--json", str(out_json)])
+    code = main(
+        [
+            "align",
+            src,
+            tgt,
+            "--source-contour",
+            repr(sc),
+            "--target-contour",
+            repr(tc),
+            "--check-hand",
+            "--flipped-out",
+            str(flipped),
+            "--json",
+            str(out_json),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     j = json.loads(out_json.read_text())
@@ -193,8 +213,21 @@ def test_cli_no_map_refine_reports_the_point_score(pair0, tmp_path, capsys):  # 
     src = _write(source, tmp_path / "source.mrc")
     tgt = _write(target, tmp_path / "target.mrc")
     out_json = tmp_path / "r.json"
-    code = main(["align", src, tgt, "--source-contour", repr(sc), "--target-contour", repr(tc),
-                 "--no-map-refine", "--json", str(out_json), "--quiet"])
+    code = main(
+        [
+            "align",
+            src,
+            tgt,
+            "--source-contour",
+            repr(sc),
+            "--target-contour",
+            repr(tc),
+            "--no-map-refine",
+            "--json",
+            str(out_json),
+            "--quiet",
+        ]
+    )
     assert code == 0
     j = json.loads(out_json.read_text())
     assert j["params"]["map_refine"] is False

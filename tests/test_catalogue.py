@@ -1,4 +1,5 @@
 """catalogue: index (resumable, keyed by file hash and parameters), search, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -13,21 +14,31 @@ import time
 import numpy as np
 import pytest
 
-from cryoalign.apps import simulate
-from cryoalign.apps.catalogue import prefilter
+from _maps import resampled_map
 from cryoalign import transform as tf
-from cryoalign.apps.catalogue import DB_FILE, FEATURES_DIR, format_table, index, open_db, read_entries, search
+from cryoalign.apps import simulate
+from cryoalign.apps.catalogue import (
+    DB_FILE,
+    FEATURES_DIR,
+    format_table,
+    index,
+    open_db,
+    prefilter,
+    read_entries,
+    search,
+)
 from cryoalign.apps.catalogue.signature import signature_distance
 from cryoalign.config import AlignConfig
 from cryoalign.errors import InputError
 from cryoalign.io import read_map, read_model, write_map
 
-from _maps import resampled_map
-
 CONTOURS = {"emd_3695_5A.mrc.gz": 1.25, "emd_3696_5A.mrc.gz": 0.69}
 MAPS = ("emd_3695_5A.mrc.gz", "emd_3696_5A.mrc.gz", "emd_5168_monomer.mrc.gz", "emd_2566_crop.mrc.gz")
-T_MOVE = tf.make(np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]) @
-                 np.array([[1.0, 0.0, 0.0], [0.0, 0.8, -0.6], [0.0, 0.6, 0.8]]), np.array([12.0, -7.0, 20.0]))
+T_MOVE = tf.make(
+    np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    @ np.array([[1.0, 0.0, 0.0], [0.0, 0.8, -0.6], [0.0, 0.6, 0.8]]),
+    np.array([12.0, -7.0, 20.0]),
+)
 
 
 def _rows(db) -> list:
@@ -81,8 +92,12 @@ def test_index_stores_one_entry_per_map(built):
     conn = sqlite3.connect(os.path.join(db, DB_FILE))
     meta = dict(conn.execute("SELECT key, value FROM meta"))
     conn.close()
-    assert meta == {"format": "cryoalign-catalogue", "schema_version": "2", "signature": "shape-1",
-                    "prefilter": "prefilter-1"}
+    assert meta == {
+        "format": "cryoalign-catalogue",
+        "schema_version": "2",
+        "signature": "shape-1",
+        "prefilter": "prefilter-1",
+    }
 
 
 def test_rerun_skips_finished_maps(built, tmp_path):
@@ -110,8 +125,17 @@ def test_changed_parameter_makes_new_entries(built, tmp_path):
 def test_index_results_do_not_depend_on_the_worker_count(built, tmp_path):
     db = str(tmp_path / "db2")
     index(built["maps"], db, contours=built["contours"], jobs=2)
-    keep = ("map", "file_hash", "params_hash", "contour", "contour_source", "volume_A3", "n_points", "signature",
-            "features")
+    keep = (
+        "map",
+        "file_hash",
+        "params_hash",
+        "contour",
+        "contour_source",
+        "volume_A3",
+        "n_points",
+        "signature",
+        "features",
+    )
     one = [{k: e[k] for k in keep} for e in read_entries(built["db"])]
     two = sorted(({k: e[k] for k in keep} for e in read_entries(db)), key=lambda e: built["maps"].index(e["map"]))
     assert one == two
@@ -136,15 +160,16 @@ def test_killed_index_run_resumes_without_repeating_work(built, tmp_path, data_d
         maps.append(path)
     db = str(tmp_path / "db")
     args = json.dumps(dict(maps=maps, db=db, contours=built["contours"]))
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_RUN, args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 60
     rows = []
     while time.monotonic() < deadline and proc.poll() is None:
         if os.path.exists(os.path.join(db, DB_FILE)):
             try:
                 rows = _rows(db)
-            except sqlite3.OperationalError:      # the writer holds the lock
+            except sqlite3.OperationalError:  # the writer holds the lock
                 rows = []
             if rows:
                 break
@@ -157,8 +182,8 @@ def test_killed_index_run_resumes_without_repeating_work(built, tmp_path, data_d
     summary = index(maps, db, contours=built["contours"], jobs=1)
     assert (summary.skipped, summary.indexed, summary.entries) == (len(rows), len(maps) - len(rows), len(maps))
     after = _rows(db)
-    assert after[:len(rows)] == rows
-    assert sorted(row[0] for row in after) == sorted(maps)            # every map exactly once
+    assert after[: len(rows)] == rows
+    assert sorted(row[0] for row in after) == sorted(maps)  # every map exactly once
     assert {k: v for k, v in _mtimes(db).items() if k in finished} == {k: mtimes[k] for k in finished}
 
 
@@ -201,7 +226,6 @@ def test_signature_is_rotation_invariant(built):
     assert d[1] == 0.0 and np.all(d[[0, 2, 3]] > 0.3)
 
 
-
 def test_prefilter_vector_is_rotation_invariant(built):
     """The pre-filter vector of the moved, regridded copy is nearest to its original's, and
     by far: under half the distance of the next entry (a rotated grid changes the vector
@@ -232,14 +256,15 @@ def test_a_catalogue_of_0_3_is_upgraded_by_index_without_preparing_again(built, 
     mtimes = _mtimes(db)
     with pytest.raises(InputError) as err:
         search(built["query"], db, contour=0.69, prefilter=2, refine=1, jobs=1)
-    assert str(err.value) == (f"the catalogue {db} was written by an earlier cryoalign (no pre-filter vectors of "
-                              f"version {prefilter.VERSION}); run `cryoalign index --db {db}` once to add them from "
-                              "the stored features (no map is read or prepared again)")
+    assert str(err.value) == (
+        f"the catalogue {db} was written by an earlier cryoalign (no pre-filter vectors of "
+        f"version {prefilter.VERSION}); run `cryoalign index --db {db}` once to add them from "
+        "the stored features (no map is read or prepared again)"
+    )
     summary = index([], db, jobs=1)
     assert (summary.indexed, summary.entries) == (0, 4)
-    assert _mtimes(db) == mtimes                          # no entry prepared again
-    assert [e["vector"].tolist() for e in read_entries(db)] == \
-        [e["vector"].tolist() for e in read_entries(built["db"])]
+    assert _mtimes(db) == mtimes  # no entry prepared again
+    assert [e["vector"].tolist() for e in read_entries(db)] == [e["vector"].tolist() for e in read_entries(built["db"])]
     again = search(built["query"], db, contour=0.69, prefilter=2, refine=1, jobs=1)
     assert _hits(again) == _hits(built["result"])
 
@@ -252,11 +277,12 @@ def test_an_interrupted_upgrade_is_named_and_finished_by_the_next_index(built, t
     conn.close()
     with pytest.raises(InputError) as err:
         search(built["query"], db, contour=0.69, jobs=1)
-    assert str(err.value) == (f"some entries of the catalogue {db} have no pre-filter vector (an interrupted "
-                              f"upgrade); run `cryoalign index --db {db}` once to add them")
+    assert str(err.value) == (
+        f"some entries of the catalogue {db} have no pre-filter vector (an interrupted "
+        f"upgrade); run `cryoalign index --db {db}` once to add them"
+    )
     index([], db, jobs=2)
-    assert [e["vector"].tolist() for e in read_entries(db)] == \
-        [e["vector"].tolist() for e in read_entries(built["db"])]
+    assert [e["vector"].tolist() for e in read_entries(db)] == [e["vector"].tolist() for e in read_entries(built["db"])]
 
 
 def _hits(result):
@@ -271,8 +297,9 @@ def test_search_does_not_depend_on_the_executor(built):
 def test_search_on_a_dask_cluster(built):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        result = search(built["query"], built["db"], contour=0.69, prefilter=2, refine=1,
-                        scheduler=cluster.scheduler_address)
+        result = search(
+            built["query"], built["db"], contour=0.69, prefilter=2, refine=1, scheduler=cluster.scheduler_address
+        )
     assert _hits(result) == _hits(built["result"])
 
 
@@ -289,8 +316,10 @@ def test_folder_that_is_not_a_catalogue(tmp_path, built):
     folder = tmp_path / "other"
     folder.mkdir()
     (folder / "notes.txt").write_text("hello")
-    expected = (f"{folder} is not a cryoalign catalogue (it holds files but no catalogue.sqlite); give the "
-                "folder index wrote, or a new or empty folder to build one")
+    expected = (
+        f"{folder} is not a cryoalign catalogue (it holds files but no catalogue.sqlite); give the "
+        "folder index wrote, or a new or empty folder to build one"
+    )
     with pytest.raises(InputError) as err:
         index(built["maps"][:1], str(folder))
     assert str(err.value) == expected
@@ -305,8 +334,10 @@ def test_catalogue_file_that_is_not_sqlite(tmp_path, built):
     (db / DB_FILE).write_bytes(b"not a database at all, just some text " * 100)
     with pytest.raises(InputError) as err:
         search(built["query"], str(db))
-    assert str(err.value) == (f"{db / DB_FILE} is not a cryoalign catalogue (file is not a database); give the "
-                              "folder index wrote, or move the file away and index again")
+    assert str(err.value) == (
+        f"{db / DB_FILE} is not a cryoalign catalogue (file is not a database); give the "
+        "folder index wrote, or move the file away and index again"
+    )
 
 
 def test_catalogue_with_the_wrong_schema(tmp_path, built):
@@ -319,17 +350,21 @@ def test_catalogue_with_the_wrong_schema(tmp_path, built):
     conn.close()
     with pytest.raises(InputError) as err:
         index(built["maps"][:1], str(db))
-    assert str(err.value) == (f"{db / DB_FILE} is not a cryoalign catalogue (format 'someone-else', expected "
-                              "'cryoalign-catalogue'); give the folder index wrote, or move the file away and "
-                              "index again")
+    assert str(err.value) == (
+        f"{db / DB_FILE} is not a cryoalign catalogue (format 'someone-else', expected "
+        "'cryoalign-catalogue'); give the folder index wrote, or move the file away and "
+        "index again"
+    )
 
 
 def test_search_with_other_parameters(built):
     with pytest.raises(InputError) as err:
         search(built["query"], built["db"], contour=0.69, config=AlignConfig(sampling_A=6.0, vector_sigma_A=7.0))
-    assert str(err.value) == (f"the catalogue {built['db']} was built with other parameters: sampling_A=5.0 (the "
-                              "search uses 6.0), vector_sigma_A=8.0 (the search uses 7.0); search with the same "
-                              "parameters, or index the maps again with these ones")
+    assert str(err.value) == (
+        f"the catalogue {built['db']} was built with other parameters: sampling_A=5.0 (the "
+        "search uses 6.0), vector_sigma_A=8.0 (the search uses 7.0); search with the same "
+        "parameters, or index the maps again with these ones"
+    )
 
 
 def test_search_an_empty_or_missing_catalogue(tmp_path, built):
@@ -337,13 +372,17 @@ def test_search_an_empty_or_missing_catalogue(tmp_path, built):
     open_db(db, create=True).close()
     with pytest.raises(InputError) as err:
         search(built["query"], db)
-    assert str(err.value) == (f"the catalogue {db} holds no entries; build one with `cryoalign index MAP... "
-                              f"--db {db}` (cryoalign.index(maps, '{db}'))")
+    assert str(err.value) == (
+        f"the catalogue {db} holds no entries; build one with `cryoalign index MAP... "
+        f"--db {db}` (cryoalign.index(maps, '{db}'))"
+    )
     nowhere = str(tmp_path / "nowhere")
     with pytest.raises(InputError) as err:
         search(built["query"], nowhere)
-    assert str(err.value) == (f"catalogue not found: {nowhere} does not exist; build one with `cryoalign index "
-                              f"MAP... --db {nowhere}` (cryoalign.index(maps, '{nowhere}'))")
+    assert str(err.value) == (
+        f"catalogue not found: {nowhere} does not exist; build one with `cryoalign index "
+        f"MAP... --db {nowhere}` (cryoalign.index(maps, '{nowhere}'))"
+    )
 
 
 def test_a_bad_map_is_reported_and_tried_again(tmp_path, built):
@@ -364,9 +403,13 @@ def test_a_part_of_the_query_ranks_below_the_whole_by_its_coverage(tmp_path, dat
 
     _, tri, c3, _ = three_copies(data_dir)
     paths, contours = {}, {}
-    for name, chains, resolution, T in (("three", None, 8.0, np.eye(4)), ("two", ["A", "B"], 8.0, np.eye(4)),
-                                        ("query", None, 7.0, T_MOVE)):
+    for name, chains, resolution, T in (
+        ("three", None, 8.0, np.eye(4)),
+        ("two", ["A", "B"], 8.0, np.eye(4)),
+        ("query", None, 7.0, T_MOVE),
+    ):
         from _maps import moved_structure
+
         density = simulate.simulate(moved_structure(tri, T), resolution, chains=chains, voxel_A=2.5)
         paths[name] = str(tmp_path / f"{name}.mrc")
         write_map(density, paths[name])
@@ -376,10 +419,10 @@ def test_a_part_of_the_query_ranks_below_the_whole_by_its_coverage(tmp_path, dat
     three, two = result.hits
     assert (three.map, two.map) == (paths["three"], paths["two"])
     assert three.coverage > 0.9 and 0.5 < two.coverage < 0.8, (three.coverage, two.coverage)
-    assert two.alignment_score > 0.9 * three.alignment_score          # the part fits as well ...
-    for hit in result.hits:                                             # ... and is ranked down by its coverage
+    assert two.alignment_score > 0.9 * three.alignment_score  # the part fits as well ...
+    for hit in result.hits:  # ... and is ranked down by its coverage
         assert hit.score == pytest.approx(hit.alignment_score * hit.coverage, rel=1e-12)
     centre = _centre(paths["three"], contours[paths["three"]])
     errors = [tf.pose_error(three.T_query_entry, T_MOVE @ np.linalg.matrix_power(c3, k), centre) for k in range(3)]
-    angle, shift = min(errors)                                          # up to the C3 turn
+    angle, shift = min(errors)  # up to the C3 turn
     assert angle < 2.0 and shift < 1.5, errors

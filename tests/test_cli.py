@@ -10,6 +10,7 @@ source frame.
 The few full alignments (a couple of seconds each) are shared where possible: one
 module-scoped run with --json, --out-dir and --source-model feeds most checks.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,7 +33,7 @@ import cryoalign
 from cryoalign.cli import main
 from cryoalign.io import read_map, write_map
 
-TARGET = "emd_3695_5A.mrc.gz"   # 48^3 at 5 Å, ORIGIN 15.68 Å
+TARGET = "emd_3695_5A.mrc.gz"  # 48^3 at 5 Å, ORIGIN 15.68 Å
 MODEL = "3mfp.pdb.gz"
 EXIT_INPUT = 2
 EXIT_INTERNAL = 1
@@ -57,7 +58,7 @@ def rigid(R, t) -> np.ndarray:
 
 def rmsd(T_a, T_b, X) -> float:
     d = apply(T_a, X) - apply(T_b, X)
-    return float(np.sqrt((d ** 2).sum(1).mean()))
+    return float(np.sqrt((d**2).sum(1).mean()))
 
 
 def atoms(path, ca_only=False):
@@ -69,8 +70,9 @@ def atoms(path, ca_only=False):
     for chain in st[0]:
         for res in chain:
             for a in res:
-                if ca_only and not ((a.name == "CA" and a.element.name == "C")
-                                    or (a.name == "P" and a.element.name == "P")):
+                if ca_only and not (
+                    (a.name == "CA" and a.element.name == "C") or (a.name == "P" and a.element.name == "P")
+                ):
                     continue
                 keys.append((chain.name, res.seqid.num, res.seqid.icode, a.name, a.altloc))
                 xyz.append((a.pos.x, a.pos.y, a.pos.z))
@@ -107,13 +109,13 @@ def error_line(err: str) -> str:
     errors = [ln for ln in lines if ln.startswith("cryoalign: error: ")]
     assert len(errors) == 1, err
     assert lines[-1] == errors[0], err
-    return errors[0][len("cryoalign: error: "):]
+    return errors[0][len("cryoalign: error: ") :]
 
 
 def summary_matrix(out: str) -> np.ndarray:
     lines = out.splitlines()
     i = lines.index("T_target_source (source world Å -> target world Å):")
-    return np.array([[float(v) for v in ln.split()] for ln in lines[i + 1:i + 5]])
+    return np.array([[float(v) for v in ln.split()] for ln in lines[i + 1 : i + 5]])
 
 
 # ----------------------------------------------------------------------------- the case
@@ -145,23 +147,30 @@ def case(data_dir, tmp_path_factory):
     # which triples the run time for nothing.)
     target_contour = 0.5 * float(np.percentile(tgt.data[tgt.data > 0], 1))
     source_contour = target_contour
-    above = np.argwhere(src.data > source_contour)[:, ::-1]          # (x, y, z) indices
-    points = above * src.voxel_size_A + src.origin_A                   # source world Å
+    above = np.argwhere(src.data > source_contour)[:, ::-1]  # (x, y, z) indices
+    points = above * src.voxel_size_A + src.origin_A  # source world Å
 
     model_path = data_dir / MODEL
     moved_model = folder / "model_fitted_in_target.pdb"
     write_moved_model(model_path, moved_model, T_true)
-    return SimpleNamespace(folder=folder, source=source_path, target=target_path, T_true=T_true,
-                           source_contour=source_contour, target_contour=target_contour,
-                           points=points, model=model_path, moved_model=moved_model,
-                           target_map=tgt)
+    return SimpleNamespace(
+        folder=folder,
+        source=source_path,
+        target=target_path,
+        T_true=T_true,
+        source_contour=source_contour,
+        target_contour=target_contour,
+        points=points,
+        model=model_path,
+        moved_model=moved_model,
+        target_map=tgt,
+    )
 
 
 def align_argv(case, *extra, contours=True):
     argv = ["align", case.source, case.target]
     if contours:
-        argv += ["--source-contour", repr(case.source_contour),
-                 "--target-contour", repr(case.target_contour)]
+        argv += ["--source-contour", repr(case.source_contour), "--target-contour", repr(case.target_contour)]
     return argv + list(extra)
 
 
@@ -175,12 +184,21 @@ def aligned(case, tmp_path_factory):
     before = {p: sha256(p) for p in inputs}
     out, err = _io.StringIO(), _io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in align_argv(case, "--json", json_path, "--out-dir", out_dir,
-                                                "--source-model", case.model)])
+        code = main(
+            [str(a) for a in align_argv(case, "--json", json_path, "--out-dir", out_dir, "--source-model", case.model)]
+        )
     doc = json.loads(json_path.read_text()) if json_path.exists() else None
-    return SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue(), json_path=json_path,
-                           out_dir=out_dir, doc=doc, folder=folder, hashes_before=before,
-                           hashes_after={p: sha256(p) for p in inputs})
+    return SimpleNamespace(
+        code=code,
+        out=out.getvalue(),
+        err=err.getvalue(),
+        json_path=json_path,
+        out_dir=out_dir,
+        doc=doc,
+        folder=folder,
+        hashes_before=before,
+        hashes_after={p: sha256(p) for p in inputs},
+    )
 
 
 # ----------------------------------------------------------------------------- align: success
@@ -247,8 +265,16 @@ def test_align_leaves_inputs_unchanged(aligned):
 
 def test_out_dir_contents(aligned):
     names = sorted(os.listdir(aligned.out_dir))
-    assert names == [".cryoalign", "align_projections.png", "params.json", "report.html", "result.json",
-                     "source_model_on_target.pdb", "source_on_target.mrc", "superposition.cxc"]
+    assert names == [
+        ".cryoalign",
+        "align_projections.png",
+        "params.json",
+        "report.html",
+        "result.json",
+        "source_model_on_target.pdb",
+        "source_on_target.mrc",
+        "superposition.cxc",
+    ]
     assert temp_files(aligned.folder) == []
     assert json.loads((aligned.out_dir / "result.json").read_text()) == aligned.doc
     assert json.loads((aligned.out_dir / "params.json").read_text()) == aligned.doc["params"]
@@ -282,7 +308,7 @@ def test_out_dir_chimerax_script(aligned, case):
     assert "open source_model_on_target.pdb" in lines
     view = [ln for ln in lines if ln.startswith("view matrix models #2,")]
     assert len(view) == 1
-    numbers = [float(v) for v in view[0][len("view matrix models #2,"):].split(",")]
+    numbers = [float(v) for v in view[0][len("view matrix models #2,") :].split(",")]
     assert len(numbers) == 12
     M = np.array(aligned.doc["matrix"], float)
     assert np.allclose(numbers, M[:3, :].ravel(), atol=1e-6)
@@ -323,21 +349,22 @@ def test_quiet_silences_progress_but_prints_the_answer(case, tmp_path, capsys):
     assert err == ""
     M = json.loads(out_json.read_text())["matrix"]
     assert out.startswith("T_target_source (source world Å -> target world Å):\n")
-    assert "  ".join(f"{v:11.5f}" for v in M[0]) in out          # the answer is never lost
+    assert "  ".join(f"{v:11.5f}" for v in M[0]) in out  # the answer is never lost
 
 
 # ----------------------------------------------------------------------------- rmsd
 def test_rmsd_against_ground_truth_matrices(aligned, case, tmp_path, capsys):
     M = np.array(aligned.doc["matrix"], float)
     flip = rigid(Rotation.from_euler("z", 180, degrees=True).as_matrix(), [3.0, 0.0, 0.0])
-    near = rigid(np.eye(3), [0.4, -0.3, 0.2]) @ M          # an alternative closer than T_gt
+    near = rigid(np.eye(3), [0.4, -0.3, 0.2]) @ M  # an alternative closer than T_gt
     T_gt = rigid(np.eye(3), [1.5, 0.0, -1.0]) @ case.T_true
     alts = [case.T_true @ flip, near]
     case_json = tmp_path / "case.json"
     case_json.write_text(json.dumps({"T_gt": T_gt.tolist(), "alt_T_gt": [a.tolist() for a in alts]}))
     out_json = tmp_path / "rmsd.json"
-    code, out, err = run(["rmsd", case.model, "--matrix", aligned.json_path, "--reference", case_json,
-                          "--json", out_json], capsys)
+    code, out, err = run(
+        ["rmsd", case.model, "--matrix", aligned.json_path, "--reference", case_json, "--json", out_json], capsys
+    )
     assert code == 0, err
 
     _, ca = atoms(case.model, ca_only=True)
@@ -355,8 +382,7 @@ def test_rmsd_against_ground_truth_matrices(aligned, case, tmp_path, capsys):
 def test_rmsd_prints_without_json(aligned, case, tmp_path, capsys):
     case_json = tmp_path / "case.json"
     case_json.write_text(json.dumps({"T_gt": case.T_true.tolist()}))
-    code, out, err = run(["rmsd", case.model, "--matrix", aligned.json_path, "--reference", case_json],
-                         capsys)
+    code, out, err = run(["rmsd", case.model, "--matrix", aligned.json_path, "--reference", case_json], capsys)
     assert code == 0, err
     _, ca = atoms(case.model, ca_only=True)
     M = np.array(aligned.doc["matrix"], float)
@@ -378,21 +404,36 @@ def test_rmsd_reference_model_under_the_true_transform_is_zero(case, tmp_path, c
     else:
         matrix.write_text("\n".join(", ".join(repr(float(v)) for v in row) for row in T) + "\n")
     out_json = tmp_path / "rmsd.json"
-    code, out, err = run(["rmsd", case.model, "--matrix", matrix, "--reference-model", case.moved_model,
-                          "--atoms", atom_set, "--json", out_json], capsys)
+    code, out, err = run(
+        [
+            "rmsd",
+            case.model,
+            "--matrix",
+            matrix,
+            "--reference-model",
+            case.moved_model,
+            "--atoms",
+            atom_set,
+            "--json",
+            out_json,
+        ],
+        capsys,
+    )
     assert code == 0, err
     res = json.loads(out_json.read_text())
     n = len(atoms(case.model, ca_only=atom_set == "ca")[0])
     assert res["atoms"] == n
-    assert res["rmsd_A"] < 2e-3          # PDB coordinates are rounded to 0.001 Å
+    assert res["rmsd_A"] < 2e-3  # PDB coordinates are rounded to 0.001 Å
     kind = "CA/P atoms" if atom_set == "ca" else "atoms (all)"
     assert out == f"RMSD {res['rmsd_A']:.3f} Å over {n} paired {kind}\n"
 
 
 def test_rmsd_reference_model_under_the_estimate(aligned, case, tmp_path, capsys):
     out_json = tmp_path / "rmsd.json"
-    code, _, err = run(["rmsd", case.model, "--matrix", aligned.json_path,
-                        "--reference-model", case.moved_model, "--json", out_json], capsys)
+    code, _, err = run(
+        ["rmsd", case.model, "--matrix", aligned.json_path, "--reference-model", case.moved_model, "--json", out_json],
+        capsys,
+    )
     assert code == 0, err
     _, ca = atoms(case.model, ca_only=True)
     expected = rmsd(np.array(aligned.doc["matrix"], float), case.T_true, ca)
@@ -427,10 +468,9 @@ def bad(case, tmp_path, capsys):
 
 def test_source_is_not_a_map(bad, case, tmp_path):
     text = tmp_path / "notes.mrc"
-    text.write_text("this is a text file, not a density map\n" * 60)   # longer than the header
+    text.write_text("this is a text file, not a density map\n" * 60)  # longer than the header
     msg = bad(["align", text, case.target, "--json", bad.out / "r.json"], watch=[text])
-    assert msg == (f"{text} is not an MRC/CCP4 map (no 'MAP ' tag at byte 208); "
-                   "pass a .mrc/.map/.ccp4 density map")
+    assert msg == (f"{text} is not an MRC/CCP4 map (no 'MAP ' tag at byte 208); pass a .mrc/.map/.ccp4 density map")
 
 
 def test_source_is_a_short_text_file(bad, case, tmp_path):
@@ -443,10 +483,12 @@ def test_source_is_a_short_text_file(bad, case, tmp_path):
 def test_truncated_source_map(bad, case, tmp_path):
     raw = case.source.read_bytes()
     cut = tmp_path / "cut.mrc"
-    cut.write_bytes(raw[:1024 + 100_000])
+    cut.write_bytes(raw[: 1024 + 100_000])
     msg = bad(["align", cut, case.target, "--json", bad.out / "r.json"], watch=[cut])
-    assert msg == (f"{cut} is truncated: header says (56, 56, 56) voxels ({56 ** 3 * 4} bytes of data) "
-                   "but the file holds 100000 bytes; download the map again")
+    assert msg == (
+        f"{cut} is truncated: header says (56, 56, 56) voxels ({56**3 * 4} bytes of data) "
+        "but the file holds 100000 bytes; download the map again"
+    )
 
 
 def test_truncated_gzipped_target_map(bad, case, tmp_path):
@@ -464,8 +506,7 @@ def test_nan_voxels(bad, case, tmp_path, write_mrc):
     data[12, 20, 30] = np.nan
     path = write_mrc(tmp_path / "nan.mrc", data, voxel=5.0)
     msg = bad(["align", path, case.target, "--json", bad.out / "r.json"], watch=[path])
-    assert msg == (f"{path} contains 3 NaN or infinite voxel values; "
-                   "replace them (for example with 0) before aligning")
+    assert msg == (f"{path} contains 3 NaN or infinite voxel values; replace them (for example with 0) before aligning")
 
 
 @pytest.mark.parametrize("side", ["source", "target"])
@@ -474,9 +515,11 @@ def test_contour_above_the_map_maximum(bad, case, side):
     argv = align_argv(case, "--json", bad.out / "r.json")
     argv[argv.index(f"--{side}-contour") + 1] = repr(top * 2)
     msg = bad(argv)
-    m = re.fullmatch(rf"--{side}-contour {top * 2:g} is at or above the map's maximum {top:g}, so "
-                     rf"nothing would be kept; try --{side}-contour (\S+) \(or the EMDB recommended level\)",
-                     msg)
+    m = re.fullmatch(
+        rf"--{side}-contour {top * 2:g} is at or above the map's maximum {top:g}, so "
+        rf"nothing would be kept; try --{side}-contour (\S+) \(or the EMDB recommended level\)",
+        msg,
+    )
     assert m, msg
     assert 0 < float(m.group(1)) < top
 
@@ -494,9 +537,12 @@ def test_contour_keeping_too_few_points(bad, case):
     argv = align_argv(case, "--json", bad.out / "r.json")
     argv[argv.index("--source-contour") + 1] = repr(level)
     msg = bad(argv)
-    assert re.fullmatch(rf"only \d+ points of {re.escape(str(case.source))} lie above contour {level:g} at a "
-                        r"[35] Å sampling interval \(at least 20 are needed\); lower the contour or use a "
-                        r"smaller --sampling", msg), msg
+    assert re.fullmatch(
+        rf"only \d+ points of {re.escape(str(case.source))} lie above contour {level:g} at a "
+        r"[35] Å sampling interval \(at least 20 are needed\); lower the contour or use a "
+        r"smaller --sampling",
+        msg,
+    ), msg
 
 
 def test_non_finite_contour(bad, case):
@@ -505,15 +551,20 @@ def test_non_finite_contour(bad, case):
     assert bad(argv) == "--source-contour nan is not a finite number; pass the EMDB recommended level"
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("notes.txt", "cannot parse model {path}: "),
-    ("notes.pdb", "model {path} contains no atoms; pass a PDB or mmCIF file with coordinates"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("notes.txt", "cannot parse model {path}: "),
+        ("notes.pdb", "model {path} contains no atoms; pass a PDB or mmCIF file with coordinates"),
+    ],
+)
 def test_source_model_that_does_not_parse(bad, case, tmp_path, name, expected):
     path = tmp_path / name
     path.write_text("this is not a model\n" * 20)
-    msg = bad(align_argv(case, "--out-dir", bad.out / "dir", "--json", bad.out / "r.json",
-                         "--source-model", path), watch=[path])
+    msg = bad(
+        align_argv(case, "--out-dir", bad.out / "dir", "--json", bad.out / "r.json", "--source-model", path),
+        watch=[path],
+    )
     assert msg.startswith(expected.format(path=path))
 
 
@@ -582,22 +633,28 @@ def test_voxel_out_of_range(bad, case):
 
 def test_rmsd_missing_matrix_file(bad, case, tmp_path):
     missing = tmp_path / "nope.json"
-    msg = bad(["rmsd", case.model, "--matrix", missing, "--reference-model", case.moved_model,
-               "--json", bad.out / "r.json"])
+    msg = bad(
+        ["rmsd", case.model, "--matrix", missing, "--reference-model", case.moved_model, "--json", bad.out / "r.json"]
+    )
     assert msg == f"matrix file not found: {missing}"
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("hello world\n", "no matrix found in {path}: "),
-    ("1 2 3 4 5 6 7 8 9\n", "matrix in {path} has 9 numbers; expected 12 (3x4) or 16 (4x4)"),
-    ('{"other": 1}', "no matrix found in {path}: "),
-    ("nan " * 12, "matrix in {path} has non-finite values"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("hello world\n", "no matrix found in {path}: "),
+        ("1 2 3 4 5 6 7 8 9\n", "matrix in {path} has 9 numbers; expected 12 (3x4) or 16 (4x4)"),
+        ('{"other": 1}', "no matrix found in {path}: "),
+        ("nan " * 12, "matrix in {path} has non-finite values"),
+    ],
+)
 def test_rmsd_bad_matrix_file(bad, case, tmp_path, content, expected):
     path = tmp_path / "m.txt"
     path.write_text(content)
-    msg = bad(["rmsd", case.model, "--matrix", path, "--reference-model", case.moved_model,
-               "--json", bad.out / "r.json"], watch=[path])
+    msg = bad(
+        ["rmsd", case.model, "--matrix", path, "--reference-model", case.moved_model, "--json", bad.out / "r.json"],
+        watch=[path],
+    )
     assert msg.startswith(expected.format(path=path))
 
 
@@ -605,8 +662,9 @@ def test_rmsd_missing_model(bad, case, tmp_path):
     missing = tmp_path / "nope.pdb"
     matrix = tmp_path / "m.txt"
     matrix.write_text(" ".join(map(str, np.eye(4).ravel())))
-    msg = bad(["rmsd", missing, "--matrix", matrix, "--reference-model", case.moved_model,
-               "--json", bad.out / "r.json"])
+    msg = bad(
+        ["rmsd", missing, "--matrix", matrix, "--reference-model", case.moved_model, "--json", bad.out / "r.json"]
+    )
     assert msg == f"model file not found: {missing}; check the path"
 
 
@@ -614,8 +672,7 @@ def test_rmsd_json_into_a_missing_folder(bad, case, tmp_path):
     matrix = tmp_path / "m.txt"
     matrix.write_text(" ".join(map(str, np.eye(4).ravel())))
     target = tmp_path / "no_such_dir" / "r.json"
-    msg = bad(["rmsd", case.model, "--matrix", matrix, "--reference-model", case.moved_model,
-               "--json", target])
+    msg = bad(["rmsd", case.model, "--matrix", matrix, "--reference-model", case.moved_model, "--json", target])
     assert msg == f"cannot write {target}: folder {target.parent} does not exist; create it first"
 
 
@@ -623,22 +680,23 @@ def test_rmsd_json_into_a_missing_folder(bad, case, tmp_path):
 @pytest.mark.parametrize("kind", ["binary-map", "directory", "ragged-json", "string-json"])
 def test_rmsd_unreadable_matrix_file_is_bad_input(bad, case, tmp_path, kind):
     if kind == "binary-map":
-        path = case.target                    # a gzipped map passed as --matrix by mistake
+        path = case.target  # a gzipped map passed as --matrix by mistake
     elif kind == "directory":
         path = tmp_path / "adir"
         path.mkdir()
     else:
         path = tmp_path / "m.json"
         path.write_text('{"matrix": [[1, 2], [3]]}' if kind == "ragged-json" else '{"matrix": "identity"}')
-    msg = bad(["rmsd", case.model, "--matrix", path, "--reference-model", case.moved_model,
-               "--json", bad.out / "r.json"])
+    msg = bad(
+        ["rmsd", case.model, "--matrix", path, "--reference-model", case.moved_model, "--json", bad.out / "r.json"]
+    )
     assert str(path) in msg
 
 
 def test_json_onto_an_input_file_is_refused(bad, case, tmp_path, monkeypatch):
     import cryoalign.core.pipeline
 
-    def must_not_run(*args, **kwargs):   # like check_writable, this should fail before any work
+    def must_not_run(*args, **kwargs):  # like check_writable, this should fail before any work
         raise AssertionError("align ran although --json names the source map")
 
     monkeypatch.setattr(cryoalign.core.pipeline, "align", must_not_run)
@@ -653,8 +711,10 @@ def test_json_onto_an_input_file_is_refused(bad, case, tmp_path, monkeypatch):
 def test_rmsd_column_major_matrix_is_refused(bad, case, tmp_path):
     path = tmp_path / "colmajor.txt"
     path.write_text(" ".join(repr(float(v)) for v in case.T_true.T.ravel()) + "\n")
-    msg = bad(["rmsd", case.model, "--matrix", path, "--reference-model", case.moved_model,
-               "--json", bad.out / "r.json"], watch=[path])
+    msg = bad(
+        ["rmsd", case.model, "--matrix", path, "--reference-model", case.moved_model, "--json", bad.out / "r.json"],
+        watch=[path],
+    )
     assert str(path) in msg
 
 
@@ -670,8 +730,7 @@ def test_internal_error_exits_1_with_traceback(case, tmp_path, capsys, monkeypat
     code, out, err = run(align_argv(case, "--json", out_json), capsys)
     assert code == EXIT_INTERNAL
     assert "Traceback" in err and "RuntimeError: simulated bug" in err
-    assert err.strip().splitlines()[-1] == \
-        "cryoalign: internal error (please report it with the traceback above)"
+    assert err.strip().splitlines()[-1] == "cryoalign: internal error (please report it with the traceback above)"
     assert not out_json.exists()
     assert temp_files(tmp_path) == []
 
@@ -690,21 +749,25 @@ def test_keyboard_interrupt_exits_130(case, tmp_path, capsys, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- argparse usage (exit 2)
-@pytest.mark.parametrize("argv", [
-    [],
-    ["frobnicate"],
-    ["align"],
-    ["align", "a.mrc"],
-    ["align", "a.mrc", "b.mrc", "--voxel", "abc"],
-    ["align", "a.mrc", "b.mrc", "--source-contour", "high"],
-    ["align", "a.mrc", "b.mrc", "--seed", "1.5"],
-    ["align", "a.mrc", "b.mrc", "--keypoints", "sift"],
-    ["align", "a.mrc", "b.mrc", "--bogus"],
-    ["rmsd", "m.pdb"],
-    ["rmsd", "m.pdb", "--matrix", "r.json"],
-    ["rmsd", "m.pdb", "--matrix", "r.json", "--reference", "c.json", "--reference-model", "f.pdb"],
-    ["rmsd", "m.pdb", "--matrix", "r.json", "--reference", "c.json", "--atoms", "backbone"],
-], ids=lambda a: " ".join(a) or "no-args")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["align"],
+        ["align", "a.mrc"],
+        ["align", "a.mrc", "b.mrc", "--voxel", "abc"],
+        ["align", "a.mrc", "b.mrc", "--source-contour", "high"],
+        ["align", "a.mrc", "b.mrc", "--seed", "1.5"],
+        ["align", "a.mrc", "b.mrc", "--keypoints", "sift"],
+        ["align", "a.mrc", "b.mrc", "--bogus"],
+        ["rmsd", "m.pdb"],
+        ["rmsd", "m.pdb", "--matrix", "r.json"],
+        ["rmsd", "m.pdb", "--matrix", "r.json", "--reference", "c.json", "--reference-model", "f.pdb"],
+        ["rmsd", "m.pdb", "--matrix", "r.json", "--reference", "c.json", "--atoms", "backbone"],
+    ],
+    ids=lambda a: " ".join(a) or "no-args",
+)
 def test_usage_errors_exit_2(argv, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
@@ -725,13 +788,18 @@ def test_version(capsys):
 
 # ----------------------------------------------------------------------------- found by fuzzing
 def test_out_dir_holding_other_files_is_refused_and_left_alone(bad, case):
-    (bad.out / "dir" / "source_on_target.mrc").mkdir(parents=True)     # not written by cryoalign
+    (bad.out / "dir" / "source_on_target.mrc").mkdir(parents=True)  # not written by cryoalign
     notes = bad.out / "dir" / "notes.txt"
     notes.write_text("mine\n")
-    msg = bad(align_argv(case, "--out-dir", bad.out / "dir", "--json", bad.out / "r.json"), watch=[notes],
-              files_before=[notes])
-    assert msg == (f"output folder {bad.out / 'dir'} holds files that cryoalign did not write (notes.txt, "
-                   "source_on_target.mrc); choose a new or empty folder (a run replaces the whole folder)")
+    msg = bad(
+        align_argv(case, "--out-dir", bad.out / "dir", "--json", bad.out / "r.json"),
+        watch=[notes],
+        files_before=[notes],
+    )
+    assert msg == (
+        f"output folder {bad.out / 'dir'} holds files that cryoalign did not write (notes.txt, "
+        "source_on_target.mrc); choose a new or empty folder (a run replaces the whole folder)"
+    )
     assert sorted(p.name for p in (bad.out / "dir").iterdir()) == ["notes.txt", "source_on_target.mrc"]
     assert not (bad.out / "r.json").exists()
 
@@ -744,5 +812,8 @@ def test_contour_at_the_map_minimum(bad, case):
     argv = align_argv(case, "--json", bad.out / "r.json")
     argv[argv.index("--source-contour") + 1] = "-1000"
     msg = bad(argv)
-    assert re.fullmatch(r"--source-contour -1000 is at or below the map's minimum \S+, so every voxel of the box "
-                        r"would count as molecule; try --source-contour \S+ \(or the EMDB recommended level\)", msg)
+    assert re.fullmatch(
+        r"--source-contour -1000 is at or below the map's minimum \S+, so every voxel of the box "
+        r"would count as molecule; try --source-contour \S+ \(or the EMDB recommended level\)",
+        msg,
+    )

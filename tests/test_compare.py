@@ -1,4 +1,5 @@
 """compare(): difference blobs of a missing chain, density scale, FSC against theory, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -7,18 +8,18 @@ import pathlib
 import numpy as np
 import pytest
 
-from cryoalign.apps import simulate
 from cryoalign import transform as tf
+from cryoalign.apps import simulate
 from cryoalign.apps.comparison import SCALE_METHODS, compare, fsc, write_compare_outputs
 from cryoalign.errors import InputError
 from cryoalign.io import read_model, transform_model
 from cryoalign.types import DensityMap
 
-MODEL = pathlib.Path(__file__).resolve().parents[1] / "examples" / "5nsr.pdb.gz"   # PDB 5NSR, see examples/README.md
+MODEL = pathlib.Path(__file__).resolve().parents[1] / "examples" / "5nsr.pdb.gz"  # PDB 5NSR, see examples/README.md
 CHAINS = ["A", "B", "M"]
 MISSING = "M"
 RESOLUTION_A, VOXEL_A = 6.0, 2.0
-SOURCE_GAIN, SOURCE_OFFSET = 2.5, 0.3      # the source is on another density scale
+SOURCE_GAIN, SOURCE_OFFSET = 2.5, 0.3  # the source is on another density scale
 
 
 def _noisy(density, sigma, rng, gain=1.0, offset=0.0):
@@ -45,9 +46,16 @@ def missing_chain():
     target = _noisy(target, 0.04 * tc, rng)
     xyz = np.array([[a.pos.x, a.pos.y, a.pos.z] for res in st[0][MISSING] for a in res])
     mass = np.array([a.element.weight for res in st[0][MISSING] for a in res])
-    return dict(st=st, T=T, source=source, target=target, sc=sc, tc=tc,
-                missing_kDa=simulate.model_mass_Da(st, [MISSING]) / 1000.0,
-                missing_centre=(xyz * mass[:, None]).sum(0) / mass.sum())
+    return dict(
+        st=st,
+        T=T,
+        source=source,
+        target=target,
+        sc=sc,
+        tc=tc,
+        missing_kDa=simulate.model_mass_Da(st, [MISSING]) / 1000.0,
+        missing_centre=(xyz * mass[:, None]).sum(0) / mass.sum(),
+    )
 
 
 def _check_missing_chain(result, case):
@@ -61,8 +69,9 @@ def _check_missing_chain(result, case):
 
 def test_missing_chain_found_with_known_matrix(missing_chain):
     case = missing_chain
-    result = compare(case["source"], case["target"], source_contour=case["sc"], target_contour=case["tc"],
-                     matrix=case["T"])
+    result = compare(
+        case["source"], case["target"], source_contour=case["sc"], target_contour=case["tc"], matrix=case["T"]
+    )
     _check_missing_chain(result, case)
     assert result.scale.factor == pytest.approx(1.0 / SOURCE_GAIN, rel=0.05)
     assert result.alignment is None
@@ -75,8 +84,13 @@ def test_missing_chain_found_through_alignment(missing_chain):
     from cryoalign.config import AlignConfig
 
     case = missing_chain
-    result = compare(case["source"], case["target"], source_contour=case["sc"], target_contour=case["tc"],
-                     config=AlignConfig(mode="global"))
+    result = compare(
+        case["source"],
+        case["target"],
+        source_contour=case["sc"],
+        target_contour=case["tc"],
+        config=AlignConfig(mode="global"),
+    )
     rot_err, shift_err = tf.pose_error(result.T_target_source, case["T"], case["missing_centre"])
     assert rot_err < 3.0 and shift_err < 3.0
     _check_missing_chain(result, case)
@@ -85,14 +99,30 @@ def test_missing_chain_found_through_alignment(missing_chain):
 
 def test_json_keys_and_written_files(missing_chain, tmp_path):
     case = missing_chain
-    result = compare(case["source"], case["target"], source_contour=case["sc"], target_contour=case["tc"],
-                     matrix=case["T"].tolist(), min_blob_A3=500.0)
+    result = compare(
+        case["source"],
+        case["target"],
+        source_contour=case["sc"],
+        target_contour=case["tc"],
+        matrix=case["T"].tolist(),
+        min_blob_A3=500.0,
+    )
     written = write_compare_outputs(result, tmp_path, pictures=False, report=False)
     assert sorted(pathlib.Path(p).name for p in written) == sorted(
-        ["compare.json", "target_minus_source.mrc", "source_minus_target.mrc", "source_on_target.mrc"])
+        ["compare.json", "target_minus_source.mrc", "source_minus_target.mrc", "source_on_target.mrc"]
+    )
     doc = json.loads((tmp_path / "compare.json").read_text())
-    assert set(doc) >= {"matrix", "scale", "correlation", "fsc", "difference", "alignment", "params", "version",
-                        "warnings"}
+    assert set(doc) >= {
+        "matrix",
+        "scale",
+        "correlation",
+        "fsc",
+        "difference",
+        "alignment",
+        "params",
+        "version",
+        "warnings",
+    }
     assert doc["warnings"] == []
     assert set(doc["scale"]) == {"factor", "offset", "method"}
     assert set(doc["fsc"]) == {"curve", "resolution_at_0.5_A", "resolution_at_0.143_A", "masked"}
@@ -105,6 +135,7 @@ def test_json_keys_and_written_files(missing_chain, tmp_path):
     assert doc["params"]["min_blob_A3"] == 500.0 and doc["params"]["target_contour"] == case["tc"]
     assert doc["alignment"] is None
     from cryoalign.io import read_map
+
     diff = read_map(tmp_path / "target_minus_source.mrc")
     assert diff.data.shape == case["target"].data.shape
     assert np.count_nonzero(diff.data) == sum(b["voxels"] for b in doc["difference"]["target_minus_source"]["blobs"])
@@ -113,8 +144,15 @@ def test_json_keys_and_written_files(missing_chain, tmp_path):
 @pytest.mark.parametrize("method", SCALE_METHODS)
 def test_every_scale_method_runs(missing_chain, method):
     case = missing_chain
-    result = compare(case["source"], case["target"], source_contour=case["sc"], target_contour=case["tc"],
-                     matrix=case["T"], scale_method=method, fsc_mask=False)
+    result = compare(
+        case["source"],
+        case["target"],
+        source_contour=case["sc"],
+        target_contour=case["tc"],
+        matrix=case["T"],
+        scale_method=method,
+        fsc_mask=False,
+    )
     assert result.scale.method == method and np.isfinite(result.scale.factor)
 
 
@@ -135,8 +173,8 @@ def _band_limited_pair(shape, voxel, k0, noise_sigma, rng):
     kz = np.fft.fftfreq(shape[0], voxel[2])[:, None, None]
     ky = np.fft.fftfreq(shape[1], voxel[1])[None, :, None]
     kx = np.fft.rfftfreq(shape[2], voxel[0])[None, None, :]
-    k = np.sqrt(kz ** 2 + ky ** 2 + kx ** 2)
-    signal = np.fft.irfftn(np.fft.rfftn(white) * np.exp(-(k / k0) ** 2), s=shape, axes=(0, 1, 2))
+    k = np.sqrt(kz**2 + ky**2 + kx**2)
+    signal = np.fft.irfftn(np.fft.rfftn(white) * np.exp(-((k / k0) ** 2)), s=shape, axes=(0, 1, 2))
     return (signal + rng.normal(0.0, noise_sigma, shape), signal + rng.normal(0.0, noise_sigma, shape))
 
 
@@ -148,10 +186,10 @@ def test_fsc_crossings_match_the_analytic_snr(shape, voxel):
     curve = fsc(a, b, voxel)
     # FSC = t  <=>  SNR = t / (1 - t)  <=>  exp(-2 (k/k0)^2) = noise^2 t / (1 - t)
     for threshold, found in ((0.5, curve.resolution_at_05_A), (0.143, curve.resolution_at_0143_A)):
-        k = k0 * np.sqrt(-0.5 * np.log(noise ** 2 * threshold / (1 - threshold)))
+        k = k0 * np.sqrt(-0.5 * np.log(noise**2 * threshold / (1 - threshold)))
         assert found is not None
         assert 1.0 / found == pytest.approx(k, abs=1.5 * (curve.frequency_per_A[1] - curve.frequency_per_A[0]))
-    expected = 1.0 / (1.0 + noise ** 2 / np.exp(-2 * (curve.frequency_per_A / k0) ** 2))
+    expected = 1.0 / (1.0 + noise**2 / np.exp(-2 * (curve.frequency_per_A / k0) ** 2))
     assert np.max(np.abs(curve.fsc - expected)[curve.frequency_per_A < 0.2]) < 0.08
 
 
@@ -162,7 +200,7 @@ def test_fsc_on_a_non_cubic_box_with_anisotropic_voxels():
     curve = fsc(a, a, voxel)
     assert curve.fsc.shape == curve.frequency_per_A.shape
     assert np.all(np.diff(curve.frequency_per_A) > 0)
-    assert curve.frequency_per_A[-1] <= 0.5 / max(voxel) + 1e-12        # Nyquist of the coarsest axis
+    assert curve.frequency_per_A[-1] <= 0.5 / max(voxel) + 1e-12  # Nyquist of the coarsest axis
     step = max(1 / (n * v) for n, v in zip(shape[::-1], voxel))
     assert curve.frequency_per_A[0] == pytest.approx(step)
     np.testing.assert_allclose(curve.fsc, 1.0, atol=1e-9)
@@ -179,7 +217,8 @@ def test_maps_that_do_not_overlap_are_rejected(missing_chain):
     assert str(err.value) == (
         f"the maps do not overlap after superposition: no voxel is above both the source contour "
         f"{case['sc']:.4g} and the target contour {case['tc']:.4g}; check that the matrix moves source world "
-        "coordinates onto the target's (not the inverse), or the contours")
+        "coordinates onto the target's (not the inverse), or the contours"
+    )
 
 
 def test_non_rigid_matrix_is_rejected(missing_chain):
@@ -188,19 +227,26 @@ def test_non_rigid_matrix_is_rejected(missing_chain):
     sheared[0, 1] += 0.3
     with pytest.raises(InputError) as err:
         compare(case["source"], case["target"], source_contour=case["sc"], target_contour=case["tc"], matrix=sheared)
-    assert str(err.value) == ("matrix is not a rigid transform (its 3x3 part is not a proper rotation); "
-                              "give it in row-major order (rows of R | t)")
+    assert str(err.value) == (
+        "matrix is not a rigid transform (its 3x3 part is not a proper rotation); "
+        "give it in row-major order (rows of R | t)"
+    )
     with pytest.raises(InputError, match="matrix has 9 numbers; expected 12"):
-        compare(case["source"], case["target"], source_contour=case["sc"], target_contour=case["tc"],
-                matrix=np.eye(3))
+        compare(case["source"], case["target"], source_contour=case["sc"], target_contour=case["tc"], matrix=np.eye(3))
 
 
 def test_matrix_from_a_result_file(missing_chain, tmp_path):
     case = missing_chain
     path = tmp_path / "result.json"
     path.write_text(json.dumps({"matrix": case["T"].tolist()}))
-    result = compare(case["source"], case["target"], source_contour=case["sc"], target_contour=case["tc"],
-                     matrix=path, fsc_mask=False)
+    result = compare(
+        case["source"],
+        case["target"],
+        source_contour=case["sc"],
+        target_contour=case["tc"],
+        matrix=path,
+        fsc_mask=False,
+    )
     np.testing.assert_allclose(result.T_target_source, case["T"])
 
 
@@ -225,7 +271,7 @@ def test_readme_example_masses_are_possible(readme_example):
     benchmarks/compare_chains.py --example) say 168 / 81 kDa differ, largest parts 95 / 15 kDa."""
     r = readme_example
     tms, smt = r.difference["target_minus_source"], r.difference["source_minus_target"]
-    assert r.scale.offset == 0.0                           # both maps are 0 outside: background stays 0
+    assert r.scale.offset == 0.0  # both maps are 0 outside: background stays 0
     for d in (tms, smt):
         assert d.volume_A3 <= 0.5 * d.molecule_volume_A3
     assert tms.mass_kDa < 1.25 * 168 and tms.blobs[0].mass_kDa < 1.25 * 95
@@ -237,11 +283,18 @@ def test_background_is_never_lifted_into_density(missing_chain):
     """The offset puts the source's background (0.3 after the x2.5 + 0.3 rescaling) on the
     target's (0): offset = target background - factor x source background."""
     case = missing_chain
-    r = compare(case["source"], case["target"], source_contour=case["sc"], target_contour=case["tc"],
-                matrix=case["T"], fsc_mask=False)
+    r = compare(
+        case["source"],
+        case["target"],
+        source_contour=case["sc"],
+        target_contour=case["tc"],
+        matrix=case["T"],
+        fsc_mask=False,
+    )
     assert r.scale.method == "background_quantiles"
-    assert r.scale.offset == pytest.approx(r.params["target_background"]
-                                           - r.scale.factor * r.params["source_background"])
+    assert r.scale.offset == pytest.approx(
+        r.params["target_background"] - r.scale.factor * r.params["source_background"]
+    )
     assert r.params["source_background"] == pytest.approx(SOURCE_OFFSET, abs=0.05 * case["sc"])
     assert r.params["target_background"] == pytest.approx(0.0, abs=0.01 * case["tc"])
 
@@ -260,7 +313,8 @@ def test_a_difference_over_most_of_a_molecule_is_warned_about(missing_chain):
     assert r.warnings == (
         f"target_minus_source is {d.volume_A3:,.0f} Å^3, {100 * share:.0f}% of the target's "
         f"{d.molecule_volume_A3:,.0f} Å^3 above its contour: the maps differ over most of the molecule; check the "
-        "superposition and that the two contours enclose comparable volumes",)
+        "superposition and that the two contours enclose comparable volumes",
+    )
     assert r.to_json()["warnings"] == list(r.warnings)
 
 
@@ -277,8 +331,10 @@ def test_pieces_joined_by_weaker_difference_are_one_blob():
     d = difference_blobs(values, 1.0, [1.0] * 3, [0.0] * 3, **kw)
     assert len(d.blobs) == 1 and d.blobs[0].pieces == 2 and d.blobs[0].voxels == 2000
     assert d.blobs[0].centre_A == pytest.approx((18.5, 9.5, 9.5))
-    assert [b.voxels for b in difference_blobs(values, 1.0, [1.0] * 3, [0.0] * 3, merge_fraction=None,
-                                               **kw).blobs] == [1000, 1000]
+    assert [b.voxels for b in difference_blobs(values, 1.0, [1.0] * 3, [0.0] * 3, merge_fraction=None, **kw).blobs] == [
+        1000,
+        1000,
+    ]
     values[9:11, 9:11, 15:23] = 0.3
     assert len(difference_blobs(values, 1.0, [1.0] * 3, [0.0] * 3, **kw).blobs) == 2
 
@@ -290,7 +346,7 @@ def test_pieces_closer_than_7_A_are_one_blob(gap, blobs):
 
     values = np.zeros((40, 40, 40), np.float32)
     values[5:15, 5:15, 5:15] = 2.0
-    values[5:15, 5:15, 15 + gap:25 + gap] = 2.0
+    values[5:15, 5:15, 15 + gap : 25 + gap] = 2.0
     d = difference_blobs(values, 1.0, [1.0] * 3, [0.0] * 3, min_blob_A3=500.0, count_fraction=1.0)
     assert len(d.blobs) == blobs and sum(b.voxels for b in d.blobs) == 2000
 
@@ -321,6 +377,11 @@ def test_small_thin_and_gapped_chains_within_15_percent(model, chain):
     assert found.blobs[0].mass_kDa == pytest.approx(true_kDa, rel=0.15)
     xyz = np.array([[a.pos.x, a.pos.y, a.pos.z] for res in st[0][chain] for a in res])
     mass = np.array([a.element.weight for res in st[0][chain] for a in res])
-    centre = np.array(found.blobs[0].centre_A)      # on the chain: near its centre of mass or an atom
-    assert min(np.linalg.norm(centre - (xyz * mass[:, None]).sum(0) / mass.sum()),
-               np.min(np.linalg.norm(xyz - centre, axis=1))) < 5.0
+    centre = np.array(found.blobs[0].centre_A)  # on the chain: near its centre of mass or an atom
+    assert (
+        min(
+            np.linalg.norm(centre - (xyz * mass[:, None]).sum(0) / mass.sum()),
+            np.min(np.linalg.norm(xyz - centre, axis=1)),
+        )
+        < 5.0
+    )

@@ -1,5 +1,6 @@
 """estimate_contour on each kind of map (noise-free, noisy, masked to zero outside, masked at a
 contour) and the warning for a contour whose volume is implausible."""
+
 from __future__ import annotations
 
 import logging
@@ -9,15 +10,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cryoalign.core import pointcloud
 from cryoalign.apps import simulate
-from cryoalign.io import read_map, read_model
+from cryoalign.core import pointcloud
 from cryoalign.core.prepare import resolve_contour
+from cryoalign.io import read_map, read_model
 from cryoalign.types import DensityMap
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL = ROOT / "examples" / "5nsr.pdb.gz"
-SMALL = pathlib.Path(__file__).resolve().parent / "data" / "3j6b_9.pdb.gz"   # one 19 kDa chain
+SMALL = pathlib.Path(__file__).resolve().parent / "data" / "3j6b_9.pdb.gz"  # one 19 kDa chain
 
 
 def _volume_ratio(density, level, mass_Da):
@@ -25,7 +26,9 @@ def _volume_ratio(density, level, mass_Da):
     return np.count_nonzero(density.data > level) * float(np.prod(density.voxel_size_A)) / (mass_Da * 1.21)
 
 
-@pytest.fixture(scope="module", params=[(MODEL, 6.0), (MODEL, 10.0), (SMALL, 4.0)], ids=["5nsr-6A", "5nsr-10A", "3j6b-4A"])
+@pytest.fixture(
+    scope="module", params=[(MODEL, 6.0), (MODEL, 10.0), (SMALL, 4.0)], ids=["5nsr-6A", "5nsr-10A", "3j6b-4A"]
+)
 def simulated(request):
     path, resolution = request.param
     if not path.exists():
@@ -37,7 +40,7 @@ def simulated(request):
 def test_noise_free_simulated_map_encloses_the_molecular_volume(simulated):
     density, mass = simulated
     level = pointcloud.estimate_contour(density)
-    assert 0.7 <= _volume_ratio(density, level, mass) <= 1.5        # before: 0.0005, 1.8-4.5 x the volume
+    assert 0.7 <= _volume_ratio(density, level, mass) <= 1.5  # before: 0.0005, 1.8-4.5 x the volume
     assert pointcloud.contour_warning(density, level) is None
 
 
@@ -45,10 +48,13 @@ def test_noisy_simulated_map_encloses_the_molecular_volume(simulated):
     density, mass = simulated
     true = simulate.contour_for(density, mass)
     rng = np.random.default_rng(3)
-    noisy = DensityMap((density.data + rng.normal(0.0, 0.1 * true, density.data.shape)).astype(np.float32),
-                       density.voxel_size_A, density.origin_A)
+    noisy = DensityMap(
+        (density.data + rng.normal(0.0, 0.1 * true, density.data.shape)).astype(np.float32),
+        density.voxel_size_A,
+        density.origin_A,
+    )
     level = pointcloud.estimate_contour(noisy)
-    assert 0.7 <= _volume_ratio(noisy, level, mass) <= 1.5          # before: 1.2-1.7 (3 sigma alone)
+    assert 0.7 <= _volume_ratio(noisy, level, mass) <= 1.5  # before: 1.2-1.7 (3 sigma alone)
     assert level >= float(np.median(noisy.data)) + 2.9 * 0.1 * true  # never below the 3-sigma noise rule
 
 
@@ -61,7 +67,7 @@ def test_map_masked_to_zero_outside_encloses_the_molecular_volume(simulated):
     mask = ndimage.binary_dilation(density.data > 0.3 * true, iterations=int(6.0 / density.voxel_size_A[0]) + 1)
     masked = DensityMap(np.where(mask, noisy, 0.0).astype(np.float32), density.voxel_size_A, density.origin_A)
     level = pointcloud.estimate_contour(masked)
-    assert 0.7 <= _volume_ratio(masked, level, mass) <= 1.5         # before: 1.9-4.6
+    assert 0.7 <= _volume_ratio(masked, level, mass) <= 1.5  # before: 1.9-4.6
 
 
 def test_map_masked_at_a_contour_keeps_its_lowest_level(data_dir):
@@ -102,7 +108,8 @@ def test_implausible_contour_is_warned_about(caplog):
     assert message == (
         f"target_contour 0.0005 encloses {n * 8.0:,.0f} Å^3 (about {n * 8.0 / 1.21 / 1000:,.0f} kDa of protein at "
         f"1.21 Å^3/Da), {n / m:.2f} x the molecule's volume by the plateau rule ({m * 8.0:,.0f} Å^3 above "
-        f"{plateau:.4g}); pass target_contour (e.g. the EMDB recommended level)")
+        f"{plateau:.4g}); pass target_contour (e.g. the EMDB recommended level)"
+    )
     assert n / m > 1.5
     # the estimate that resolve_contour makes for such a map raises no warning any more
     with caplog.at_level(logging.WARNING, logger="cryoalign.core.prepare"):

@@ -2,6 +2,7 @@
 and refuse missing entries, corrupt downloads and unreachable servers with a message
 naming the fix. Everything is served by a local HTTP server laid out like the archive:
 nothing here reaches the internet."""
+
 from __future__ import annotations
 
 import functools
@@ -52,7 +53,7 @@ class _Archive:
 @pytest.fixture
 def archive(tmp_path):
     www = tmp_path / "www"
-    root = www / "pub"          # the archive's folders under /pub/, like /pub/databases/emdb/structures/
+    root = www / "pub"  # the archive's folders under /pub/, like /pub/databases/emdb/structures/
     root.mkdir(parents=True)
     served = _Archive(root)
 
@@ -85,8 +86,17 @@ def _closed_port() -> int:
 
 
 # ----------------------------------------------------------------------------- IDs
-@pytest.mark.parametrize("text, number", [("EMD-1234", 1234), ("emd-1234", 1234), ("emd:1234", 1234),
-                                          ("EMD_1234", 1234), ("emd-12345", 12345), (" EMD-0042 ", 42)])
+@pytest.mark.parametrize(
+    "text, number",
+    [
+        ("EMD-1234", 1234),
+        ("emd-1234", 1234),
+        ("emd:1234", 1234),
+        ("EMD_1234", 1234),
+        ("emd-12345", 12345),
+        (" EMD-0042 ", 42),
+    ],
+)
 def test_emdb_ids_are_parsed(text, number):
     assert emdb.is_emdb_id(text)
     assert emdb.parse_emdb_id(text) == number
@@ -106,12 +116,12 @@ def test_fetch_downloads_once_then_reuses_the_cache(archive, map_gz, tmp_path):
     entry = emdb.fetch("EMD-1234", server=archive.url, cache_dir=cache)
     assert entry.id == "EMD-1234"
     assert entry.map_path == str(cache / "emdb" / "EMD-1234" / "emd_1234.map.gz")
-    assert open(entry.map_path, "rb").read() == map_gz           # stored as downloaded
+    assert open(entry.map_path, "rb").read() == map_gz  # stored as downloaded
     assert read_map(entry.map_path).data.shape == (22, 22, 22)
-    assert len(archive.requests) == 2                             # map and header
+    assert len(archive.requests) == 2  # map and header
     again = emdb.fetch("emd_1234", server=archive.url, cache_dir=cache)
     assert again == entry
-    assert len(archive.requests) == 2                             # no network the second time
+    assert len(archive.requests) == 2  # no network the second time
 
 
 def test_contour_from_a_v3_header(archive, map_gz, tmp_path):
@@ -154,15 +164,15 @@ def test_missing_entry_names_the_server_and_the_fix(archive, tmp_path):
 
 @pytest.mark.parametrize("damage", ["cut gzip", "not a map"])
 def test_corrupt_download_is_removed_and_refused(archive, map_gz, tmp_path, damage):
-    served = map_gz[:len(map_gz) // 2] if damage == "cut gzip" else gzip.compress(b"<html>error page</html>")
+    served = map_gz[: len(map_gz) // 2] if damage == "cut gzip" else gzip.compress(b"<html>error page</html>")
     archive.add(1234, map_bytes=served, header=V3_HEADER)
     with pytest.raises(InputError) as err:
         emdb.fetch("EMD-1234", server=archive.url, cache_dir=tmp_path)
     assert str(err.value).startswith(f"the download of EMD-1234 from {archive.url} is incomplete or corrupt (")
     assert str(err.value).endswith("); it was removed from the cache: retry")
     folder = tmp_path / "emdb" / "EMD-1234"
-    assert list(folder.iterdir()) == []           # neither the final name nor a temporary file
-    archive.add(1234, map_bytes=map_gz)           # the server is fixed: a retry succeeds
+    assert list(folder.iterdir()) == []  # neither the final name nor a temporary file
+    archive.add(1234, map_bytes=map_gz)  # the server is fixed: a retry succeeds
     assert emdb.fetch("EMD-1234", server=archive.url, cache_dir=tmp_path).contour == 0.0123
 
 

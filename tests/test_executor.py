@@ -1,5 +1,6 @@
 """cryoalign.executor.run_tasks: the same (index, result) pairs inline, in local worker
 processes and on a Dask cluster, whatever order the tasks finish in."""
+
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,7 @@ import pytest
 from cryoalign import InputError
 from cryoalign.executor import available_cores, resolve_jobs, run_tasks
 
-ITEMS = [(k, 0.05 * (5 - k)) for k in range(6)]     # later items finish first
+ITEMS = [(k, 0.05 * (5 - k)) for k in range(6)]  # later items finish first
 
 
 def slow_square(item):
@@ -39,8 +40,9 @@ def test_dask_cluster_gives_the_same_results():
     # the workers cannot import this test module: send its functions by value
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster:
+        with distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster:
             got = list(run_tasks(slow_square, ITEMS, scheduler=cluster.scheduler_address))
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
@@ -97,41 +99,85 @@ def series(tmp_path_factory, data_dir):
         T = tf.make(Rotation.random(random_state=k).as_matrix(), rng.uniform(-10, 10, 3))
         write_map(resampled_map(monomer, T, 1.742, rng), folder / f"m{k}.mrc")
         names.append(f"m{k}.mrc")
-    (folder / "pairs.tsv").write_text("source\ttarget\n" + "".join(f"{a}\t{b}\n" for a, b in
-                                                                  zip(names, names[1:] + names[:1])))
+    (folder / "pairs.tsv").write_text(
+        "source\ttarget\n" + "".join(f"{a}\t{b}\n" for a, b in zip(names, names[1:] + names[:1]))
+    )
     return folder, names
 
 
 def _command(kind, folder, names, out):
     base = [sys.executable, "-m", "cryoalign"]
     if kind == "batch":
-        return base + ["batch", str(folder / "pairs.tsv"), "--out", str(out / "results.tsv"), "--jobs", "2",
-                       "--global", "--sampling", "5"]
-    if kind == "align":           # local alignment's mask search runs in worker processes too
-        return base + ["align", str(folder / names[0]), str(folder / names[1]), "--local", "--jobs", "2",
-                       "--sampling", "3", "--json", str(out / "r.json")]
+        return base + [
+            "batch",
+            str(folder / "pairs.tsv"),
+            "--out",
+            str(out / "results.tsv"),
+            "--jobs",
+            "2",
+            "--global",
+            "--sampling",
+            "5",
+        ]
+    if kind == "align":  # local alignment's mask search runs in worker processes too
+        return base + [
+            "align",
+            str(folder / names[0]),
+            str(folder / names[1]),
+            "--local",
+            "--jobs",
+            "2",
+            "--sampling",
+            "3",
+            "--json",
+            str(out / "r.json"),
+        ]
     if kind == "index":
         return base + ["index", *[str(folder / n) for n in names], "--db", str(out / "db"), "--jobs", "2"]
-    return base + ["variance", str(folder / names[0]), *[str(folder / n) for n in names[1:]],
-                   "--out-dir", str(out / "var"), "--jobs", "2", "--sampling", "5"]
+    return base + [
+        "variance",
+        str(folder / names[0]),
+        *[str(folder / n) for n in names[1:]],
+        "--out-dir",
+        str(out / "var"),
+        "--jobs",
+        "2",
+        "--sampling",
+        "5",
+    ]
 
 
 def _workers(proc) -> list:
     try:
-        return [c for c in psutil.Process(proc.pid).children(recursive=True)
-                if "resource_tracker" not in " ".join(c.cmdline())]
+        return [
+            c
+            for c in psutil.Process(proc.pid).children(recursive=True)
+            if "resource_tracker" not in " ".join(c.cmdline())
+        ]
     except psutil.Error:
         return []
 
 
-@pytest.mark.parametrize("kind,sig", [("batch", signal.SIGKILL), ("index", signal.SIGKILL),
-                                      ("variance", signal.SIGKILL), ("batch", signal.SIGTERM),
-                                      ("variance", signal.SIGTERM), ("align", signal.SIGKILL)])
+@pytest.mark.parametrize(
+    "kind,sig",
+    [
+        ("batch", signal.SIGKILL),
+        ("index", signal.SIGKILL),
+        ("variance", signal.SIGKILL),
+        ("batch", signal.SIGTERM),
+        ("variance", signal.SIGTERM),
+        ("align", signal.SIGKILL),
+    ],
+)
 def test_workers_end_when_the_parent_is_killed(series, tmp_path, kind, sig):
     """Issue 20.4: `kill -9` (or SIGTERM) of the command leaves no worker behind under PID 1."""
     folder, names = series
-    proc = subprocess.Popen(_command(kind, folder, names, tmp_path), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        _command(kind, folder, names, tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while len(workers := _workers(proc)) < 2:
@@ -150,7 +196,7 @@ def test_workers_end_when_the_parent_is_killed(series, tmp_path, kind, sig):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for p in psutil.process_iter():      # never leave a stray worker on the shared machine
+        for p in psutil.process_iter():  # never leave a stray worker on the shared machine
             try:
                 if p.ppid() == 1 and str(tmp_path) in " ".join(p.cmdline()):
                     p.kill()
@@ -168,8 +214,8 @@ def test_an_interrupt_while_workers_are_forked_is_raised_afterwards_not_lost():
     ran_on = []
     with pytest.raises(KeyboardInterrupt):
         with signals_deferred():
-            assert defer(KeyboardInterrupt())          # what the handler does inside the block
-            assert defer(KeyboardInterrupt())          # a second one is the same interrupt
+            assert defer(KeyboardInterrupt())  # what the handler does inside the block
+            assert defer(KeyboardInterrupt())  # a second one is the same interrupt
             ran_on.append("rest of the block")
     assert ran_on == ["rest of the block"]
-    assert not defer(KeyboardInterrupt())               # outside the block: the handler raises at once
+    assert not defer(KeyboardInterrupt())  # outside the block: the handler raises at once

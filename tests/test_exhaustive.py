@@ -7,6 +7,7 @@ whole subunit; simulated at 8 Å on 4 Å voxels (a small box, so the test is fas
 part: the actin monomer simulated alone and moved by a known rigid motion; the right
 answer undoes it.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,14 +16,14 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from cryoalign.core import exhaustive
-from cryoalign.apps import simulate
+from _maps import moved_structure, three_copies
 from cryoalign import transform as tf
+from cryoalign.apps import simulate
 from cryoalign.config import AlignConfig
-from cryoalign.errors import InputError
+from cryoalign.core import exhaustive
 from cryoalign.core.pipeline import candidates_for
 from cryoalign.core.prepare import prepare
-from _maps import ca_coords, moved_structure, three_copies
+from cryoalign.errors import InputError
 
 RESOLUTION_A = 8.0
 VOXEL_A = 4.0
@@ -35,7 +36,7 @@ def test_rotation_grid_covers_so3_at_its_step():
     q = Rotation.from_matrix(grid).as_quat()
     probe = Rotation.random(500, random_state=3).as_quat()
     nearest = np.degrees(2 * np.arccos(np.clip(np.abs(probe @ q.T).max(1), -1, 1)))
-    assert nearest.max() <= 20.0 * 1.05            # the step is the covering radius
+    assert nearest.max() <= 20.0 * 1.05  # the step is the covering radius
     assert len(exhaustive.rotation_grid(10.0)) > 7 * len(grid)
 
 
@@ -54,11 +55,11 @@ def test_settings_are_checked():
         AlignConfig(descriptors=False)
     assert exhaustive.wanted(AlignConfig(mode="local"), "low")
     assert not exhaustive.wanted(AlignConfig(mode="local"), "medium")
-    assert not exhaustive.wanted(AlignConfig(mode="global"), "low")          # global: only "always"
+    assert not exhaustive.wanted(AlignConfig(mode="global"), "low")  # global: only "always"
     assert exhaustive.wanted(AlignConfig(mode="global", exhaustive="always"), "high")
     assert not exhaustive.wanted(AlignConfig(mode="local", exhaustive="never"), "low")
-    assert exhaustive.wanted(AlignConfig(mode="local"), "low", 0.3)               # a part in a whole
-    assert not exhaustive.wanted(AlignConfig(mode="local"), "low", 1.4)           # no part: the source is larger
+    assert exhaustive.wanted(AlignConfig(mode="local"), "low", 0.3)  # a part in a whole
+    assert not exhaustive.wanted(AlignConfig(mode="local"), "low", 1.4)  # no part: the source is larger
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +77,22 @@ def planted(data_dir):
     part = moved_structure(mono, move)
     source = simulate.simulate(part, RESOLUTION_A, voxel_A=2.0)
     sc = simulate.contour_for(source, simulate.model_mass_Da(part))
-    config = AlignConfig(mode="local", sampling_A=4.0, top=5, descriptors=False, exhaustive="always",
-                         exhaustive_resolution_A=RESOLUTION_A, exhaustive_step_deg=20.0,
-                         exhaustive_candidates=200, exhaustive_peaks=20, exhaustive_rescored=10, exhaustive_keep=5)
+    config = AlignConfig(
+        mode="local",
+        sampling_A=4.0,
+        top=5,
+        descriptors=False,
+        exhaustive="always",
+        exhaustive_resolution_A=RESOLUTION_A,
+        exhaustive_step_deg=20.0,
+        exhaustive_candidates=200,
+        exhaustive_peaks=20,
+        exhaustive_rescored=10,
+        exhaustive_keep=5,
+    )
     src = prepare(source, sc, config, name="part")
     tgt = prepare(target, tc, config, fine=True, name="complex")
-    truth = tf.invert(move)                        # part frame -> complex frame
+    truth = tf.invert(move)  # part frame -> complex frame
     return src, tgt, config, tf.apply(move, ca), truth
 
 
@@ -100,8 +111,9 @@ def test_scan_alone_finds_the_planted_chain_the_same_for_1_and_2_workers(planted
     for a, b in zip(one, two):
         assert np.array_equal(a.T_target_source, b.T_target_source)
         assert a.score.value == b.score.value and a.found_by == b.found_by
-    assert {k: v for k, v in stats1["exhaustive"].items() if k not in ("jobs", "scan_s", "time_s")} == \
-        {k: v for k, v in stats2["exhaustive"].items() if k not in ("jobs", "scan_s", "time_s")}
+    assert {k: v for k, v in stats1["exhaustive"].items() if k not in ("jobs", "scan_s", "time_s")} == {
+        k: v for k, v in stats2["exhaustive"].items() if k not in ("jobs", "scan_s", "time_s")
+    }
     assert math.isfinite(stats1["exhaustive"]["time_s"])
 
 
@@ -125,7 +137,7 @@ def test_scan_score_is_the_local_correlation_times_overlap_computed_directly(pla
     assert peaks
     for score, rot, flat in peaks:
         assert rot == i
-        q = np.array(np.unravel_index(flat, sh.shape))                 # (z, y, x)
+        q = np.array(np.unravel_index(flat, sh.shape))  # (z, y, x)
         at = tuple(((q[::-1] + o) % np.array(sh.shape[::-1]))[:, a] for a in (2, 1, 0))
         T, M = target[at], mask[at]
         var = max(T[fp].var(), sh.floor2)
@@ -148,5 +160,5 @@ def test_a_scan_over_the_work_budget_gets_a_coarser_step(planted, caplog):
 
 def test_auto_skips_a_source_wider_than_the_target():
     assert exhaustive.wanted(AlignConfig(mode="local"), "low", 0.3, 0.6)
-    assert not exhaustive.wanted(AlignConfig(mode="local"), "low", 0.3, 1.5)     # cannot lie inside it
+    assert not exhaustive.wanted(AlignConfig(mode="local"), "low", 0.3, 1.5)  # cannot lie inside it
     assert exhaustive.wanted(AlignConfig(mode="local", exhaustive="always"), "low", 0.3, 1.3)

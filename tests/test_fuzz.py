@@ -15,6 +15,7 @@ all are fixed. The generic properties still leave out the inputs that used to tr
 slow ones (`SIZE_HIGH_BYTES`, `SANE_VOXEL_FACTORS`, the bounded size values in
 `_int_values`) to keep this file fast; the dedicated tests cover them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,25 +42,60 @@ import cryoalign
 from cryoalign.cli import main
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
-BASES = {"3695": "emd_3695_5A.mrc.gz", "1ake": "1akeA_10A_simulated_odd_machine_stamp.mrc",
-         "5168": "emd_5168_monomer.mrc.gz"}
-TARGET = DATA / "emd_3695_5A.mrc.gz"          # 48^3 at 5 Å; its EMDB-style contour is 1.25
+BASES = {
+    "3695": "emd_3695_5A.mrc.gz",
+    "1ake": "1akeA_10A_simulated_odd_machine_stamp.mrc",
+    "5168": "emd_5168_monomer.mrc.gz",
+}
+TARGET = DATA / "emd_3695_5A.mrc.gz"  # 48^3 at 5 Å; its EMDB-style contour is 1.25
 TARGET_CONTOUR = "1.25"
 EXIT_INPUT = 2
 
-FUZZ = settings(deadline=None, derandomize=True, database=None, print_blob=False,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                       HealthCheck.data_too_large])
+FUZZ = settings(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
 
 # ----------------------------------------------------------------------------- MRC bytes
-INT_FIELDS = {"NX": 0, "NY": 4, "NZ": 8, "MODE": 12, "NXSTART": 16, "NYSTART": 20, "NZSTART": 24,
-              "MX": 28, "MY": 32, "MZ": 36, "MAPC": 64, "MAPR": 68, "MAPS": 72, "ISPG": 88,
-              "NSYMBT": 92, "NVERSION": 108, "NLABL": 220}
-FLOAT_FIELDS = {"CELLA.x": 40, "CELLA.y": 44, "CELLA.z": 48, "CELLB.alpha": 52, "CELLB.beta": 56,
-                "CELLB.gamma": 60, "DMIN": 76, "DMAX": 80, "DMEAN": 84, "ORIGIN.x": 196,
-                "ORIGIN.y": 200, "ORIGIN.z": 204, "RMS": 216}
+INT_FIELDS = {
+    "NX": 0,
+    "NY": 4,
+    "NZ": 8,
+    "MODE": 12,
+    "NXSTART": 16,
+    "NYSTART": 20,
+    "NZSTART": 24,
+    "MX": 28,
+    "MY": 32,
+    "MZ": 36,
+    "MAPC": 64,
+    "MAPR": 68,
+    "MAPS": 72,
+    "ISPG": 88,
+    "NSYMBT": 92,
+    "NVERSION": 108,
+    "NLABL": 220,
+}
+FLOAT_FIELDS = {
+    "CELLA.x": 40,
+    "CELLA.y": 44,
+    "CELLA.z": 48,
+    "CELLB.alpha": 52,
+    "CELLB.beta": 56,
+    "CELLB.gamma": 60,
+    "DMIN": 76,
+    "DMAX": 80,
+    "DMEAN": 84,
+    "ORIGIN.x": 196,
+    "ORIGIN.y": 200,
+    "ORIGIN.z": 204,
+    "RMS": 216,
+}
 TAG_FIELDS = {"EXTTYP": 104, "MAP": 208, "MACHST": 212}
-I32 = st.integers(-2**31, 2**31 - 1)
+I32 = st.integers(-(2**31), 2**31 - 1)
 _RAW = {}
 
 
@@ -116,25 +152,39 @@ def check_read(content: bytes, name="map.mrc"):
 def _int_values(name):
     if name in ("NX", "NY", "NZ", "MX", "MY", "MZ"):
         # small, or absurd (fails at once); not 1e5-1e8, which makes mrcfile allocate GBs (bug 5)
-        return st.one_of(st.integers(-3, 130), st.sampled_from([-2**31, 2**31 - 1, 4096, 2**30]))
+        return st.one_of(st.integers(-3, 130), st.sampled_from([-(2**31), 2**31 - 1, 4096, 2**30]))
     if name == "MODE":
-        return st.one_of(st.integers(-2, 20), st.sampled_from([101, 2**31 - 1, -2**31]))
+        return st.one_of(st.integers(-2, 20), st.sampled_from([101, 2**31 - 1, -(2**31)]))
     if name in ("MAPC", "MAPR", "MAPS"):
         return st.integers(-2, 5)
     if name == "ISPG":
-        return st.one_of(st.integers(-1, 3), st.integers(399, 632), st.sampled_from([230, 2**31 - 1, -2**31]))
+        return st.one_of(st.integers(-1, 3), st.integers(399, 632), st.sampled_from([230, 2**31 - 1, -(2**31)]))
     if name == "NSYMBT":
-        return st.one_of(st.integers(-5000, 5000), st.sampled_from([-2**31, 10**6, 10**7]))
+        return st.one_of(st.integers(-5000, 5000), st.sampled_from([-(2**31), 10**6, 10**7]))
     return I32
 
 
 header_mutation = st.one_of(
     st.sampled_from(sorted(INT_FIELDS)).flatmap(lambda n: st.tuples(st.just(n), _int_values(n))),
     st.tuples(st.sampled_from(sorted(FLOAT_FIELDS)), st.floats(width=32)),
-    st.tuples(st.sampled_from(sorted(TAG_FIELDS)),
-              st.one_of(st.binary(min_size=4, max_size=4),
-                        st.sampled_from([b"MAP ", b"MAP\x00", b"DD\x00\x00", b"DA\x00\x00",
-                                         b"\x11\x11\x00\x00", b"\x00\x00DD", b"FEI1", b"CCP4"]))),
+    st.tuples(
+        st.sampled_from(sorted(TAG_FIELDS)),
+        st.one_of(
+            st.binary(min_size=4, max_size=4),
+            st.sampled_from(
+                [
+                    b"MAP ",
+                    b"MAP\x00",
+                    b"DD\x00\x00",
+                    b"DA\x00\x00",
+                    b"\x11\x11\x00\x00",
+                    b"\x00\x00DD",
+                    b"FEI1",
+                    b"CCP4",
+                ]
+            ),
+        ),
+    ),
 )
 
 
@@ -145,14 +195,15 @@ def apply_header(raw: bytearray, mutations):
         elif name in FLOAT_FIELDS:
             set_float(raw, name, value)
         else:
-            raw[TAG_FIELDS[name]:TAG_FIELDS[name] + 4] = value
+            raw[TAG_FIELDS[name] : TAG_FIELDS[name] + 4] = value
     return raw
 
 
 # ----------------------------------------------------------------------------- read_map properties
 @settings(FUZZ, max_examples=250)
-@given(base=st.sampled_from(sorted(BASES)), mutations=st.lists(header_mutation, min_size=1, max_size=4),
-       gz=st.booleans())
+@given(
+    base=st.sampled_from(sorted(BASES)), mutations=st.lists(header_mutation, min_size=1, max_size=4), gz=st.booleans()
+)
 def test_read_map_on_mutated_headers(base, mutations, gz):
     raw = apply_header(bytearray(base_raw(base)), mutations)
     content = gzip.compress(bytes(raw), mtime=0) if gz else bytes(raw)
@@ -166,8 +217,9 @@ data_mutation = st.one_of(
     st.tuples(st.just("scale"), st.sampled_from([0.0, -1.0, 1e-40, 1e-30, 1e30, 1e38, 3.4e38])),
     st.tuples(st.just("flip"), st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=6)),
     st.tuples(st.just("gzip_truncate"), st.floats(0, 1)),
-    st.tuples(st.just("gzip_corrupt"), st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)),
-                                                min_size=1, max_size=4)),
+    st.tuples(
+        st.just("gzip_corrupt"), st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=4)
+    ),
 )
 
 
@@ -178,7 +230,7 @@ SIZE_HIGH_BYTES = {off + k for off in (0, 4, 8, 92) for k in (1, 2, 3)}
 def apply_data(raw: bytes, op, arg, seed=0):
     """(content, file name) after one data / stream mutation of an uncompressed map."""
     if op == "truncate":
-        return raw[:int(arg * len(raw))], "map.mrc"
+        return raw[: int(arg * len(raw))], "map.mrc"
     if op == "append":
         return raw + arg, "map.mrc"
     if op in ("nonfinite", "scale"):
@@ -194,14 +246,14 @@ def apply_data(raw: bytes, op, arg, seed=0):
     if op == "flip":
         b = bytearray(raw)
         for pos, value in arg:
-            i = min(int(pos * 1200), len(b) - 1)              # mostly in the header ...
-            if i in SIZE_HIGH_BYTES:                          # ... but not GB-sized claims (bug 5)
+            i = min(int(pos * 1200), len(b) - 1)  # mostly in the header ...
+            if i in SIZE_HIGH_BYTES:  # ... but not GB-sized claims (bug 5)
                 i -= i % 4
             b[i] = value
         return bytes(b), "map.mrc"
     gz = gzip.compress(raw, mtime=0)
     if op == "gzip_truncate":
-        return gz[:int(arg * len(gz))], "map.mrc.gz"
+        return gz[: int(arg * len(gz))], "map.mrc.gz"
     b = bytearray(gz)
     for pos, value in arg:
         b[10 + int(pos * (len(b) - 11))] = value
@@ -214,18 +266,22 @@ def test_read_map_on_mutated_data_and_streams(base, mutation):
     content, name = apply_data(base_raw(base), *mutation)
     m = check_read(content, name)
     if mutation[0] == "nonfinite":
-        assert m is None                       # NaN/inf voxels are always refused
+        assert m is None  # NaN/inf voxels are always refused
 
 
 @settings(FUZZ, max_examples=200)
-@given(content=st.binary(max_size=5000), tag=st.booleans(), plausible=st.booleans(),
-       dims=st.tuples(st.integers(1, 8), st.integers(1, 8), st.integers(1, 8)),
-       mode=st.sampled_from([0, 1, 2, 6, 12]))
+@given(
+    content=st.binary(max_size=5000),
+    tag=st.booleans(),
+    plausible=st.booleans(),
+    dims=st.tuples(st.integers(1, 8), st.integers(1, 8), st.integers(1, 8)),
+    mode=st.sampled_from([0, 1, 2, 6, 12]),
+)
 def test_read_map_on_random_bytes(content, tag, plausible, dims, mode):
     b = bytearray(content)
     if tag and len(b) >= 212:
         b[208:212] = b"MAP "
-    if plausible and len(b) >= 1024:                  # get past the first checks: parse deeper
+    if plausible and len(b) >= 1024:  # get past the first checks: parse deeper
         for name, v in zip(("NX", "NY", "NZ", "MODE", "NSYMBT"), dims + (mode, 0)):
             set_int(b, name, v)
         b[212:216] = b"DD\x00\x00"
@@ -235,8 +291,13 @@ def test_read_map_on_random_bytes(content, tag, plausible, dims, mode):
 def test_read_map_on_paths_that_are_not_files(tmp_path):
     (tmp_path / "adir.mrc").mkdir()
     (tmp_path / "link.mrc").symlink_to("gone.mrc")
-    for p in [tmp_path / "adir.mrc", tmp_path / "missing.mrc", tmp_path / "link.mrc", "/dev/null",
-              tmp_path / "no" / "such" / "map.mrc"]:
+    for p in [
+        tmp_path / "adir.mrc",
+        tmp_path / "missing.mrc",
+        tmp_path / "link.mrc",
+        "/dev/null",
+        tmp_path / "no" / "such" / "map.mrc",
+    ]:
         with pytest.raises(cryoalign.InputError):
             cryoalign.read_map(p)
 
@@ -278,16 +339,25 @@ def assert_contract(code, stdout, stderr, folder, json_path, inputs_before):
 SANE_VOXEL_FACTORS = [0.001, 0.5, 1.0, 2.0, 1000.0, 0.0, -1.0, math.nan, math.inf]
 
 cli_source_mutation = st.one_of(
-    st.tuples(st.just("header"), st.lists(header_mutation.filter(
-        lambda m: not m[0].startswith("CELLA") and m[0] not in ("MX", "MY", "MZ")), min_size=1, max_size=2)),
+    st.tuples(
+        st.just("header"),
+        st.lists(
+            header_mutation.filter(lambda m: not m[0].startswith("CELLA") and m[0] not in ("MX", "MY", "MZ")),
+            min_size=1,
+            max_size=2,
+        ),
+    ),
     st.tuples(st.just("cella"), st.sampled_from(SANE_VOXEL_FACTORS)),
     st.tuples(st.just("data"), data_mutation),
 )
 
 
 @settings(FUZZ, max_examples=25)
-@given(mutation=cli_source_mutation, contour=st.sampled_from([None, "1.25", "2.5", "nan", "-inf", "1e30"]),
-       side=st.sampled_from(["source", "target"]))
+@given(
+    mutation=cli_source_mutation,
+    contour=st.sampled_from([None, "1.25", "2.5", "nan", "-inf", "1e30"]),
+    side=st.sampled_from(["source", "target"]),
+)
 def test_cli_align_on_a_mutated_map(mutation, contour, side):
     raw = bytearray(base_raw("3695"))
     kind, arg = mutation
@@ -308,8 +378,19 @@ def test_cli_align_on_a_mutated_map(mutation, contour, side):
         json_path = folder / "out.json"
         src, tgt = (mutated, TARGET) if side == "source" else (TARGET, mutated)
         other = "--target-contour" if side == "source" else "--source-contour"
-        argv = ["align", src, tgt, f"{other}={TARGET_CONTOUR}", "--voxel", "8", "--jobs", "1", "--quiet",
-                "--json", json_path]
+        argv = [
+            "align",
+            src,
+            tgt,
+            f"{other}={TARGET_CONTOUR}",
+            "--voxel",
+            "8",
+            "--jobs",
+            "1",
+            "--quiet",
+            "--json",
+            json_path,
+        ]
         if contour is not None:
             argv.append(f"--{side}-contour={contour}")
         inputs = {mutated: sha256(mutated), TARGET: sha256(TARGET)}
@@ -320,6 +401,7 @@ def test_cli_align_on_a_mutated_map(mutation, contour, side):
 # ----------------------------------------------------------------------------- regression tests
 # Each one is a minimal reproduction of a failure found by benchmarks/fuzz.py (FUZZING.md).
 # Bugs 1-4, 6 and 7 were fixed in 44462e5; 2b (lattice bound) and 5 (size checked before parsing) later.
+
 
 def _map_file(tmp_path, raw, name="map.mrc"):
     path = tmp_path / name
@@ -344,8 +426,8 @@ def _cli_bad_input(tmp_path, argv, inputs=()):
 
 # bug 1 (fixed): io.read_map assumed mrcfile returns a 3D array ---------------------------
 def test_single_section_map_is_read_or_refused(tmp_path):
-    ake = base_raw("1ake")                       # 22^3 at 3 Å, ISPG 0
-    raw = bytearray(ake[:1024]) + ake[1024:1024 + 22 * 22 * 4]
+    ake = base_raw("1ake")  # 22^3 at 3 Å, ISPG 0
+    raw = bytearray(ake[:1024]) + ake[1024 : 1024 + 22 * 22 * 4]
     set_int(raw, "NZ", 1)
     set_int(raw, "MZ", 1)
     check_read(bytes(raw))
@@ -363,8 +445,9 @@ def test_cli_reads_a_volume_stack_source(tmp_path):
     set_int(raw, "ISPG", 401)
     path = _map_file(tmp_path, raw)
     # the target's contour is above its maximum: the run stops right after reading both maps
-    msg = _cli_bad_input(tmp_path, ["align", path, TARGET, "--target-contour=1e30", "--json", tmp_path / "r.json"],
-                         inputs=[path])
+    msg = _cli_bad_input(
+        tmp_path, ["align", path, TARGET, "--target-contour=1e30", "--json", tmp_path / "r.json"], inputs=[path]
+    )
     assert msg.startswith("cryoalign: error: --target-contour 1e+30 is at or above")
 
 
@@ -389,25 +472,59 @@ def test_absurd_voxel_size_is_bad_input(tmp_path, cella):
     for axis in "xyz":
         set_float(raw, "CELLA." + axis, cella)
     path = _map_file(tmp_path, raw)
-    _cli_bad_input(tmp_path, ["align", path, TARGET, "--source-contour=1.25", "--target-contour=1.25",
-                              "--voxel", "8", "--jobs", "1", "--quiet", "--json", tmp_path / "r.json"],
-                   inputs=[path])
+    _cli_bad_input(
+        tmp_path,
+        [
+            "align",
+            path,
+            TARGET,
+            "--source-contour=1.25",
+            "--target-contour=1.25",
+            "--voxel",
+            "8",
+            "--jobs",
+            "1",
+            "--quiet",
+            "--json",
+            tmp_path / "r.json",
+        ],
+        inputs=[path],
+    )
 
 
-def _limited_memory():          # for the child process only
+def _limited_memory():  # for the child process only
     resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
 
 
 def test_huge_box_is_refused_quickly(tmp_path):
     raw = bytearray(base_raw("3695"))
     for axis in "xyz":
-        set_float(raw, "CELLA." + axis, 4800.0)          # 48 voxels of 100 Å
+        set_float(raw, "CELLA." + axis, 4800.0)  # 48 voxels of 100 Å
     path = _map_file(tmp_path, raw)
     # a subprocess with a 3 GB address-space limit: without one this would eat the machine
-    proc = subprocess.run([sys.executable, "-m", "cryoalign", "align", str(path), str(TARGET),
-                           "--source-contour=1.25", "--target-contour=1.25", "--voxel", "8", "--jobs", "1",
-                           "--quiet", "--json", str(tmp_path / "r.json")],
-                          capture_output=True, text=True, timeout=300, preexec_fn=_limited_memory)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cryoalign",
+            "align",
+            str(path),
+            str(TARGET),
+            "--source-contour=1.25",
+            "--target-contour=1.25",
+            "--voxel",
+            "8",
+            "--jobs",
+            "1",
+            "--quiet",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_limited_memory,
+    )
     assert proc.returncode == EXIT_INPUT, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("cryoalign: error: ")
@@ -416,8 +533,24 @@ def test_huge_box_is_refused_quickly(tmp_path):
 
 # bug 3 (fixed): a negative --seed -------------------------------------------------------
 def test_negative_seed_is_bad_input(tmp_path):
-    _cli_bad_input(tmp_path, ["align", TARGET, TARGET, "--source-contour=1.25", "--target-contour=1.25",
-                              "--voxel", "8", "--jobs", "1", "--seed", "-1", "--json", tmp_path / "r.json"])
+    _cli_bad_input(
+        tmp_path,
+        [
+            "align",
+            TARGET,
+            TARGET,
+            "--source-contour=1.25",
+            "--target-contour=1.25",
+            "--voxel",
+            "8",
+            "--jobs",
+            "1",
+            "--seed",
+            "-1",
+            "--json",
+            tmp_path / "r.json",
+        ],
+    )
 
 
 # bug 4 (fixed): the model parser's message spanned two lines ----------------------------
@@ -426,7 +559,7 @@ def test_truncated_model_gives_one_error_line(tmp_path):
     lines = text.splitlines(True)
     first = next(k for k, ln in enumerate(lines) if ln.startswith("ATOM"))
     model = tmp_path / "cut.pdb"
-    model.write_text("".join(lines[:first + 3]) + lines[first + 3][:30])    # download cut mid-line
+    model.write_text("".join(lines[: first + 3]) + lines[first + 3][:30])  # download cut mid-line
     with pytest.raises(cryoalign.InputError) as exc:
         cryoalign.read_model(model)
     assert "\n" not in str(exc.value)
@@ -434,8 +567,8 @@ def test_truncated_model_gives_one_error_line(tmp_path):
 
 # bug 5 (fixed): header sizes were allocated before they were checked against the file -------
 def test_header_claiming_a_huge_grid_allocates_little(tmp_path):
-    raw = bytearray(base_raw("3695"))               # a 442 kB file ...
-    set_int(raw, "NZ", 20000)                       # ... claiming 184 MB of voxels
+    raw = bytearray(base_raw("3695"))  # a 442 kB file ...
+    set_int(raw, "NZ", 20000)  # ... claiming 184 MB of voxels
     path = _map_file(tmp_path, raw)
     tracemalloc.start()
     try:
@@ -460,40 +593,117 @@ def test_header_claiming_terabytes_names_the_problem(tmp_path):
 # bugs 6, 7 (fixed): outputs of a failed run were left behind ----------------------------
 def test_failed_out_dir_write_leaves_no_partial_output(tmp_path):
     out = tmp_path / "out"
-    (out / "params.json").mkdir(parents=True)       # makes writing params.json fail
-    _cli_bad_input(tmp_path, ["align", TARGET, TARGET, "--source-contour=1.25", "--target-contour=1.25",
-                              "--voxel", "8", "--jobs", "1", "--quiet", "--json", tmp_path / "r.json",
-                              "--out-dir", out])
+    (out / "params.json").mkdir(parents=True)  # makes writing params.json fail
+    _cli_bad_input(
+        tmp_path,
+        [
+            "align",
+            TARGET,
+            TARGET,
+            "--source-contour=1.25",
+            "--target-contour=1.25",
+            "--voxel",
+            "8",
+            "--jobs",
+            "1",
+            "--quiet",
+            "--json",
+            tmp_path / "r.json",
+            "--out-dir",
+            out,
+        ],
+    )
 
 
 def test_overlong_json_name_leaves_no_output_folder(tmp_path):
-    _cli_bad_input(tmp_path, ["align", TARGET, TARGET, "--source-contour=1.25", "--target-contour=1.25",
-                              "--voxel", "8", "--jobs", "1", "--quiet", "--json", tmp_path / ("j" * 300 + ".json"),
-                              "--out-dir", tmp_path / "new"])
+    _cli_bad_input(
+        tmp_path,
+        [
+            "align",
+            TARGET,
+            TARGET,
+            "--source-contour=1.25",
+            "--target-contour=1.25",
+            "--voxel",
+            "8",
+            "--jobs",
+            "1",
+            "--quiet",
+            "--json",
+            tmp_path / ("j" * 300 + ".json"),
+            "--out-dir",
+            tmp_path / "new",
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------- passing edge cases
-@pytest.mark.parametrize("kind", ["json_in_missing_folder", "json_parent_is_a_file", "json_is_a_folder",
-                                  "out_dir_under_a_file", "json_is_the_source"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "json_in_missing_folder",
+        "json_parent_is_a_file",
+        "json_is_a_folder",
+        "out_dir_under_a_file",
+        "json_is_the_source",
+    ],
+)
 def test_unwritable_outputs_are_bad_input(tmp_path, kind):
     src = tmp_path / "src.mrc"
     src.write_bytes(base_raw("3695"))
     plain = tmp_path / "plain"
     plain.write_text("keep me\n")
-    extra = {"json_in_missing_folder": ["--json", tmp_path / "nope" / "r.json"],
-             "json_parent_is_a_file": ["--json", plain / "r.json"],
-             "json_is_a_folder": ["--json", tmp_path],
-             "out_dir_under_a_file": ["--out-dir", plain / "sub"],
-             "json_is_the_source": ["--json", src]}[kind]
-    _cli_bad_input(tmp_path, ["align", src, TARGET, "--source-contour=1.25", "--target-contour=1.25",
-                              "--voxel", "8", "--jobs", "1", "--quiet"] + extra, inputs=[src, plain])
+    extra = {
+        "json_in_missing_folder": ["--json", tmp_path / "nope" / "r.json"],
+        "json_parent_is_a_file": ["--json", plain / "r.json"],
+        "json_is_a_folder": ["--json", tmp_path],
+        "out_dir_under_a_file": ["--out-dir", plain / "sub"],
+        "json_is_the_source": ["--json", src],
+    }[kind]
+    _cli_bad_input(
+        tmp_path,
+        [
+            "align",
+            src,
+            TARGET,
+            "--source-contour=1.25",
+            "--target-contour=1.25",
+            "--voxel",
+            "8",
+            "--jobs",
+            "1",
+            "--quiet",
+        ]
+        + extra,
+        inputs=[src, plain],
+    )
 
 
-@pytest.mark.parametrize("content", [b"", b"\x1f\x8b", b"not a model\n" * 50, b"HEADER    X\nEND\n"],
-                         ids=["empty", "gzip-magic", "text", "no-atoms"])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\x1f\x8b", b"not a model\n" * 50, b"HEADER    X\nEND\n"],
+    ids=["empty", "gzip-magic", "text", "no-atoms"],
+)
 def test_unusable_source_models_are_bad_input(tmp_path, content):
     model = tmp_path / "m.pdb"
     model.write_bytes(content)
-    _cli_bad_input(tmp_path, ["align", TARGET, TARGET, "--source-contour=1.25", "--target-contour=1.25",
-                              "--voxel", "8", "--jobs", "1", "--quiet", "--out-dir", tmp_path / "out",
-                              "--source-model", model], inputs=[model])
+    _cli_bad_input(
+        tmp_path,
+        [
+            "align",
+            TARGET,
+            TARGET,
+            "--source-contour=1.25",
+            "--target-contour=1.25",
+            "--voxel",
+            "8",
+            "--jobs",
+            "1",
+            "--quiet",
+            "--out-dir",
+            tmp_path / "out",
+            "--source-model",
+            model,
+        ],
+        inputs=[model],
+    )

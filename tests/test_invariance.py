@@ -27,6 +27,7 @@ what a wrong answer gives (> 1 Å), and each test first checks that the change i
 makes moves the expected answer far from the unchanged one, so a test that
 ignored the change would fail.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -36,8 +37,8 @@ import numpy as np
 import pytest
 
 import cryoalign
-from cryoalign.apps import simulate as sim
 from cryoalign import transform as tf
+from cryoalign.apps import simulate as sim
 from cryoalign.io import model_coordinates, read_map, read_model, transform_model, write_map
 from cryoalign.types import DensityMap
 
@@ -54,7 +55,7 @@ def rotation_90(axis: str, k: int = 1) -> np.ndarray:
     a, b = [i for i in range(3) if i != "xyz".index(axis)]
     R = np.eye(3)
     R[a, a] = R[b, b] = 0.0
-    R[b, a], R[a, b] = 1.0, -1.0          # e_a -> e_b
+    R[b, a], R[a, b] = 1.0, -1.0  # e_a -> e_b
     return tf.make(np.linalg.matrix_power(R, k), np.zeros(3))
 
 
@@ -68,7 +69,7 @@ def rotated_grid(m: DensityMap, T_rot: np.ndarray) -> DensityMap:
     n = m.shape_xyz
     corners = np.array([[i, j, k] for i in (0, n[0] - 1) for j in (0, n[1] - 1) for k in (0, n[2] - 1)])
     origin = tf.apply(T_rot, m.index_to_world(corners)).min(0)
-    old_xyz = np.indices(m.data.shape).reshape(3, -1)[::-1].T             # every voxel, (x, y, z)
+    old_xyz = np.indices(m.data.shape).reshape(3, -1)[::-1].T  # every voxel, (x, y, z)
     new_xyz = np.rint((tf.apply(T_rot, m.index_to_world(old_xyz)) - origin) / v).astype(int)
     new_n = np.rint(np.abs(R) @ n).astype(int)
     data = np.zeros(new_n[::-1], np.float32)
@@ -83,14 +84,12 @@ def padded_to_lattice(m: DensityMap, spacing_A: float) -> DensityMap:
     v = float(m.voxel_size_A[0])
     step = next(q for q in range(1, 100) if np.isclose(q * v / spacing_A, round(q * v / spacing_A)))
     extra = [(-(n - 1)) % step for n in m.data.shape]
-    return DensityMap(data=np.pad(m.data, [(0, e) for e in extra]), voxel_size_A=m.voxel_size_A,
-                      origin_A=m.origin_A)
+    return DensityMap(data=np.pad(m.data, [(0, e) for e in extra]), voxel_size_A=m.voxel_size_A, origin_A=m.origin_A)
 
 
 def float32_origin(m: DensityMap) -> DensityMap:
     """`m` with its origin rounded to float32 (what an MRC header can hold)."""
-    return DensityMap(data=m.data, voxel_size_A=m.voxel_size_A,
-                      origin_A=m.origin_A.astype(np.float32).astype(float))
+    return DensityMap(data=m.data, voxel_size_A=m.voxel_size_A, origin_A=m.origin_A.astype(np.float32).astype(float))
 
 
 def assert_same_result(a, b):
@@ -118,14 +117,25 @@ def pair(data_dir):
     ca_target = model_coordinates(st, selection="ca")
     ca_source = model_coordinates(moved, selection="ca")
     assert 300 < len(ca_source) < 400
-    return dict(source=source, target=target, sc=sim.contour_for(source, mass), tc=sim.contour_for(target, mass),
-                T_move=T_move, ca_source=ca_source, ca_target=ca_target)
+    return dict(
+        source=source,
+        target=target,
+        sc=sim.contour_for(source, mass),
+        tc=sim.contour_for(target, mass),
+        T_move=T_move,
+        ca_source=ca_source,
+        ca_target=ca_target,
+    )
 
 
 def run(pair, source=None, target=None, **overrides):
-    return cryoalign.align(pair["source"] if source is None else source,
-                           pair["target"] if target is None else target,
-                           source_contour=pair["sc"], target_contour=pair["tc"], **overrides)
+    return cryoalign.align(
+        pair["source"] if source is None else source,
+        pair["target"] if target is None else target,
+        source_contour=pair["sc"],
+        target_contour=pair["tc"],
+        **overrides,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +149,7 @@ def base(pair):
 def test_reference_result_is_right(pair, base):
     expected = tf.invert(pair["T_move"])
     assert tf.rmsd(np.eye(4), expected, pair["ca_source"]) > 20.0
-    assert tf.rmsd(base.T_target_source, expected, pair["ca_source"]) < 0.5   # measured <= 0.01 Å
+    assert tf.rmsd(base.T_target_source, expected, pair["ca_source"]) < 0.5  # measured <= 0.01 Å
 
 
 # --------------------------------------------------------------------------- a. symmetry of the roles
@@ -160,8 +170,9 @@ PERMUTED_AXES = [(3, 2, 1), (2, 3, 1), (1, 3, 2), (3, 1, 2)]
 def xyz_file_result(pair, tmp_path_factory, write_mrc):
     """The source written with the standard axes (1, 2, 3) by the conftest writer, read back,
     and its alignment (the reference for the permuted files: same float32 header origin)."""
-    path = write_mrc(tmp_path_factory.mktemp("axes") / "xyz.mrc", pair["source"].data, voxel=VOXEL_A,
-                     origin=pair["source"].origin_A)
+    path = write_mrc(
+        tmp_path_factory.mktemp("axes") / "xyz.mrc", pair["source"].data, voxel=VOXEL_A, origin=pair["source"].origin_A
+    )
     m = read_map(path)
     return m, run(pair, source=m)
 
@@ -169,24 +180,24 @@ def xyz_file_result(pair, tmp_path_factory, write_mrc):
 @pytest.mark.parametrize("axes", PERMUTED_AXES, ids=lambda a: "".join(map(str, a)))
 def test_permuted_file_axes_give_the_same_map_and_transform(pair, xyz_file_result, tmp_path, write_mrc, axes):
     src = pair["source"]
-    zyx_axis_of = {1: 2, 2: 1, 3: 0}                  # crystallographic axis code -> data[z, y, x] axis
+    zyx_axis_of = {1: 2, 2: 1, 3: 0}  # crystallographic axis code -> data[z, y, x] axis
     stored = np.transpose(src.data, [zyx_axis_of[axes[2]], zyx_axis_of[axes[1]], zyx_axis_of[axes[0]]])
-    assert stored.shape != src.data.shape            # the file really holds a transposed array
+    assert stored.shape != src.data.shape  # the file really holds a transposed array
     path = write_mrc(tmp_path / "permuted.mrc", stored, voxel=VOXEL_A, origin=src.origin_A, axes=axes)
     reference_map, reference = xyz_file_result
     m = read_map(path)
-    np.testing.assert_array_equal(m.data, reference_map.data)     # the same world density ...
+    np.testing.assert_array_equal(m.data, reference_map.data)  # the same world density ...
     np.testing.assert_array_equal(m.data, src.data)
     np.testing.assert_array_equal(m.origin_A, reference_map.origin_A)
     np.testing.assert_array_equal(m.voxel_size_A, reference_map.voxel_size_A)
-    result = run(pair, source=m)                                  # ... hence the same answer, exactly
+    result = run(pair, source=m)  # ... hence the same answer, exactly
     assert_same_result(result, reference)
 
 
 def test_permuted_axes_with_anisotropic_voxels_and_nstart(tmp_path, write_mrc):
     """Grid geometry only (no alignment): per-axis voxel sizes and NSTART follow the axes."""
     rng = np.random.default_rng(3)
-    data = rng.standard_normal((5, 6, 7)).astype(np.float32)      # [z, y, x]
+    data = rng.standard_normal((5, 6, 7)).astype(np.float32)  # [z, y, x]
     voxel, nstart_xyz = np.array([1.1, 1.3, 1.7]), np.array([-3, 4, 10])
     ref = read_map(write_mrc(tmp_path / "ref.mrc", data, voxel=voxel, nstart=tuple(nstart_xyz)))
     np.testing.assert_allclose(ref.origin_A, nstart_xyz * voxel, rtol=1e-6)
@@ -223,9 +234,9 @@ def test_rotating_the_source_grid_by_90_degrees_rotates_the_answer(pair, lattice
         assert rotated.data[c, b, a] == src.data[l, j, i]
     if axis == "z" and k == 1:
         np.testing.assert_array_equal(rotated.data, np.rot90(src.data, 1, axes=(2, 1)))
-    ca = tf.apply(R, pair["ca_source"])                            # CA in the rotated source's frame
+    ca = tf.apply(R, pair["ca_source"])  # CA in the rotated source's frame
     expected = old.T_target_source @ tf.invert(R)
-    assert tf.rmsd(old.T_target_source, expected, ca) > 20.0       # the rotation matters ...
+    assert tf.rmsd(old.T_target_source, expected, ca) > 20.0  # the rotation matters ...
     new = run(pair, source=rotated)
     # ... by exactly R, up to rounding: the voxels are visited in another order, so the
     # optimisers stop at slightly different points (measured <= 4e-4 Å over 6 pairs)
@@ -237,9 +248,12 @@ def test_rotating_the_source_grid_off_the_sampling_lattice(pair, base):
     the rotated points, so the point stages see other points; the map refinement still lands
     on the same pose (measured <= 3e-4 Å over 6 pairs)."""
     src = pair["source"]
-    off = DensityMap(data=np.pad(src.data, [(0, (1 - (n - 1)) % 3) for n in src.data.shape]),
-                     voxel_size_A=src.voxel_size_A, origin_A=src.origin_A)
-    assert all((n - 1) % 3 == 1 for n in off.data.shape)          # (n - 1) x 2 Å is not a multiple of 3 Å
+    off = DensityMap(
+        data=np.pad(src.data, [(0, (1 - (n - 1)) % 3) for n in src.data.shape]),
+        voxel_size_A=src.voxel_size_A,
+        origin_A=src.origin_A,
+    )
+    assert all((n - 1) % 3 == 1 for n in off.data.shape)  # (n - 1) x 2 Å is not a multiple of 3 Å
     R = rotation_90("y", 1)
     new = run(pair, source=rotated_grid(off, R))
     ca = tf.apply(R, pair["ca_source"])
@@ -254,7 +268,7 @@ def test_rotating_the_target_grid_by_90_degrees_rotates_the_answer(pair):
     expected = R @ old.T_target_source
     ca = pair["ca_source"]
     assert tf.rmsd(old.T_target_source, expected, ca) > 20.0
-    assert tf.rmsd(new.T_target_source, expected, ca) < 0.01       # as for the source (measured 1e-5 Å)
+    assert tf.rmsd(new.T_target_source, expected, ca) < 0.01  # as for the source (measured 1e-5 Å)
 
 
 # --------------------------------------------------------------------------- c. origin shifts
@@ -267,7 +281,7 @@ def test_shifting_the_source_origin_translates_the_answer(pair, base, d):
     src = pair["source"]
     shifted = DensityMap(data=src.data, voxel_size_A=src.voxel_size_A, origin_A=src.origin_A + d)
     new = run(pair, source=shifted)
-    ca = pair["ca_source"] + d                                     # CA in the shifted source's frame
+    ca = pair["ca_source"] + d  # CA in the shifted source's frame
     expected = base.T_target_source @ translate(-d)
     assert tf.rmsd(base.T_target_source, expected, ca) > 1.0
     # exact up to rounding of origin + d (measured <= 6e-5 Å over 6 pairs, often 1e-13 Å)
@@ -282,7 +296,7 @@ def test_shifting_the_target_origin_translates_the_answer(pair, base):
     expected = translate(d) @ base.T_target_source
     ca = pair["ca_source"]
     assert tf.rmsd(base.T_target_source, expected, ca) > 20.0
-    assert tf.rmsd(new.T_target_source, expected, ca) < 1e-3       # measured <= 1e-12 Å over 6 pairs
+    assert tf.rmsd(new.T_target_source, expected, ca) < 1e-3  # measured <= 1e-12 Å over 6 pairs
 
 
 # --------------------------------------------------------------------------- d. determinism
@@ -301,7 +315,7 @@ def test_local_mode_does_not_depend_on_the_number_of_jobs(pair, local_one):
     one = local_one
     two = run(pair, mode="local", jobs=2)
     assert one.params["mode"] == two.params["mode"] == "local"
-    assert two.stats["jobs"] == 2 and two.stats["masks_searched"] >= 4   # the masks really were split
+    assert two.stats["jobs"] == 2 and two.stats["masks_searched"] >= 4  # the masks really were split
     assert_same_result(one, two)
     assert tf.rmsd(one.T_target_source, tf.invert(pair["T_move"]), pair["ca_source"]) < 0.5
 
@@ -316,7 +330,7 @@ def test_local_mode_shifting_the_target_origin_translates_the_answer(pair, local
     ca = pair["ca_source"]
     expected = translate(d) @ local_one.T_target_source
     assert tf.rmsd(local_one.T_target_source, expected, ca) > 20.0
-    assert tf.rmsd(new.T_target_source, expected, ca) < 1e-3       # measured 1e-13 Å
+    assert tf.rmsd(new.T_target_source, expected, ca) < 1e-3  # measured 1e-13 Å
 
 
 def test_the_seed_only_changes_the_js_term(pair, base):

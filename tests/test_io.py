@@ -5,6 +5,7 @@ found in the wild; small synthetic MRC files (conftest ``write_mrc``) check each
 convention in isolation; corrupted copies (header bytes edited as mrcfile's own
 tests do) check every error message of `read_map`.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -19,17 +20,26 @@ import struct
 import numpy as np
 import pytest
 
-from cryoalign.errors import InputError
-from cryoalign.io import (atomic_write, check_writable, model_coordinates, model_suffix,
-                          read_map, read_model, transform_model, write_map, write_model,
-                          write_text)
-from cryoalign.types import DensityMap
 from _maps import file_bytes, patched
+from cryoalign.errors import InputError
+from cryoalign.io import (
+    atomic_write,
+    check_writable,
+    model_coordinates,
+    model_suffix,
+    read_map,
+    read_model,
+    transform_model,
+    write_map,
+    write_model,
+    write_text,
+)
+from cryoalign.types import DensityMap
 
 # Little-endian MRC2014 header offsets (bytes).
 NX, MODE, NXSTART, CELLA, MAPC, NSYMBT, ORIGIN, MAP_TAG = 0, 12, 16, 40, 64, 92, 196, 208
 
-ODD_STAMP = "1akeA_10A_simulated_odd_machine_stamp.mrc"   # plain, little-endian, 22^3, 3 Å
+ODD_STAMP = "1akeA_10A_simulated_odd_machine_stamp.mrc"  # plain, little-endian, 22^3, 3 Å
 NSTART_MAP = "emd_5170_nstart_origin.map.gz"
 
 
@@ -125,10 +135,13 @@ def test_5A_maps_superpose_under_ground_truth_in_world_coordinates(data_dir):
     assert hit > 0.7, f"only {hit:.0%} of EMD-3695's density lands on EMD-3696's"
 
 
-@pytest.mark.parametrize("map_name, model_name", [
-    ("emd_5168_monomer.mrc.gz", "3mfp.pdb.gz"),    # non-cubic box 28x43x41, negative origin
-    ("emd_2566_crop.mrc.gz", "3j6b_9.pdb.gz"),     # crop far from 0: origin (356, 155, 159) Å
-])
+@pytest.mark.parametrize(
+    "map_name, model_name",
+    [
+        ("emd_5168_monomer.mrc.gz", "3mfp.pdb.gz"),  # non-cubic box 28x43x41, negative origin
+        ("emd_2566_crop.mrc.gz", "3j6b_9.pdb.gz"),  # crop far from 0: origin (356, 155, 159) Å
+    ],
+)
 def test_fitted_model_sits_in_map_density(data_dir, map_name, model_name):
     dm = read_map(data_dir / map_name)
     xyz = model_coordinates(read_model(data_dir / model_name))
@@ -142,7 +155,7 @@ def test_fitted_model_sits_in_map_density(data_dir, map_name, model_name):
 
 def test_odd_machine_stamp_file_opens_with_sane_values(data_dir):
     raw = file_bytes(data_dir / ODD_STAMP)
-    assert raw[212:216] == b"\x00\x00DD"   # not a standard MRC machine stamp
+    assert raw[212:216] == b"\x00\x00DD"  # not a standard MRC machine stamp
     dm = read_map(data_dir / ODD_STAMP)
     assert dm.data.shape == (22, 22, 22)
     assert dm.data.dtype == np.float32
@@ -185,10 +198,10 @@ def test_failed_read_does_not_modify_the_file(tmp_path, data_dir):
 
 
 # ================================================================ synthetic conventions
-N_XYZ = (7, 5, 4)           # grid points along x, y, z: all different
+N_XYZ = (7, 5, 4)  # grid points along x, y, z: all different
 VOXEL_XYZ = (1.5, 2.0, 2.5)  # non-cubic, exactly representable in float32
-START_XYZ = (-3, 4, 10)      # NSTART along x, y, z
-BRIGHT_XYZ = (5, 1, 2)       # index of the bright voxel along x, y, z
+START_XYZ = (-3, 4, 10)  # NSTART along x, y, z
+BRIGHT_XYZ = (5, 1, 2)  # index of the bright voxel along x, y, z
 
 
 def volume_xyz(seed=0) -> np.ndarray:
@@ -216,12 +229,11 @@ AXIS_PERMUTATIONS = list(itertools.permutations((1, 2, 3)))
 def test_axis_order_noncubic_voxels_and_nstart(tmp_path, write_mrc, axes):
     vol = volume_xyz()
     nstart_crs = [START_XYZ[code - 1] for code in axes]
-    path = write_mrc(tmp_path / "m.mrc", stored_order(vol, axes),
-                     voxel=VOXEL_XYZ, nstart=nstart_crs, axes=axes)
+    path = write_mrc(tmp_path / "m.mrc", stored_order(vol, axes), voxel=VOXEL_XYZ, nstart=nstart_crs, axes=axes)
 
     dm = read_map(path)
 
-    expected = (np.array(BRIGHT_XYZ) + START_XYZ) * VOXEL_XYZ   # (3, 10, 30) Å
+    expected = (np.array(BRIGHT_XYZ) + START_XYZ) * VOXEL_XYZ  # (3, 10, 30) Å
     np.testing.assert_array_equal(bright_world(dm), expected)
     assert dm.data.shape == N_XYZ[::-1]
     np.testing.assert_array_equal(dm.voxel_size_A, VOXEL_XYZ)
@@ -233,8 +245,9 @@ def test_axis_order_noncubic_voxels_and_nstart(tmp_path, write_mrc, axes):
 def test_nonzero_origin_field_wins_over_nstart(tmp_path, write_mrc, axes):
     vol = volume_xyz()
     origin = (-20.5, 7.25, 300.0)
-    path = write_mrc(tmp_path / "m.mrc", stored_order(vol, axes), voxel=VOXEL_XYZ,
-                     origin=origin, nstart=(5, 6, 7), axes=axes)
+    path = write_mrc(
+        tmp_path / "m.mrc", stored_order(vol, axes), voxel=VOXEL_XYZ, origin=origin, nstart=(5, 6, 7), axes=axes
+    )
     dm = read_map(path)
     np.testing.assert_array_equal(dm.origin_A, origin)
     np.testing.assert_array_equal(bright_world(dm), np.multiply(BRIGHT_XYZ, VOXEL_XYZ) + origin)
@@ -246,8 +259,9 @@ def test_synthetic_files_agree_with_gemmi(tmp_path, write_mrc, axes):
     # order, placing stored voxel i at cell index (i + NSTART) mod N.
     gemmi = pytest.importorskip("gemmi")
     vol = volume_xyz(seed=1)
-    path = write_mrc(tmp_path / "m.mrc", stored_order(vol, axes), voxel=VOXEL_XYZ,
-                     nstart=[START_XYZ[c - 1] for c in axes], axes=axes)
+    path = write_mrc(
+        tmp_path / "m.mrc", stored_order(vol, axes), voxel=VOXEL_XYZ, nstart=[START_XYZ[c - 1] for c in axes], axes=axes
+    )
     ccp4 = gemmi.read_ccp4_map(str(path))
     ccp4.setup(float("nan"))
     theirs = np.array(ccp4.grid, copy=False)
@@ -257,7 +271,7 @@ def test_synthetic_files_agree_with_gemmi(tmp_path, write_mrc, axes):
 
 @pytest.mark.parametrize("dtype", [np.int8, np.int16, np.uint16, np.float16])
 def test_integer_and_half_modes_read_as_float32(tmp_path, write_mrc, dtype):
-    values = np.arange(120).reshape(4, 5, 6).astype(dtype)   # maps need >= 4 voxels per axis
+    values = np.arange(120).reshape(4, 5, 6).astype(dtype)  # maps need >= 4 voxels per axis
     dm = read_map(write_mrc(tmp_path / "m.mrc", values, voxel=2.0))
     assert dm.data.dtype == np.float32
     np.testing.assert_array_equal(dm.data, values.astype(np.float32))
@@ -266,8 +280,7 @@ def test_integer_and_half_modes_read_as_float32(tmp_path, write_mrc, dtype):
 # ================================================================ writing
 def test_write_read_round_trip_is_exact(tmp_path):
     data = np.random.default_rng(2).normal(size=(4, 5, 6)).astype(np.float32)
-    dm = DensityMap(data=data, voxel_size_A=np.array([1.25, 0.5, 2.0]),
-                    origin_A=np.array([-10.5, 3.25, 100.0]))
+    dm = DensityMap(data=data, voxel_size_A=np.array([1.25, 0.5, 2.0]), origin_A=np.array([-10.5, 3.25, 100.0]))
     write_map(dm, tmp_path / "out.mrc")
     back = read_map(tmp_path / "out.mrc")
     np.testing.assert_array_equal(back.data, data)
@@ -276,7 +289,7 @@ def test_write_read_round_trip_is_exact(tmp_path):
 
 
 def test_write_read_round_trip_of_a_real_map(data_dir, tmp_path):
-    dm = read_map(data_dir / NSTART_MAP)        # origin from NSTART in the input
+    dm = read_map(data_dir / NSTART_MAP)  # origin from NSTART in the input
     write_map(dm, tmp_path / "out.mrc")
     back = read_map(tmp_path / "out.mrc")
     np.testing.assert_array_equal(back.data, dm.data)
@@ -318,8 +331,9 @@ def test_atomic_write_keeps_previous_file_when_writer_fails(tmp_path):
             fh.write("partial")
         raise PermissionError(13, "Permission denied")
 
-    with pytest.raises(InputError, match=re.escape(f"cannot write {target}: Permission denied; "
-                                                   "choose a writable location")):
+    with pytest.raises(
+        InputError, match=re.escape(f"cannot write {target}: Permission denied; choose a writable location")
+    ):
         atomic_write(target, failing_writer)
     assert target.read_text() == "previous result"
     assert [p.name for p in tmp_path.iterdir()] == ["result.txt"]
@@ -338,8 +352,7 @@ def test_written_files_get_normal_permissions(tmp_path):
     old = os.umask(0o022)
     try:
         write_text(tmp_path / "a.txt", "x")
-        write_map(np.zeros((2, 2, 2), np.float32), tmp_path / "m.mrc", voxel_size_A=1.0,
-                  origin_A=0.0)
+        write_map(np.zeros((2, 2, 2), np.float32), tmp_path / "m.mrc", voxel_size_A=1.0, origin_A=0.0)
     finally:
         os.umask(old)
     assert oct(os.stat(tmp_path / "a.txt").st_mode & 0o777) == oct(0o644)
@@ -351,8 +364,7 @@ def test_writing_into_missing_folder(tmp_path, data_dir, writer):
     folder = tmp_path / "no" / "such"
     target = folder / ("out.pdb" if writer == "write_model" else "out.mrc")
     call = {
-        "write_map": lambda: write_map(np.zeros((2, 2, 2), np.float32), target,
-                                       voxel_size_A=1.0, origin_A=0.0),
+        "write_map": lambda: write_map(np.zeros((2, 2, 2), np.float32), target, voxel_size_A=1.0, origin_A=0.0),
         "write_text": lambda: write_text(target, "x"),
         "write_model": lambda: write_model(read_model(data_dir / "3j6b_9.pdb.gz"), target),
         "atomic_write": lambda: atomic_write(target, lambda tmp: open(tmp, "w").close()),
@@ -368,8 +380,9 @@ def test_check_writable(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(InputError) as err:
         check_writable(tmp_path / "missing" / "x.mrc")
-    assert str(err.value) == (f"cannot write {tmp_path / 'missing' / 'x.mrc'}: folder "
-                              f"{tmp_path / 'missing'} does not exist; create it first")
+    assert str(err.value) == (
+        f"cannot write {tmp_path / 'missing' / 'x.mrc'}: folder {tmp_path / 'missing'} does not exist; create it first"
+    )
     with pytest.raises(InputError, match="it is a directory; give a file name"):
         check_writable(tmp_path)
 
@@ -415,18 +428,21 @@ def test_not_an_mrc_file(tmp_path, data_dir, real_map_bytes, kind):
         "tag_overwritten": patched(real_map_bytes, MAP_TAG, "4s", b"XXXX"),
     }[kind]
     path = write_bytes(tmp_path, raw)
-    with pytest.raises(InputError, match=re.escape(
-            f"{path} is not an MRC/CCP4 map (no 'MAP ' tag at byte 208)")):
+    with pytest.raises(InputError, match=re.escape(f"{path} is not an MRC/CCP4 map (no 'MAP ' tag at byte 208)")):
         read_map(path)
 
 
 @pytest.mark.parametrize("cut", [1, 1000, 42592])
 def test_truncated_data(tmp_path, real_map_bytes, cut):
-    assert len(real_map_bytes) == 1024 + 22 ** 3 * 4
+    assert len(real_map_bytes) == 1024 + 22**3 * 4
     path = write_bytes(tmp_path, real_map_bytes[:-cut])
-    with pytest.raises(InputError, match=re.escape(
+    with pytest.raises(
+        InputError,
+        match=re.escape(
             f"is truncated: header says (22, 22, 22) voxels (42592 bytes of data) "
-            f"but the file holds {42592 - cut} bytes")):
+            f"but the file holds {42592 - cut} bytes"
+        ),
+    ):
         read_map(path)
 
 
@@ -459,9 +475,14 @@ def test_non_finite_voxels(tmp_path, write_mrc):
         read_map(path)
 
 
-@pytest.mark.parametrize("cella, shown", [((0.0, 66.0, 66.0), "(0.0, 3.0, 3.0)"),
-                                          ((0.0, 0.0, 0.0), "(0.0, 0.0, 0.0)"),
-                                          ((66.0, -66.0, 66.0), "(3.0, -3.0, 3.0)")])
+@pytest.mark.parametrize(
+    "cella, shown",
+    [
+        ((0.0, 66.0, 66.0), "(0.0, 3.0, 3.0)"),
+        ((0.0, 0.0, 0.0), "(0.0, 0.0, 0.0)"),
+        ((66.0, -66.0, 66.0), "(3.0, -3.0, 3.0)"),
+    ],
+)
 def test_non_positive_voxel_size(tmp_path, real_map_bytes, cella, shown):
     path = write_bytes(tmp_path, patched(real_map_bytes, CELLA, "<3f", *cella))
     with pytest.raises(InputError, match=re.escape(f"has voxel size {shown} Å") + ".*must be positive"):
@@ -477,8 +498,9 @@ def test_zero_grid_sampling(tmp_path, real_map_bytes):
 @pytest.mark.parametrize("axes", [(1, 1, 3), (0, 1, 2), (2, 3, 4)])
 def test_invalid_axis_order(tmp_path, real_map_bytes, axes):
     path = write_bytes(tmp_path, patched(real_map_bytes, MAPC, "<3i", *axes))
-    with pytest.raises(InputError, match=re.escape(
-            f"invalid axis order MAPC/MAPR/MAPS = {axes}; it must be a permutation of 1, 2, 3")):
+    with pytest.raises(
+        InputError, match=re.escape(f"invalid axis order MAPC/MAPR/MAPS = {axes}; it must be a permutation of 1, 2, 3")
+    ):
         read_map(path)
 
 
@@ -508,7 +530,7 @@ def test_damaged_gzip(tmp_path, data_dir, damage):
     gz = (data_dir / "emd_3695_5A.mrc.gz").read_bytes()
     raw = {
         "cut_short": gz[: len(gz) // 2],
-        "deflate_block": gz[:100] + bytes(200) + gz[300:],   # garbage inside the stream
+        "deflate_block": gz[:100] + bytes(200) + gz[300:],  # garbage inside the stream
         "crc": gz[:-8] + bytes(8),
     }[damage]
     path = write_bytes(tmp_path, raw, "damaged.mrc.gz")
@@ -545,7 +567,7 @@ def test_transform_model_moves_coordinates_exactly(data_dir):
 
     expected = before @ T[:3, :3].T + T[:3, 3]
     np.testing.assert_allclose(model_coordinates(moved), expected, atol=1e-9)
-    np.testing.assert_array_equal(model_coordinates(st), before)   # input untouched
+    np.testing.assert_array_equal(model_coordinates(st), before)  # input untouched
     back = transform_model(moved, np.linalg.inv(T))
     np.testing.assert_allclose(model_coordinates(back), before, atol=1e-9)
 
@@ -583,9 +605,18 @@ def test_write_model_unknown_suffix(data_dir, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name, suffix", [("a.pdb", ".pdb"), ("a.pdb.gz", ".pdb"), ("A.ENT", ".pdb"),
-                                          ("a.cif", ".cif"), ("a.cif.gz", ".cif"),
-                                          ("a.mmCIF", ".cif"), ("a.mmcif.gz", ".cif")])
+@pytest.mark.parametrize(
+    "name, suffix",
+    [
+        ("a.pdb", ".pdb"),
+        ("a.pdb.gz", ".pdb"),
+        ("A.ENT", ".pdb"),
+        ("a.cif", ".cif"),
+        ("a.cif.gz", ".cif"),
+        ("a.mmCIF", ".cif"),
+        ("a.mmcif.gz", ".cif"),
+    ],
+)
 def test_model_suffix(name, suffix):
     assert model_suffix(name) == suffix
 
@@ -631,7 +662,7 @@ def test_single_section_map_is_refused_as_an_image(tmp_path, write_mrc):
 
 def test_image_stack_space_group_reads_as_3d(tmp_path, write_mrc, real_map_bytes):
     raw = bytearray(real_map_bytes)
-    raw[88:92] = np.int32(401).tobytes()            # ISPG 401: mrcfile would return a 4D stack
+    raw[88:92] = np.int32(401).tobytes()  # ISPG 401: mrcfile would return a 4D stack
     path = tmp_path / "stack.mrc"
     path.write_bytes(bytes(raw))
     m = read_map(path)
@@ -641,7 +672,7 @@ def test_image_stack_space_group_reads_as_3d(tmp_path, write_mrc, real_map_bytes
 @pytest.mark.parametrize("cell", [1e-38, 1e6])
 def test_absurd_voxel_size_is_an_input_error(tmp_path, real_map_bytes, cell):
     raw = bytearray(real_map_bytes)
-    raw[40:52] = np.array([cell] * 3, np.float32).tobytes()      # CELLA
+    raw[40:52] = np.array([cell] * 3, np.float32).tobytes()  # CELLA
     path = tmp_path / "cell.mrc"
     path.write_bytes(bytes(raw))
     with pytest.raises(InputError, match=r"outside 0\.05-100 Å: fix the header's cell dimensions$"):

@@ -11,6 +11,7 @@ included.
 The package root (`cryoalign/__init__.py`) is the public API: it names functions of every
 layer (imported on first use); any module may import `__version__` from it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -55,7 +56,7 @@ def imports(module: str) -> set[str]:
                 target = node.module or ""
             if target.split(".")[0] != "cryoalign":
                 continue
-            for alias in node.names:            # `from . import pictures` imports a module
+            for alias in node.names:  # `from . import pictures` imports a module
                 sub = f"{target}.{alias.name}"
                 found.add(sub if sub in MODULES else target)
     found.discard(module)
@@ -77,8 +78,7 @@ def test_every_module_has_a_layer():
 @pytest.mark.parametrize("module", [m for m in MODULES if layer(m) is not None])
 def test_a_module_imports_nothing_from_the_layers_above_it(module):
     own = LAYERS.index(layer(module))
-    above = sorted(dep for dep in imports(module)
-                   if layer(dep) is not None and LAYERS.index(layer(dep)) > own)
+    above = sorted(dep for dep in imports(module) if layer(dep) is not None and LAYERS.index(layer(dep)) > own)
     assert above == [], f"{module} ({layer(module)}) imports from a layer above it: {above}"
 
 
@@ -104,7 +104,7 @@ def test_no_import_circle():
         stack.append(m)
         for dep in sorted(graph.get(m, ())):
             if state.get(dep) == "open":
-                circles.append(stack[stack.index(dep):] + [dep])
+                circles.append(stack[stack.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep)
         stack.pop()

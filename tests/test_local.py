@@ -7,6 +7,7 @@ target is the three-copy model simulated at 6 Å (2 Å voxels); the source is ch
 simulated after a known random rigid move M.  T_true = M^-1 takes the source frame
 back onto copy A, and C3^k T_true onto copy k: all three are correct placements.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,12 +19,12 @@ import pytest
 from scipy.spatial import cKDTree
 
 import cryoalign
-from cryoalign.core import local, maprefine, rank
-from cryoalign.apps import simulate
-from cryoalign.config import AlignConfig
-from cryoalign import transform as tf
-from cryoalign.cli import main
 from _maps import moved_structure, three_copies
+from cryoalign import transform as tf
+from cryoalign.apps import simulate
+from cryoalign.cli import main
+from cryoalign.config import AlignConfig
+from cryoalign.core import local, maprefine, rank
 
 RESOLUTION_A = 6.0
 VOXEL_A = 2.0
@@ -46,10 +47,21 @@ def case(data_dir):
     src_ca = tf.apply(M, ca)
     poses = [np.linalg.matrix_power(C3, k) @ T_true for k in range(3)]
     # the copies are far apart as placements, and a do-nothing answer is far from all of them
-    assert min(tf.rmsd(a, b, src_ca) for i, a in enumerate(poses) for b in poses[i + 1:]) > 20.0
+    assert min(tf.rmsd(a, b, src_ca) for i, a in enumerate(poses) for b in poses[i + 1 :]) > 20.0
     assert min(tf.rmsd(np.eye(4), p, src_ca) for p in poses) > 20.0
-    return SimpleNamespace(mono=mono, tri=tri, C3=C3, M=M, T_true=T_true, poses=poses, src_ca=src_ca,
-                           source=source, sc=sc, target=target, tc=tc)
+    return SimpleNamespace(
+        mono=mono,
+        tri=tri,
+        C3=C3,
+        M=M,
+        T_true=T_true,
+        poses=poses,
+        src_ca=src_ca,
+        source=source,
+        sc=sc,
+        target=target,
+        tc=tc,
+    )
 
 
 def best_rmsd(T, case) -> float:
@@ -59,15 +71,15 @@ def best_rmsd(T, case) -> float:
 
 @pytest.fixture(scope="module")
 def local_result(case):
-    return cryoalign.align(case.source, case.target, source_contour=case.sc, target_contour=case.tc,
-                           mode="local", top=5, jobs=1)
+    return cryoalign.align(
+        case.source, case.target, source_contour=case.sc, target_contour=case.tc, mode="local", top=5, jobs=1
+    )
 
 
 @pytest.fixture(scope="module")
 def auto_result(case):
     """Default mode ("auto") with two worker processes: must resolve to the same local search."""
-    return cryoalign.align(case.source, case.target, source_contour=case.sc, target_contour=case.tc,
-                           top=5, jobs=2)
+    return cryoalign.align(case.source, case.target, source_contour=case.sc, target_contour=case.tc, top=5, jobs=2)
 
 
 # --------------------------------------------------------------------------- local alignment
@@ -82,8 +94,10 @@ def test_local_alignment_finds_every_identical_copy(local_result, case):
         closest = min(tf.rmsd(c.T_target_source, P, case.src_ca) for c in local_result.candidates)
         assert closest < 3.0, f"copy {'ABC'[k]} not among the candidates (closest {closest:.1f} Å)"
     # and the three best candidates are the three copies, one each
-    hits = [int(np.argmin([tf.rmsd(c.T_target_source, P, case.src_ca) for P in case.poses]))
-            for c in local_result.candidates[:3]]
+    hits = [
+        int(np.argmin([tf.rmsd(c.T_target_source, P, case.src_ca) for P in case.poses]))
+        for c in local_result.candidates[:3]
+    ]
     assert sorted(hits) == [0, 1, 2]
 
 
@@ -94,8 +108,9 @@ def test_local_candidates_are_distinct_ranked_and_annotated(local_result, case):
     centre = case.src_ca.mean(0)
     for i in range(len(cands)):
         for j in range(i + 1, len(cands)):
-            assert not tf.same_pose(cands[i].T_target_source, cands[j].T_target_source, centre,
-                                    max_shift_A=3.0, max_angle_deg=10.0), (i, j)
+            assert not tf.same_pose(
+                cands[i].T_target_source, cands[j].T_target_source, centre, max_shift_A=3.0, max_angle_deg=10.0
+            ), (i, j)
     values = [c.score.value for c in cands]
     assert values == sorted(values, reverse=True)
     lo = case.target.origin_A
@@ -118,14 +133,13 @@ def test_local_candidates_are_distinct_ranked_and_annotated(local_result, case):
     for stage in ("mask plan", "mask search", "fine pose", "map refine"):
         assert stage in r.timings_s
     doc = json.loads(json.dumps(r.to_json()))
-    assert [c["mask_centre"] for c in doc["candidates"]] == \
-        [[round(v, 3) for v in c.mask_centre_A] for c in cands]
+    assert [c["mask_centre"] for c in doc["candidates"]] == [[round(v, 3) for v in c.mask_centre_A] for c in cands]
     assert all(c["score_terms"]["js_divergence"] is None for c in doc["candidates"])
 
 
 def test_local_results_do_not_depend_on_the_number_of_processes(local_result, auto_result):
-    assert auto_result.params["mode"] == "local"          # see test_auto_mode_...
-    assert auto_result.stats["jobs"] == 2                 # the worker-process path ran
+    assert auto_result.params["mode"] == "local"  # see test_auto_mode_...
+    assert auto_result.stats["jobs"] == 2  # the worker-process path ran
     assert len(auto_result.candidates) == len(local_result.candidates)
     for a, b in zip(local_result.candidates, auto_result.candidates):
         np.testing.assert_array_equal(a.T_target_source, b.T_target_source)
@@ -139,7 +153,7 @@ def test_local_results_do_not_depend_on_the_number_of_processes(local_result, au
 def test_auto_mode_chooses_local_for_a_chain_inside_a_complex(auto_result):
     p, s = auto_result.params, auto_result.stats
     assert p["mode"] == "local" and s["volume_ratio"] < 0.4
-    assert s["volume_ratio"] == pytest.approx(1.0 / 3.0, abs=0.05)   # one copy of three
+    assert s["volume_ratio"] == pytest.approx(1.0 / 3.0, abs=0.05)  # one copy of three
     assert s["source_volume_A3"] < 187_500
     assert p["sampling_A"] == 3.0 and p["sampling_chosen"] is True
 
@@ -163,7 +177,7 @@ def test_source_diameter_of_points_with_a_known_diameter():
     d = rng.normal(size=3)
     d /= np.linalg.norm(d)
     inside = rng.normal(size=(800, 3))
-    inside *= (rng.uniform(0, 20.0, 800) / np.linalg.norm(inside, axis=1))[:, None]   # within 20 Å
+    inside *= (rng.uniform(0, 20.0, 800) / np.linalg.norm(inside, axis=1))[:, None]  # within 20 Å
     pts = np.vstack([inside[:300], [50.0 * d], inside[300:], [-50.0 * d]]) + [3.0, -7.0, 11.0]
     assert local.source_diameter(pts) == pytest.approx(100.0, abs=1e-9)
     # a cloud without outliers: the exact largest distance (brute force)
@@ -179,7 +193,7 @@ def test_mask_centres_cover_the_target_with_the_given_step(step):
     centres = local.mask_centres(pts, radius_A=2 * step, step_A=step)
     d, _ = cKDTree(centres).query(pts)
     assert d.max() <= step * math.sqrt(3) / 2 + 1e-9
-    for a in range(3):                    # a regular grid with spacing `step` along each axis
+    for a in range(3):  # a regular grid with spacing `step` along each axis
         u = np.unique(np.round(centres[:, a], 9))
         np.testing.assert_allclose(np.diff(u), step, atol=1e-9)
     assert len(centres) == np.prod([len(np.unique(np.round(centres[:, a], 9))) for a in range(3)])
@@ -199,24 +213,34 @@ def test_distinct_merges_poses_within_tolerance_and_keeps_the_others():
 
     def about_centre(angle_deg, shift):
         from scipy.spatial.transform import Rotation
+
         R = Rotation.from_rotvec(np.radians(angle_deg) * np.array([0.0, 0.6, 0.8])).as_matrix()
         target_c = tf.apply(base, c[None])[0]
         return tf.make(R, target_c - R @ target_c + np.asarray(shift, float)) @ base
 
-    poses = [(0.9, "base", base),
-             (0.8, "shift 1 Å", about_centre(0, [1.0, 0, 0])),
-             (0.7, "rot 5°", about_centre(5, [0, 0, 0])),
-             (0.6, "shift 5 Å", about_centre(0, [0, 5.0, 0])),
-             (0.5, "rot 15°", about_centre(15, [0, 0, 0])),
-             (0.4, "rot 15° + 1 Å", about_centre(15, [0, 0, 1.0])),
-             (0.3, "shift 2.9 Å, rot 9°", about_centre(9, [0, 2.9, 0]))]
+    poses = [
+        (0.9, "base", base),
+        (0.8, "shift 1 Å", about_centre(0, [1.0, 0, 0])),
+        (0.7, "rot 5°", about_centre(5, [0, 0, 0])),
+        (0.6, "shift 5 Å", about_centre(0, [0, 5.0, 0])),
+        (0.5, "rot 15°", about_centre(15, [0, 0, 0])),
+        (0.4, "rot 15° + 1 Å", about_centre(15, [0, 0, 1.0])),
+        (0.3, "shift 2.9 Å, rot 9°", about_centre(9, [0, 2.9, 0])),
+    ]
     kept = rank.distinct(poses, c, AlignConfig(), pose=lambda p: p[-1])
     assert [k[1] for k in kept] == ["base", "shift 5 Å", "rot 15°"]
     assert kept[0] is poses[0]
     # tighter tolerances keep more
     kept = rank.distinct(poses, c, AlignConfig(same_pose_A=0.5, same_pose_deg=3.0), pose=lambda p: p[-1])
-    assert [k[1] for k in kept] == ["base", "shift 1 Å", "rot 5°", "shift 5 Å", "rot 15°",
-                                    "rot 15° + 1 Å", "shift 2.9 Å, rot 9°"]
+    assert [k[1] for k in kept] == [
+        "base",
+        "shift 1 Å",
+        "rot 5°",
+        "shift 5 Å",
+        "rot 15°",
+        "rot 15° + 1 Å",
+        "shift 2.9 Å, rot 9°",
+    ]
 
 
 def _unit(rng, n, d):
@@ -231,14 +255,14 @@ def test_nearest_tables_agree_with_brute_force(ns, nt, k):
     top_i, top_s, best_src = local.nearest_tables(a, b, k=k)
     kk = min(k, nt)
     assert top_i.shape == top_s.shape == (ns, kk) and best_src.shape == (nt,)
-    sim = a @ b.T                                          # float64 reference
+    sim = a @ b.T  # float64 reference
     order = np.argsort(-sim, axis=1, kind="stable")[:, :kk]
     expected = np.take_along_axis(sim, order, 1)
     np.testing.assert_allclose(top_s, expected, atol=1e-5)
     np.testing.assert_allclose(np.take_along_axis(sim, top_i, 1), expected, atol=1e-5)
     # the indices themselves agree wherever the ranking is not a float32 near-tie
     ss = np.sort(sim, axis=1)[:, ::-1]
-    gap = ss[:, :-1] - ss[:, 1:]                           # gap[:, p]: between ranks p and p + 1
+    gap = ss[:, :-1] - ss[:, 1:]  # gap[:, p]: between ranks p and p + 1
     pad = np.full((ns, 1), np.inf)
     left = np.hstack([pad, gap])[:, :kk]
     right = np.hstack([gap, pad])[:, :kk]
@@ -255,10 +279,10 @@ def test_nearest_tables_agree_with_brute_force(ns, nt, k):
 def test_nearest_tables_break_ties_towards_the_lower_index():
     # exact ties (basis vectors: the dot products are exact in float32), across row blocks
     rng = np.random.default_rng(9)
-    a, b = 0.5 * _unit(rng, 2300, 8), 0.5 * _unit(rng, 50, 8)     # others: similarity <= 0.25
+    a, b = 0.5 * _unit(rng, 2300, 8), 0.5 * _unit(rng, 50, 8)  # others: similarity <= 0.25
     e0 = np.eye(8)[0]
-    a[5] = a[2100] = e0                                   # two identical source rows, different blocks
-    b[7] = b[3] = e0                                      # two identical target rows
+    a[5] = a[2100] = e0  # two identical source rows, different blocks
+    b[7] = b[3] = e0  # two identical target rows
     top_i, top_s, best_src = local.nearest_tables(a, b, k=4)
     assert top_i[5, :2].tolist() == [3, 7] and top_i[2100, :2].tolist() == [3, 7]
     np.testing.assert_array_equal(top_s[5, :2], [1.0, 1.0])
@@ -271,6 +295,7 @@ def test_map_refine_recovers_a_small_offset(case):
     assert 0 < len(sample.points_A) <= AlignConfig.map_points
     assert np.all(sample.values >= case.sc)
     from scipy.spatial.transform import Rotation
+
     centre = tf.apply(case.T_true, case.src_ca).mean(0)
     R = Rotation.from_rotvec(np.radians(3.0) * np.array([0.48, -0.6, 0.64])).as_matrix()
     shift = np.array([0.8, -1.1, 0.6])
@@ -281,8 +306,7 @@ def test_map_refine_recovers_a_small_offset(case):
     assert tf.rmsd(fit.T_target_source, case.T_true, case.src_ca) < 0.3
     assert fit.correlation > fit.correlation_before + 0.01
     assert fit.correlation_before == pytest.approx(maprefine.correlation(sample, case.target, T_init), abs=1e-6)
-    assert fit.correlation == pytest.approx(maprefine.correlation(sample, case.target, fit.T_target_source),
-                                            abs=1e-6)
+    assert fit.correlation == pytest.approx(maprefine.correlation(sample, case.target, fit.T_target_source), abs=1e-6)
     assert fit.evaluations > 0
 
 
@@ -301,12 +325,20 @@ def test_compiled_interpolation_equals_the_python_reference():
     rng = np.random.default_rng(4)
     data = rng.normal(size=(7, 9, 11)).astype(np.float32)
     nz, ny, nx = data.shape
-    f = np.vstack([
-        rng.uniform(-2.0, 1.0, (300, 3)) * [nx + 2, ny + 2, nz + 2] + [nx, ny, nz],   # in and out of bounds
-        rng.integers(-1, 12, (50, 3)).astype(float),                                # grid points, edges
-        [[nx - 1.0, ny - 1.0, nz - 1.0], [0.0, 0.0, 0.0], [-0.5, 4.0, 3.0], [nx - 0.5, 2.0, 2.0],
-         [-1.0, -1.0, -1.0], [100.0, 2.0, 2.0]],
-    ])
+    f = np.vstack(
+        [
+            rng.uniform(-2.0, 1.0, (300, 3)) * [nx + 2, ny + 2, nz + 2] + [nx, ny, nz],  # in and out of bounds
+            rng.integers(-1, 12, (50, 3)).astype(float),  # grid points, edges
+            [
+                [nx - 1.0, ny - 1.0, nz - 1.0],
+                [0.0, 0.0, 0.0],
+                [-0.5, 4.0, 3.0],
+                [nx - 0.5, 2.0, 2.0],
+                [-1.0, -1.0, -1.0],
+                [100.0, 2.0, 2.0],
+            ],
+        ]
+    )
     fast = maprefine._interpolate(data, f)
     ref = maprefine._interpolate_py(data, f)
     np.testing.assert_allclose(fast, ref, rtol=1e-6, atol=1e-6)
@@ -321,7 +353,7 @@ def test_compiled_interpolation_equals_the_python_reference():
 def test_interpolation_gradient_matches_finite_differences():
     rng = np.random.default_rng(5)
     data = rng.normal(size=(6, 7, 8))
-    f = rng.uniform(0.1, 4.9, (200, 3))          # inside cells (the interpolant is smooth there)
+    f = rng.uniform(0.1, 4.9, (200, 3))  # inside cells (the interpolant is smooth there)
     h = 1e-6
     g = maprefine._interpolate(data, f)
     for k in range(3):
@@ -349,9 +381,25 @@ def run(argv, capsys):
 
 def test_cli_local_alignment_writes_ranked_placements(case, map_files, capsys):
     out_json = map_files.folder / "local.json"
-    code, out, err = run(["align", map_files.source, map_files.target, "--local", "--top", 3,
-                          "--json", out_json, "--jobs", 1, "--source-contour", case.sc,
-                          "--target-contour", case.tc], capsys)
+    code, out, err = run(
+        [
+            "align",
+            map_files.source,
+            map_files.target,
+            "--local",
+            "--top",
+            3,
+            "--json",
+            out_json,
+            "--jobs",
+            1,
+            "--source-contour",
+            case.sc,
+            "--target-contour",
+            case.tc,
+        ],
+        capsys,
+    )
     assert code == 0, err
     doc = json.loads(out_json.read_text())
     assert doc["params"]["mode"] == "local" and doc["params"]["top"] == 3

@@ -4,6 +4,7 @@ that overflow single precision, single outlier voxels, bzip2/xz files, map suffi
 One test per message of `read_map` / `write_map` for these inputs (the message is
 checked in full), plus the `cryoalign.io.robust` helpers the level decisions rely on.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -19,15 +20,15 @@ import warnings
 import numpy as np
 import pytest
 
-from cryoalign.io import maps as cio
+from _maps import file_bytes, patched
 from cryoalign.errors import InputError
 from cryoalign.io import check_map_suffix, read_map, write_map
+from cryoalign.io import maps as cio
 from cryoalign.io.robust import clip_outliers, count_outliers, describe_outliers, robust_range
 from cryoalign.types import DensityMap
-from _maps import file_bytes, patched
 
-CELLB, ISPG, MZ = 52, 88, 36          # little-endian MRC2014 header offsets (bytes)
-ODD_STAMP = "1akeA_10A_simulated_odd_machine_stamp.mrc"   # plain, 22^3, 3 Å, values 0..~0.5
+CELLB, ISPG, MZ = 52, 88, 36  # little-endian MRC2014 header offsets (bytes)
+ODD_STAMP = "1akeA_10A_simulated_odd_machine_stamp.mrc"  # plain, 22^3, 3 Å, values 0..~0.5
 
 
 def with_data(raw: bytes, data: np.ndarray) -> bytes:
@@ -47,7 +48,7 @@ def ake(data_dir) -> bytes:
 
 
 def test_memory_mapped_reader_falls_back_on_an_odd_machine_stamp(data_dir, monkeypatch):
-    monkeypatch.setattr(cio, "MEMMAP_BYTES", 0)      # used to raise ValueError from mrcfile
+    monkeypatch.setattr(cio, "MEMMAP_BYTES", 0)  # used to raise ValueError from mrcfile
     m = read_map(data_dir / ODD_STAMP)
     assert not isinstance(m.data, np.memmap) and m.data.shape == (22, 22, 22)
 
@@ -67,23 +68,28 @@ def put(tmp_path, raw: bytes, name="odd.mrc") -> pathlib.Path:
 
 
 # ================================================================ 1. images and thin slabs
-@pytest.mark.parametrize("shape_zyx", [(1, 5, 6), (1, 64, 64), (3, 8, 8), (8, 2, 8), (8, 8, 1)],
-                         ids=["2D-image", "2D-64", "3-sections", "2-rows", "1-column"])
+@pytest.mark.parametrize(
+    "shape_zyx",
+    [(1, 5, 6), (1, 64, 64), (3, 8, 8), (8, 2, 8), (8, 8, 1)],
+    ids=["2D-image", "2D-64", "3-sections", "2-rows", "1-column"],
+)
 def test_image_or_thin_slab_is_refused(tmp_path, write_mrc, reader_path, shape_zyx):
     data = np.random.default_rng(0).random(shape_zyx).astype(np.float32)
     path = write_mrc(tmp_path / "thin.mrc", data, voxel=2.0)
     nz, ny, nx = shape_zyx
     with pytest.raises(InputError) as err:
         read_map(path)
-    assert str(err.value) == (f"{path} is {nx} x {ny} x {nz} voxels: a 3D density map needs at least 4 "
-                              "voxels along every axis; pass a 3D map (not an image or a stack)")
+    assert str(err.value) == (
+        f"{path} is {nx} x {ny} x {nz} voxels: a 3D density map needs at least 4 "
+        "voxels along every axis; pass a 3D map (not an image or a stack)"
+    )
 
 
 def test_2d_image_written_by_mrcfile_is_refused(tmp_path):
     mrcfile = pytest.importorskip("mrcfile")
     path = tmp_path / "image.mrc"
     with mrcfile.new(str(path)) as m:
-        m.set_data(np.ones((30, 40), np.float32))     # a 2D image: NZ = 1, ISPG 0
+        m.set_data(np.ones((30, 40), np.float32))  # a 2D image: NZ = 1, ISPG 0
     with pytest.raises(InputError, match=re.escape(f"{path} is 40 x 30 x 1 voxels: a 3D density map needs")):
         read_map(path)
 
@@ -94,17 +100,22 @@ def test_smallest_accepted_map_is_4_voxels_along_every_axis(tmp_path, write_mrc)
 
 
 def test_stack_of_several_volumes_is_refused(tmp_path, ake):
-    raw = patched(patched(ake, ISPG, "<i", 401), MZ, "<i", 11)     # 22 sections = 2 volumes of 11
+    raw = patched(patched(ake, ISPG, "<i", 401), MZ, "<i", 11)  # 22 sections = 2 volumes of 11
     path = put(tmp_path, raw)
     with pytest.raises(InputError) as err:
         read_map(path)
-    assert str(err.value) == (f"{path} is a stack of 2 volumes of 22 x 22 x 11 voxels; "
-                              "pass a single 3D map (extract one volume from the stack)")
+    assert str(err.value) == (
+        f"{path} is a stack of 2 volumes of 22 x 22 x 11 voxels; "
+        "pass a single 3D map (extract one volume from the stack)"
+    )
 
 
 # ================================================================ 2. cell angles
-@pytest.mark.parametrize("angles", [(90.0, 90.0, 120.0), (60.0, 90.0, 90.0), (90.0, 90.02, 90.0),
-                                    (float("nan"), 90.0, 90.0)], ids=["hexagonal", "alpha60", "tiny-but-not", "nan"])
+@pytest.mark.parametrize(
+    "angles",
+    [(90.0, 90.0, 120.0), (60.0, 90.0, 90.0), (90.0, 90.02, 90.0), (float("nan"), 90.0, 90.0)],
+    ids=["hexagonal", "alpha60", "tiny-but-not", "nan"],
+)
 def test_skewed_cell_is_refused(tmp_path, ake, reader_path, angles):
     path = put(tmp_path, patched(ake, CELLB, "<3f", *angles))
     shown = ", ".join(f"{a:g}" for a in np.float32(angles))
@@ -112,11 +123,15 @@ def test_skewed_cell_is_refused(tmp_path, ake, reader_path, angles):
         read_map(path)
     assert str(err.value) == (
         f"{path} has cell angles alpha, beta, gamma = ({shown}) degrees: skewed (non-orthogonal) grids are "
-        "not supported; resample the map onto an orthogonal grid, for example with ChimeraX 'volume resample'")
+        "not supported; resample the map onto an orthogonal grid, for example with ChimeraX 'volume resample'"
+    )
 
 
-@pytest.mark.parametrize("angles", [(90.0, 90.0, 90.0), (0.0, 0.0, 0.0), (90.005, 89.995, 90.0),
-                                    (0.0, 90.0, 0.0)], ids=["right", "unset", "rounding", "partly-unset"])
+@pytest.mark.parametrize(
+    "angles",
+    [(90.0, 90.0, 90.0), (0.0, 0.0, 0.0), (90.005, 89.995, 90.0), (0.0, 90.0, 0.0)],
+    ids=["right", "unset", "rounding", "partly-unset"],
+)
 def test_right_tiny_deviation_or_unset_cell_angles_are_accepted(tmp_path, ake, angles):
     m = read_map(put(tmp_path, patched(ake, CELLB, "<3f", *angles)))
     np.testing.assert_array_equal(m.data, voxels(ake))
@@ -131,8 +146,10 @@ def test_values_that_overflow_single_precision_are_refused(tmp_path, ake, reader
     shown = f"{float(np.abs(data).max()):.2g}"
     with pytest.raises(InputError) as err:
         read_map(path)
-    assert str(err.value).startswith(f"{path}: values up to {shown} overflow single-precision arithmetic; "
-                                     "rescale the map (for example divide it by 1e+")
+    assert str(err.value).startswith(
+        f"{path}: values up to {shown} overflow single-precision arithmetic; "
+        "rescale the map (for example divide it by 1e+"
+    )
 
 
 def test_large_but_safe_values_are_read(tmp_path, ake):
@@ -153,7 +170,7 @@ def test_robust_range_ignores_a_single_extreme_voxel(ake, factor):
     data = one_outlier(ake, np.float32(factor * float(clean.max())))
     low, high = robust_range(data)
     assert clean.min() <= low <= high <= clean.max()
-    assert high > 0.5 * clean.max()                     # still the density's own top, not 0
+    assert high > 0.5 * clean.max()  # still the density's own top, not 0
     n, (low_cut, high_cut) = count_outliers(data)
     assert n == 1
     assert clean.max() < high_cut and low_cut < clean.min()
@@ -166,14 +183,14 @@ def test_robust_range_of_plain_maps_is_the_value_range_up_to_a_few_voxels(data_d
         low, high = robust_range(d)
         ranked = np.sort(d, axis=None)
         assert ranked[0] <= low <= ranked[20] and ranked[-21] <= high <= ranked[-1], name
-        assert count_outliers(d).n == 0, name           # real maps: no false alarms
+        assert count_outliers(d).n == 0, name  # real maps: no false alarms
         assert describe_outliers(read_map(data_dir / name)) is None
 
 
 def test_zero_background_maps_have_no_outliers_from_tiny_negative_values(ake):
-    data = voxels(ake)                                # simulated: background exactly 0
+    data = voxels(ake)  # simulated: background exactly 0
     data[0, 0, 0] = -1e-5
-    data[5, 5, 5] = -0.05                             # a tenth of the maximum below 0
+    data[5, 5, 5] = -0.05  # a tenth of the maximum below 0
     assert count_outliers(data).n == 0
 
 
@@ -182,19 +199,25 @@ def test_describe_outliers_names_the_count_and_the_robust_maximum(ake):
     m = DensityMap(data=data, voxel_size_A=np.full(3, 3.0), origin_A=np.zeros(3), path="x.mrc")
     text = describe_outliers(m)
     high = robust_range(data).high
-    assert re.fullmatch(r"map x\.mrc has 1 outlier voxel\(s\) above \S+ \(largest 1e\+30; robust maximum "
-                        + re.escape(f"{high:.3g}") + r"\); they are ignored by the level estimates", text), text
-    low_side = describe_outliers(DensityMap(data=one_outlier(ake, -1e30), voxel_size_A=np.ones(3),
-                                            origin_A=np.zeros(3)))
-    assert low_side.startswith("the map has 1 outlier voxel(s) below ") and "(smallest -1e+30; robust minimum " \
-        in low_side
+    assert re.fullmatch(
+        r"map x\.mrc has 1 outlier voxel\(s\) above \S+ \(largest 1e\+30; robust maximum "
+        + re.escape(f"{high:.3g}")
+        + r"\); they are ignored by the level estimates",
+        text,
+    ), text
+    low_side = describe_outliers(
+        DensityMap(data=one_outlier(ake, -1e30), voxel_size_A=np.ones(3), origin_A=np.zeros(3))
+    )
+    assert (
+        low_side.startswith("the map has 1 outlier voxel(s) below ") and "(smallest -1e+30; robust minimum " in low_side
+    )
 
 
 def test_read_map_logs_outliers_as_a_warning(tmp_path, ake, reader_path, caplog):
     path = put(tmp_path, with_data(ake, one_outlier(ake, 3.4e38)))
     with caplog.at_level(logging.WARNING, logger="cryoalign.io"):
         m = read_map(path)
-    assert m.data[11, 3, 7] == np.float32(3.4e38)       # read as stored: the caller decides
+    assert m.data[11, 3, 7] == np.float32(3.4e38)  # read as stored: the caller decides
     records = [r for r in caplog.records if r.name == "cryoalign.io"]
     assert len(records) == 1 and records[0].levelno == logging.WARNING
     assert records[0].getMessage().startswith(f"map {path} has 1 outlier voxel(s) above ")
@@ -234,7 +257,7 @@ def test_clip_outliers_without_outliers_changes_nothing(ake):
 
 
 def test_robust_helpers_work_on_memory_mapped_maps_with_bounded_memory(tmp_path):
-    shape = (160, 160, 160)                      # 16 MB of float32, more voxels than the sample
+    shape = (160, 160, 160)  # 16 MB of float32, more voxels than the sample
     path = tmp_path / "big.f32"
     data = np.memmap(path, dtype=np.float32, mode="w+", shape=shape)
     rng = np.random.default_rng(3)
@@ -251,8 +274,8 @@ def test_robust_helpers_work_on_memory_mapped_maps_with_bounded_memory(tmp_path)
     tracemalloc.stop()
 
     assert n == 1
-    assert -6.0 < low < -3.5 and 3.5 < high < 6.0      # ~0.001/99.999 percentiles of N(0, 1)
-    assert peak < 12 * 2 ** 20, f"peak {peak / 2 ** 20:.1f} MB for a 16 MB map"
+    assert -6.0 < low < -3.5 and 3.5 < high < 6.0  # ~0.001/99.999 percentiles of N(0, 1)
+    assert peak < 12 * 2**20, f"peak {peak / 2**20:.1f} MB for a 16 MB map"
 
 
 # ================================================================ 5. no numpy warnings
@@ -339,16 +362,23 @@ def test_write_map_plain_suffixes(tmp_path, name):
     assert (tmp_path / name).read_bytes()[208:212] == b"MAP "
 
 
-UNKNOWN_SUFFIX = ("cannot write {path}: {why}; give the map file name one of the suffixes "
-                  ".mrc, .map, .ccp4, .mrcs, .rec (optionally followed by .gz)")
+UNKNOWN_SUFFIX = (
+    "cannot write {path}: {why}; give the map file name one of the suffixes "
+    ".mrc, .map, .ccp4, .mrcs, .rec (optionally followed by .gz)"
+)
 
 
-@pytest.mark.parametrize("name, why", [("x.pdb", "'.pdb' is not a map suffix"),
-                                       ("x.mrc.bz2", "'.bz2' is not a map suffix"),
-                                       ("x.gz", "'.gz' is not a map suffix"),
-                                       ("x.json.gz", "'.json.gz' is not a map suffix"),
-                                       ("map", "the name has no suffix"),
-                                       ("x.mrc.", "'.' is not a map suffix")])
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("x.pdb", "'.pdb' is not a map suffix"),
+        ("x.mrc.bz2", "'.bz2' is not a map suffix"),
+        ("x.gz", "'.gz' is not a map suffix"),
+        ("x.json.gz", "'.json.gz' is not a map suffix"),
+        ("map", "the name has no suffix"),
+        ("x.mrc.", "'.' is not a map suffix"),
+    ],
+)
 def test_write_map_refuses_unknown_suffixes_and_writes_nothing(tmp_path, name, why):
     path = tmp_path / name
     expected = UNKNOWN_SUFFIX.format(path=path, why=why)
@@ -370,6 +400,7 @@ def test_check_map_suffix_accepts_every_map_suffix():
 def test_gzip_write_failure_leaves_no_file(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(cio.gzip, "compress", broken)
     with pytest.raises(InputError, match="No space left on device"):
         write_map(np.ones((4, 4, 4), np.float32), tmp_path / "x.mrc.gz", voxel_size_A=1.0, origin_A=0.0)

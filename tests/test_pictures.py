@@ -1,4 +1,5 @@
 """Pictures and the HTML report: valid PNGs, self-contained page, optional Chromium render."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -9,9 +10,9 @@ import shutil
 import numpy as np
 import pytest
 
-from cryoalign.io import pictures
 from cryoalign import transform as tf
 from cryoalign.apps.comparison import compare, write_compare_outputs
+from cryoalign.io import pictures
 from cryoalign.io.report import write_report
 from cryoalign.types import DensityMap
 
@@ -29,17 +30,18 @@ def _blobs_pair():
     """Target: three Gaussian blobs on an anisotropic, non-cubic grid; source: two of them
     in another frame (moved by a known rigid motion)."""
     shape, voxel, origin = (36, 40, 44), np.array([2.0, 2.2, 2.5]), np.array([10.0, -5.0, 3.0])
-    grid = np.stack(np.meshgrid(*[origin[i] + voxel[i] * np.arange(shape[2 - i]) for i in (2, 1, 0)],
-                                indexing="ij")[::-1], -1)          # (z, y, x, 3) world x, y, z
+    grid = np.stack(
+        np.meshgrid(*[origin[i] + voxel[i] * np.arange(shape[2 - i]) for i in (2, 1, 0)], indexing="ij")[::-1], -1
+    )  # (z, y, x, 3) world x, y, z
     centres = origin + voxel * np.array([[12, 14, 10], [28, 20, 18], [18, 28, 26]])
 
     def density(points, cs):
-        return sum(np.exp(-((points - c) ** 2).sum(-1) / (2 * 4.0 ** 2)) for c in cs).astype(np.float32)
+        return sum(np.exp(-((points - c) ** 2).sum(-1) / (2 * 4.0**2)) for c in cs).astype(np.float32)
 
     target = DensityMap(density(grid, centres), voxel, origin)
     middle = centres.mean(0)
     R = tf.random_rotation(np.random.default_rng(4))
-    T = tf.make(R, middle - R @ middle + [3.0, -2.0, 1.0])       # a turn about the blobs' centre
+    T = tf.make(R, middle - R @ middle + [3.0, -2.0, 1.0])  # a turn about the blobs' centre
     source = DensityMap(density(grid, tf.apply(tf.invert(T), centres[:2])), voxel, origin)
     return source, target, T
 
@@ -57,7 +59,7 @@ def test_compare_pictures_and_self_contained_report(tmp_path):
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", html)
     assert "http://" not in html and "https://" not in html
     assert html.count("data:image/png;base64,") == 3
-    assert result.difference["target_minus_source"].blobs       # the third blob
+    assert result.difference["target_minus_source"].blobs  # the third blob
 
 
 def test_align_pictures_and_variance_slices(tmp_path):
@@ -73,16 +75,26 @@ def test_align_pictures_and_variance_slices(tmp_path):
 def test_report_escapes_text_and_embeds_images(tmp_path):
     source, target, T = _blobs_pair()
     image = pictures.align_pictures(source, target, T, tmp_path)[0]
-    page = write_report(tmp_path / "r.html", "a <title>", [
-        {"heading": "h & h", "text": "<script>", "tables": [{"columns": ["a"], "rows": [[None], [1.23456]]}],
-         "images": [image]}])
+    page = write_report(
+        tmp_path / "r.html",
+        "a <title>",
+        [
+            {
+                "heading": "h & h",
+                "text": "<script>",
+                "tables": [{"columns": ["a"], "rows": [[None], [1.23456]]}],
+                "images": [image],
+            }
+        ],
+    )
     html = pathlib.Path(page).read_text()
     assert "a &lt;title&gt;" in html and "&lt;script&gt;" in html and "<script>" not in html
     assert html.count("data:image/png;base64,") == 1 and "1.235" in html
 
 
-@pytest.mark.skipif(not any(shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")),
-                    reason="no chromium installed")
+@pytest.mark.skipif(
+    not any(shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")), reason="no chromium installed"
+)
 def test_report_renders_in_headless_chromium(tmp_path):
     spec = importlib.util.spec_from_file_location("render_report", BENCHMARKS / "render_report.py")
     render_report = importlib.util.module_from_spec(spec)
@@ -102,13 +114,13 @@ def test_variance_picture_shows_a_maximum_off_the_central_slices(tmp_path):
 
     shape, voxel, origin = (36, 40, 44), np.array([2.0, 2.2, 2.5]), np.array([10.0, -5.0, 3.0])
     data = np.zeros(shape, np.float32)
-    data[4:7, 5:8, 6:9] = 1.0                      # far from the centre (18, 20, 22)
-    data[5, 6, 7] = 2.0                            # the maximum
+    data[4:7, 5:8, 6:9] = 1.0  # far from the centre (18, 20, 22)
+    data[5, 6, 7] = 2.0  # the maximum
     variance_map = DensityMap(data, voxel, origin)
     assert pictures.variance_peak(data) == ((5, 6, 7), 2.0)
     path = pictures.variance_slices(variance_map, tmp_path / "variance_slices.png")[0]
     image = matplotlib.image.imread(path)[..., :3]
-    panels = image[:, : int(0.8 * image.shape[1])]          # the colour bar is on the right
+    panels = image[:, : int(0.8 * image.shape[1])]  # the colour bar is on the right
     brightest = np.array(matplotlib.colormaps["magma"](1.0)[:3])
     hot = np.all(np.abs(panels - brightest) < 0.06, axis=-1)
-    assert hot.sum() >= 6, "the maximum is not visible in the panels"       # 3 projections + 3 slices
+    assert hot.sum() >= 6, "the maximum is not visible in the panels"  # 3 projections + 3 slices

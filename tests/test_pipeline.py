@@ -6,6 +6,7 @@ must return the inverse of the move (T_target_source takes the moved model's fra
 back onto the original).  Real pair: EMD-3695 (5 Å) moved by a known transform and
 resampled onto a new grid, aligned back onto the original file.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,12 +17,12 @@ import pytest
 from scipy import ndimage
 
 import cryoalign
-from cryoalign.core import pointcloud
+from _maps import resampled_map
 from cryoalign import transform as tf
+from cryoalign.core import pointcloud
 from cryoalign.errors import InputError
 from cryoalign.io import read_map
 from cryoalign.types import AlignResult, DensityMap
-from _maps import resampled_map
 
 RESOLUTION_A = 6.0
 PROTEIN_DENSITY_A3_PER_DA = 1.21
@@ -62,14 +63,17 @@ def simulate(atoms, xyz, voxel, rng, *, resolution=RESOLUTION_A, pad=12.0, noise
     for dx in (0, 1):
         for dy in (0, 1):
             for dz in (0, 1):
-                w = (np.where(dx, fr[:, 0], 1 - fr[:, 0]) * np.where(dy, fr[:, 1], 1 - fr[:, 1])
-                     * np.where(dz, fr[:, 2], 1 - fr[:, 2]))
+                w = (
+                    np.where(dx, fr[:, 0], 1 - fr[:, 0])
+                    * np.where(dy, fr[:, 1], 1 - fr[:, 1])
+                    * np.where(dz, fr[:, 2], 1 - fr[:, 2])
+                )
                 np.add.at(data, (i0[:, 2] + dz, i0[:, 1] + dy, i0[:, 0] + dx), atoms["z"] * w)
     data = ndimage.gaussian_filter(data, 0.225 * resolution / voxel)
     if noise:
         data += rng.normal(0.0, noise * data.max(), data.shape)
     data = data.astype(np.float32)
-    k = int(round(PROTEIN_DENSITY_A3_PER_DA * atoms["mass"] / voxel ** 3))
+    k = int(round(PROTEIN_DENSITY_A3_PER_DA * atoms["mass"] / voxel**3))
     contour = float(np.sort(data.ravel())[::-1][k])
     return DensityMap(data=data, voxel_size_A=np.full(3, voxel), origin_A=lo), contour
 
@@ -110,7 +114,7 @@ def test_simulation_contour_encloses_the_protein_volume(actin, pair0):
 def test_align_recovers_the_inverse_of_a_known_move(actin, seed, result0, pair0):
     source, sc, target, tc, T_true, moved_ca = simulated_pair(actin, seed) if seed else pair0
     result = result0 if seed == 0 else cryoalign.align(source, target, source_contour=sc, target_contour=tc)
-    T_expected = tf.invert(T_true)                       # moved frame (source) -> original (target)
+    T_expected = tf.invert(T_true)  # moved frame (source) -> original (target)
     # sanity: the answer is far from the identity, so a do-nothing aligner fails
     assert tf.rmsd(np.eye(4), T_expected, moved_ca) > 20.0
     assert tf.rmsd(result.T_target_source, T_expected, moved_ca) < 3.0
@@ -141,7 +145,7 @@ def test_align_real_map_moved_by_a_known_transform(data_dir):
     # the original file (a path) is the target; the moved copy (a DensityMap) the source
     result = cryoalign.align(moved, path, source_contour=contour, target_contour=contour)
     assert result.params["target"] == str(path) and result.params["source"] is None
-    points = tf.apply(T_move, pointcloud.grid_points(original, contour, 5.0))   # in the source frame
+    points = tf.apply(T_move, pointcloud.grid_points(original, contour, 5.0))  # in the source frame
     T_expected = tf.invert(T_move)
     assert tf.rmsd(np.eye(4), T_expected, points) > 20.0
     assert tf.rmsd(result.T_target_source, T_expected, points) < 3.0
@@ -186,23 +190,22 @@ def test_result_object(result0):
     assert len(r.candidates) >= 1
     sims = [c.score.value for c in r.candidates]
     refined = [c for c in r.candidates if c.score.correlation is not None]
-    assert refined and refined == list(r.candidates[:len(refined)])   # map-refined ones first ...
+    assert refined and refined == list(r.candidates[: len(refined)])  # map-refined ones first ...
     values = [c.score.value for c in refined]
-    assert values == sorted(values, reverse=True)                     # ... by correlation x agreement
+    assert values == sorted(values, reverse=True)  # ... by correlation x agreement
     assert r.score.value == r.score.correlation * r.score.vector_agreement
     np.testing.assert_array_equal(r.candidates[0].T_target_source, r.T_target_source)
     assert r.score == r.candidates[0].score
     assert 0.0 <= r.score.similarity <= 1.0
     assert "total" in r.timings_s and all(v >= 0 for v in r.timings_s.values())
-    for stage in ("source point cloud", "target descriptors", "matching", "coarse pose", "fine pose",
-                  "score"):
+    for stage in ("source point cloud", "target descriptors", "matching", "coarse pose", "fine pose", "score"):
         assert stage in r.timings_s
     assert r.stats["matches"] >= 3 and r.stats["hypotheses"] >= 1
     assert r.stats["source_points"] > 0 and r.stats["target_points"] > 0
 
     j = r.to_json()
     assert {"matrix", "score", "candidates", "timings_s", "params", "version"} <= set(j)
-    text = json.dumps(j)                                      # JSON-serialisable as is
+    text = json.dumps(j)  # JSON-serialisable as is
     back = json.loads(text)
     np.testing.assert_allclose(back["matrix"], r.T_target_source)
     assert back["score"] == r.score.correlation * r.score.vector_agreement

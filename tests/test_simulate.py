@@ -6,6 +6,7 @@ over every voxel is the reference for both summation strategies; the real models
 in tests/data and the multi-chain examples/5nsr.pdb.gz check chain selection,
 contouring and file round trips.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,9 +19,9 @@ import pytest
 from scipy.spatial import cKDTree
 
 from cryoalign.apps import simulate as sim
+from cryoalign.apps.simulate import chain_ids, contour_for, model_mass_Da, simulate
 from cryoalign.errors import InputError
 from cryoalign.io import read_map, read_model, write_map
-from cryoalign.apps.simulate import chain_ids, contour_for, model_mass_Da, simulate
 from cryoalign.types import DensityMap
 
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
@@ -85,8 +86,9 @@ def brute_force(dm: DensityMap, xyz, z, sigma, cutoff=None) -> np.ndarray:
     axes = [dm.origin_A[a] + np.arange(n) * dm.voxel_size_A[a] for a, n in enumerate((nx, ny, nz))]
     out = np.zeros((nz, ny, nx))
     for pos, weight in zip(xyz, z):
-        gx, gy, gz = (np.exp(-0.5 * ((ax - p) / sigma) ** 2) * (np.abs(ax - p) <= (cutoff or np.inf))
-                      for ax, p in zip(axes, pos))
+        gx, gy, gz = (
+            np.exp(-0.5 * ((ax - p) / sigma) ** 2) * (np.abs(ax - p) <= (cutoff or np.inf)) for ax, p in zip(axes, pos)
+        )
         out += weight * gz[:, None, None] * gy[None, :, None] * gx[None, None, :]
     return out
 
@@ -159,8 +161,8 @@ def test_single_carbon_default_grid():
     assert dm.data.max() == pytest.approx(6.0 * math.exp(-0.5 * (offset / sigma) ** 2), rel=1e-5)
     assert dm.data.max() > 0.9 * 6.0
     # the integral of a Gaussian of height Z, less the ~0.8 % beyond 3 sigma
-    integral = dm.data.sum(dtype=float) * voxel ** 3
-    assert integral == pytest.approx(6.0 * (2 * math.pi) ** 1.5 * sigma ** 3, rel=0.015)
+    integral = dm.data.sum(dtype=float) * voxel**3
+    assert integral == pytest.approx(6.0 * (2 * math.pi) ** 1.5 * sigma**3, rel=0.015)
     # nothing is clipped by the box: the outer two layers are empty
     assert not dm.data[:2].any() and not dm.data[-2:].any()
     assert not dm.data[:, :, :2].any() and not dm.data[:, :, -2:].any()
@@ -201,8 +203,11 @@ def test_matches_direct_sum_for_a_cluster_of_atoms():
     exact = brute_force(dm, xyz, z, sigma)
     assert correlation(dm.data, exact) > 0.999
     assert np.abs(dm.data - exact).max() < 0.05 * exact.max()
-    np.testing.assert_allclose(peak_world(dm), peak_world(DensityMap(exact.astype(np.float32), dm.voxel_size_A,
-                                                                     dm.origin_A)), atol=0.5 * dm.voxel_size_A[0])
+    np.testing.assert_allclose(
+        peak_world(dm),
+        peak_world(DensityMap(exact.astype(np.float32), dm.voxel_size_A, dm.origin_A)),
+        atol=0.5 * dm.voxel_size_A[0],
+    )
 
 
 def test_wide_kernels_on_fine_grids_match_direct_sum():
@@ -219,8 +224,9 @@ def test_wide_kernels_on_fine_grids_match_direct_sum():
     exact = brute_force(dm, xyz, z, sigma, cutoff=3 * sigma)
     assert correlation(dm.data, exact) > 0.999
     assert np.abs(dm.data - exact).max() < 0.015 * exact.max()
-    assert np.linalg.norm(peak_world(dm) - peak_world(DensityMap(exact.astype(np.float32), dm.voxel_size_A,
-                                                                 dm.origin_A))) <= 0.5 * voxel * math.sqrt(3)
+    assert np.linalg.norm(
+        peak_world(dm) - peak_world(DensityMap(exact.astype(np.float32), dm.voxel_size_A, dm.origin_A))
+    ) <= 0.5 * voxel * math.sqrt(3)
 
 
 @pytest.mark.parametrize("sigma_voxels", [0.675, 3.0])  # per-atom sum, splat and blur
@@ -255,22 +261,28 @@ def test_hydrogens_waters_and_alternative_conformers_are_skipped():
     carbon = ("A", "ALA", "CA", "C", (0.0, 0.0, 0.0))
     oxygen_a = ("A", "ALA", "O", "O", (1.5, 0.0, 0.0), "A")
     plain = simulate(structure([carbon, oxygen_a]), 3.0)
-    noisy = simulate(structure([
-        carbon,
-        ("A", "ALA", "HA", "H", (-9.0, 0.0, 0.0)),       # would widen the box if counted
-        ("A", "ALA", "DB", "D", (0.0, 9.0, 0.0)),
-        oxygen_a,
-        ("A", "ALA", "O", "O", (0.0, 1.5, 0.0), "B"),   # second conformer
-        ("A", "HOH", "O", "O", (0.0, 0.0, 9.0)),
-        ("A", "DOD", "O", "O", (0.0, 0.0, -9.0)),
-        ("W", "WAT", "O", "O", (9.0, 9.0, 9.0)),
-    ]), 3.0)
+    noisy = simulate(
+        structure(
+            [
+                carbon,
+                ("A", "ALA", "HA", "H", (-9.0, 0.0, 0.0)),  # would widen the box if counted
+                ("A", "ALA", "DB", "D", (0.0, 9.0, 0.0)),
+                oxygen_a,
+                ("A", "ALA", "O", "O", (0.0, 1.5, 0.0), "B"),  # second conformer
+                ("A", "HOH", "O", "O", (0.0, 0.0, 9.0)),
+                ("A", "DOD", "O", "O", (0.0, 0.0, -9.0)),
+                ("W", "WAT", "O", "O", (9.0, 9.0, 9.0)),
+            ]
+        ),
+        3.0,
+    )
 
     assert noisy.data.shape == plain.data.shape
     np.testing.assert_array_equal(noisy.origin_A, plain.origin_A)
     np.testing.assert_array_equal(noisy.data, plain.data)
-    assert model_mass_Da(structure([carbon, ("A", "ALA", "HA", "H", (1, 1, 1)), ("A", "HOH", "O", "O", (5, 5, 5))])) \
-        == pytest.approx(gemmi.Element("C").weight)
+    assert model_mass_Da(
+        structure([carbon, ("A", "ALA", "HA", "H", (1, 1, 1)), ("A", "HOH", "O", "O", (5, 5, 5))])
+    ) == pytest.approx(gemmi.Element("C").weight)
 
 
 def test_no_atoms_left_is_an_input_error():
@@ -282,11 +294,13 @@ def test_no_atoms_left_is_an_input_error():
 
 
 def test_chain_ids_merge_parts_and_skip_empty_chains():
-    st = structure([
-        ("A", "ALA", "CA", "C", (0, 0, 0)),
-        ("B", "GLY", "CA", "C", (20, 0, 0)),
-        ("A", "ATP", "PG", "P", (0, 20, 0)),  # a ligand part of chain A after chain B
-    ])
+    st = structure(
+        [
+            ("A", "ALA", "CA", "C", (0, 0, 0)),
+            ("B", "GLY", "CA", "C", (20, 0, 0)),
+            ("A", "ATP", "PG", "P", (0, 20, 0)),  # a ligand part of chain A after chain B
+        ]
+    )
     st[0].add_chain(gemmi.Chain("C"))  # no atoms
     assert chain_ids(st) == ["A", "B"]
 
@@ -339,11 +353,17 @@ def test_bad_resolution_is_an_input_error(resolution):
         simulate(st, resolution)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"voxel_A": 0.0}, "voxel size"), ({"voxel_A": float("nan")}, "voxel size"),
-    ({"voxel_A": "big"}, "voxel size"), ({"padding_A": -1.0}, "padding .* non-negative"),
-    ({"padding_A": float("inf")}, "padding"), ({"padding_A": "wide"}, "padding"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"voxel_A": 0.0}, "voxel size"),
+        ({"voxel_A": float("nan")}, "voxel size"),
+        ({"voxel_A": "big"}, "voxel size"),
+        ({"padding_A": -1.0}, "padding .* non-negative"),
+        ({"padding_A": float("inf")}, "padding"),
+        ({"padding_A": "wide"}, "padding"),
+    ],
+)
 def test_bad_voxel_or_padding_is_an_input_error(kwargs, message):
     with pytest.raises(InputError, match=message):
         simulate(structure([("A", "ALA", "CA", "C", (0, 0, 0))]), 4.0, **kwargs)
@@ -359,12 +379,12 @@ def test_oversized_grid_is_refused_with_a_larger_voxel_suggested(monkeypatch):
     with pytest.raises(InputError, match=r"more than 512\^3; use a larger voxel \(e\.g\. voxel_A=\d+\.\d+\)"):
         simulate(st, 1.5)
 
-    monkeypatch.setattr(sim, "MAX_VOXELS", 40 ** 3)  # the same check, small enough to follow the advice
+    monkeypatch.setattr(sim, "MAX_VOXELS", 40**3)  # the same check, small enough to follow the advice
     with pytest.raises(InputError, match=r"more than 40\^3") as err:
         simulate(st, 1.5)
     suggested = float(re.search(r"voxel_A=(\d+\.\d+)", str(err.value)).group(1))
     dm = simulate(st, 1.5, voxel_A=suggested)
-    assert 0.8 * 40 ** 3 < dm.data.size <= 40 ** 3
+    assert 0.8 * 40**3 < dm.data.size <= 40**3
 
 
 def test_empty_structure_is_an_input_error():
@@ -398,12 +418,12 @@ def test_model_mass_of_actin(actin):
     assert len(xyz) == 2882
     # actin is ~42 kDa with hydrogens; its heavy atoms are ~39 kDa
     assert 36_000 < mass < 41_000
-    assert mass == pytest.approx(sum(gemmi.Element(e).weight for e in ["C"] * 1824 + ["O"] * 552
-                                     + ["N"] * 486 + ["S"] * 20))
+    assert mass == pytest.approx(
+        sum(gemmi.Element(e).weight for e in ["C"] * 1824 + ["O"] * 552 + ["N"] * 486 + ["S"] * 20)
+    )
 
 
-@pytest.mark.parametrize("model, resolution", [("3mfp.pdb.gz", 5.0), ("3j6b_9.pdb.gz", 8.0),
-                                               ("3mfp.pdb.gz", 12.0)])
+@pytest.mark.parametrize("model, resolution", [("3mfp.pdb.gz", 5.0), ("3j6b_9.pdb.gz", 8.0), ("3mfp.pdb.gz", 12.0)])
 def test_contour_encloses_the_molecular_volume(model, resolution):
     st = read_model(DATA_DIR / model)
     dm = simulate(st, resolution)
@@ -436,8 +456,7 @@ def test_contour_for_less_than_a_voxel_keeps_the_peak():
     assert np.count_nonzero(dm.data > level) == 1
 
 
-@pytest.mark.parametrize("mass, message", [(0.0, "mass"), (-5.0, "mass"), (float("nan"), "mass"),
-                                           (1e9, "fills")])
+@pytest.mark.parametrize("mass, message", [(0.0, "mass"), (-5.0, "mass"), (float("nan"), "mass"), (1e9, "fills")])
 def test_contour_rejects_bad_mass(mass, message):
     dm = simulate(structure([("A", "ALA", "CA", "C", (0, 0, 0))]), 4.0)
     with pytest.raises(InputError, match=message):

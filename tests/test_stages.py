@@ -5,6 +5,7 @@ centres, non-zero origins and anisotropic voxels so that axis-order mistakes sho
 hand-made descriptors and correspondences, and the real 5 Å map EMD-3695
 (tests/data/emd_3695_5A.mrc.gz) for the descriptor and ICP stages.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,16 +14,16 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
-from cryoalign.core import features, keypoints, match, pointcloud, refine, register, score
+from _maps import resampled_map
 from cryoalign import transform as tf
+from cryoalign.core import features, keypoints, match, pointcloud, refine, register, score
 from cryoalign.errors import InputError
 from cryoalign.io import read_map
 from cryoalign.types import DensityMap, Features, Matches, PointCloud
-from _maps import resampled_map
 
-VOXEL_A = 5.0            # point-cloud sampling used with the 5 Å real map
-VECTOR_SIGMA_A = 8.0     # AlignConfig.vector_sigma_A default
-RADIUS_A = 35.0          # AlignConfig.descriptor_radius_A default (7 x 5 Å)
+VOXEL_A = 5.0  # point-cloud sampling used with the 5 Å real map
+VECTOR_SIGMA_A = 8.0  # AlignConfig.vector_sigma_A default
+RADIUS_A = 35.0  # AlignConfig.descriptor_radius_A default (7 x 5 Å)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -47,10 +48,10 @@ def lattice_rotated_map(density: DensityMap, P: np.ndarray, new_origin) -> tuple
     v = float(density.voxel_size_A[0])
     assert np.allclose(density.voxel_size_A, v), "needs cubic voxels"
     n_xyz = density.shape_xyz
-    offset = np.where((P < 0).any(1), (np.abs(P) @ (n_xyz - 1)), 0)     # keep indices >= 0
+    offset = np.where((P < 0).any(1), (np.abs(P) @ (n_xyz - 1)), 0)  # keep indices >= 0
     new_n = np.abs(P) @ n_xyz
-    idx = np.indices(new_n[::-1]).reshape(3, -1)[::-1].T                 # (M, 3) new x, y, z
-    old = (idx - offset) @ P                                            # P^T (i' - offset)
+    idx = np.indices(new_n[::-1]).reshape(3, -1)[::-1].T  # (M, 3) new x, y, z
+    old = (idx - offset) @ P  # P^T (i' - offset)
     data = density.data[old[:, 2], old[:, 1], old[:, 0]].reshape(tuple(new_n[::-1]))
     new_origin = np.asarray(new_origin, float)
     T = tf.make(P, -P @ density.origin_A + offset * v + new_origin)
@@ -81,7 +82,7 @@ def real_cloud(real_map):
 
 # --------------------------------------------------------------------------- stage 1: point cloud
 BLOB_ORIGIN = np.array([-12.0, 7.5, 30.25])
-BLOB_VOXEL = (1.0, 1.25, 0.8)                      # anisotropic: x, y, z
+BLOB_VOXEL = (1.0, 1.25, 0.8)  # anisotropic: x, y, z
 BLOB_CENTRE = BLOB_ORIGIN + [21.3, 22.7, 19.1]
 
 
@@ -111,7 +112,7 @@ def test_density_vectors_point_uphill_towards_blob_centre(blob):
 
 def test_density_vectors_rotate_with_the_map(real_map, real_cloud):
     m, contour = real_map
-    P = np.array([[0, 0, 1], [0, 1, 0], [-1, 0, 0]])          # 90 degrees about y
+    P = np.array([[0, 0, 1], [0, 1, 0], [-1, 0, 0]])  # 90 degrees about y
     rotated, T = lattice_rotated_map(m, P, (3.0, -7.0, 11.0))
     cloud_r = pointcloud.sample_points(rotated, contour, VOXEL_A, VECTOR_SIGMA_A)
     assert len(cloud_r) == len(real_cloud)
@@ -136,8 +137,7 @@ def test_grid_points_keeps_exactly_the_lattice_points_above_contour(blob):
     assert np.all(interp(pts) >= contour)
     # and every lattice point inside the box whose density reaches the contour is kept
     hi = blob.index_to_world(blob.shape_xyz - 1)
-    axes = [blob.origin_A[i] + spacing * np.arange(0, int((hi[i] - blob.origin_A[i]) / spacing) + 1)
-            for i in range(3)]
+    axes = [blob.origin_A[i] + spacing * np.arange(0, int((hi[i] - blob.origin_A[i]) / spacing) + 1) for i in range(3)]
     gx, gy, gz = np.meshgrid(*axes, indexing="ij")
     full = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], 1)
     expected = full[interp(full) >= contour]
@@ -152,8 +152,11 @@ def test_estimate_contour_between_background_and_maximum():
     rng = np.random.default_rng(7)
     noise_sd = 0.05
     clean = blob_map([[20.3, 18.1, 21.7]], [4.0], [1.0], (40, 40, 40), 1.0, (0.0, 0.0, 0.0))
-    noisy = DensityMap((clean.data + rng.normal(0.0, noise_sd, clean.data.shape)).astype(np.float32),
-                       clean.voxel_size_A, clean.origin_A)
+    noisy = DensityMap(
+        (clean.data + rng.normal(0.0, noise_sd, clean.data.shape)).astype(np.float32),
+        clean.voxel_size_A,
+        clean.origin_A,
+    )
     level = pointcloud.estimate_contour(noisy)
     # ~ background + 3 noise sd: clearly above the noise, far below the peak
     assert 2 * noise_sd < level < 5 * noise_sd
@@ -177,7 +180,7 @@ def test_thresholded_crops_and_zeros_below_contour(blob):
     assert data.dtype == np.float32
     assert np.all((data == 0) | (data >= 0.5))
     assert np.isclose(data.sum(), blob.data[blob.data >= 0.5].sum(), rtol=1e-5)
-    assert all(a < b for a, b in zip(data.shape, blob.data.shape))        # cropped on every axis
+    assert all(a < b for a, b in zip(data.shape, blob.data.shape))  # cropped on every axis
     lo = np.argwhere(blob.data >= 0.5).min(0)[::-1]
     np.testing.assert_allclose(origin, blob.origin_A + lo * blob.voxel_size_A)
 
@@ -206,8 +209,7 @@ def three_blobs(request):
     if request.param == "cubic":
         m = blob_map(THREE_CENTRES, [2.0, 2.5, 2.0], [1.0, 0.7, 1.3], (40, 36, 44), 1.0, BLOB_ORIGIN)
     else:
-        m = blob_map(THREE_CENTRES, [2.0, 2.5, 2.0], [1.0, 0.7, 1.3], (50, 36, 44), (0.8, 1.0, 1.25),
-                     BLOB_ORIGIN)
+        m = blob_map(THREE_CENTRES, [2.0, 2.5, 2.0], [1.0, 0.7, 1.3], (50, 36, 44), (0.8, 1.0, 1.25), BLOB_ORIGIN)
     contour = 0.05
     field = pointcloud.smooth_field(m, contour, 3.0 * pointcloud.KERNEL_TO_STD)
     cloud = pointcloud.sample_points(m, contour, 2.0, VECTOR_SIGMA_A)
@@ -234,9 +236,16 @@ def test_detect_finds_exactly_the_three_maxima(three_blobs):
 
 
 def test_merge_links_points_closer_than_eps_and_keeps_far_ones_apart():
-    pts = np.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [1.0, 0.0, 0.0],     # a chain: one cluster
-                    [10.0, 0.0, 0.0],                                      # alone
-                    [5.0, 5.0, 5.0], [5.0, 5.0, 5.65]])                    # just farther than eps
+    pts = np.array(
+        [
+            [0.0, 0.0, 0.0],
+            [0.5, 0.0, 0.0],
+            [1.0, 0.0, 0.0],  # a chain: one cluster
+            [10.0, 0.0, 0.0],  # alone
+            [5.0, 5.0, 5.0],
+            [5.0, 5.0, 5.65],
+        ]
+    )  # just farther than eps
     out = keypoints.merge(pts, eps_A=0.6)
     expected = np.array([[0.5, 0.0, 0.0], [5.0, 5.0, 5.0], [5.0, 5.0, 5.65], [10.0, 0.0, 0.0]])
     np.testing.assert_allclose(out, expected)
@@ -254,12 +263,12 @@ def test_merge_links_points_closer_than_eps_and_keeps_far_ones_apart():
 def test_dense_keeps_all_points_under_max_and_thins_above():
     spacing = 2.0
     g = np.stack(np.meshgrid(*[np.arange(10)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    pts = g * spacing + np.array([3.0, -4.0, 7.5])                        # 1000 lattice points
+    pts = g * spacing + np.array([3.0, -4.0, 7.5])  # 1000 lattice points
     np.testing.assert_array_equal(keypoints.dense(pts, spacing, 5000), pts)
     np.testing.assert_array_equal(keypoints.dense(pts, spacing, 1000), pts)
     thin = keypoints.dense(pts, spacing, 600)
     assert 0 < len(thin) <= 600
-    assert len(thin) == 500                                              # i + j + k even
+    assert len(thin) == 500  # i + j + k even
     # subset of the input, and every input point is within one lattice step of a key point
     assert cKDTree(pts).query(thin)[0].max() < 1e-9
     assert cKDTree(thin).query(pts)[0].max() <= spacing + 1e-9
@@ -287,11 +296,15 @@ def test_descriptors_have_352_unit_entries(real_cloud):
     assert len(far) == 0 and far.descriptors.shape == (0, 352)
 
 
-@pytest.mark.parametrize("P", [
-    np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]]),      # 90 degrees about z
-    np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]]),      # 90 degrees about x
-    np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]]),       # 120 degrees about (1, 1, 1)
-], ids=["z90", "x90", "diag120"])
+@pytest.mark.parametrize(
+    "P",
+    [
+        np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]]),  # 90 degrees about z
+        np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]]),  # 90 degrees about x
+        np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]]),  # 120 degrees about (1, 1, 1)
+    ],
+    ids=["z90", "x90", "diag120"],
+)
 def test_descriptors_invariant_under_lattice_rotation(real_map, real_cloud, P):
     m, contour = real_map
     rotated, T = lattice_rotated_map(m, P, (3.0, -7.0, 11.0))
@@ -300,7 +313,7 @@ def test_descriptors_invariant_under_lattice_rotation(real_map, real_cloud, P):
     fb = features.describe(cloud_r.points_A, cloud_r, RADIUS_A)
     assert len(fa) == len(fb) > 2000
     d, j = cKDTree(fb.keypoints_A).query(tf.apply(T, fa.keypoints_A))
-    assert d.max() < 1e-6                                           # same key points, moved
+    assert d.max() < 1e-6  # same key points, moved
     dist = np.linalg.norm(fa.descriptors - fb.descriptors[j], axis=1)
     assert np.median(dist) < 0.01
     assert np.percentile(dist, 90) < 0.05
@@ -342,11 +355,15 @@ def _unit(v):
 
 def _hand_features():
     e = np.eye(5)
-    c = np.array([0.011, 0.023, 0.037, 0.041, 0.053])      # small generic offset: no distance ties
-    src = Features(keypoints_A=np.arange(12, dtype=float).reshape(4, 3),
-                   descriptors=_unit(np.array([e[0], e[1], e[0] + 0.3 * e[1], e[3] + 0.2 * e[4]]) + c))
-    tgt = Features(keypoints_A=100.0 + np.arange(12, dtype=float).reshape(4, 3),
-                   descriptors=_unit(np.array([e[0] + 0.05 * e[2], e[1] + 0.01 * e[2], e[3], e[2]]) + c[::-1]))
+    c = np.array([0.011, 0.023, 0.037, 0.041, 0.053])  # small generic offset: no distance ties
+    src = Features(
+        keypoints_A=np.arange(12, dtype=float).reshape(4, 3),
+        descriptors=_unit(np.array([e[0], e[1], e[0] + 0.3 * e[1], e[3] + 0.2 * e[4]]) + c),
+    )
+    tgt = Features(
+        keypoints_A=100.0 + np.arange(12, dtype=float).reshape(4, 3),
+        descriptors=_unit(np.array([e[0] + 0.05 * e[2], e[1] + 0.01 * e[2], e[3], e[2]]) + c[::-1]),
+    )
     return src, tgt
 
 
@@ -370,10 +387,9 @@ def test_mutual_nearest_returns_exactly_the_mutual_pairs():
     # s0<->t0, s1<->t1, s3<->t2 are mutual; s2's nearest is t0 but t0's nearest is s0; t3 is nobody's
     assert set(pairs) == {(0, 0), (1, 1), (3, 2)} == _brute_force_mutual(src, tgt, 1)
     assert len(pairs) == 3
-    expected_d = np.linalg.norm(src.descriptors[[i for i, _ in pairs]] - tgt.descriptors[[j for _, j in pairs]],
-                                axis=1)
+    expected_d = np.linalg.norm(src.descriptors[[i for i, _ in pairs]] - tgt.descriptors[[j for _, j in pairs]], axis=1)
     np.testing.assert_allclose(m.distance, expected_d, atol=1e-6)
-    assert np.all(np.diff(m.distance) >= 0)                              # sorted by distance
+    assert np.all(np.diff(m.distance) >= 0)  # sorted by distance
 
 
 def test_mutual_nearest_with_k2_adds_second_neighbours():
@@ -382,7 +398,7 @@ def test_mutual_nearest_with_k2_adds_second_neighbours():
     pairs2 = _pairs(match.mutual_nearest(src, tgt, k=2), src, tgt)
     assert len(pairs2) == len(set(pairs2))
     assert set(pairs2) == _brute_force_mutual(src, tgt, 2)
-    assert pairs1 < set(pairs2)                                          # strictly more
+    assert pairs1 < set(pairs2)  # strictly more
     assert (2, 0) in pairs2 and (2, 0) not in pairs1
 
 
@@ -413,10 +429,10 @@ def _correspondences(rng, n_in, n_out, noise=0.5, box=80.0):
     src_in = rng.uniform(0, box, (n_in, 3))
     tgt_in = tf.apply(T, src_in) + rng.normal(0, noise / np.sqrt(3), (n_in, 3))
     src_out = rng.uniform(0, box, (n_out, 3))
-    tgt_out = tf.apply(T, rng.uniform(0, box, (n_out, 3)))        # wrong partner, same region
+    tgt_out = tf.apply(T, rng.uniform(0, box, (n_out, 3)))  # wrong partner, same region
     src = np.vstack([src_in, src_out])
     tgt = np.vstack([tgt_in, tgt_out])
-    order = rng.permutation(len(src))                              # inliers not first
+    order = rng.permutation(len(src))  # inliers not first
     return T, src[order], tgt[order], src_in
 
 
@@ -424,10 +440,10 @@ def _correspondences(rng, n_in, n_out, noise=0.5, box=80.0):
 @pytest.mark.parametrize("path", ["exact", "greedy"])
 def test_coarse_poses_recovers_pose_with_90_percent_outliers(seed, path):
     rng = np.random.default_rng(seed)
-    if path == "exact":      # the whole graph fits the exact clique search
+    if path == "exact":  # the whole graph fits the exact clique search
         n_in = max(5, register.EXACT_LIMIT // 10)
         n_out = register.EXACT_LIMIT - n_in
-    else:                    # too many matches for it: 30 inliers + 270 outliers
+    else:  # too many matches for it: 30 inliers + 270 outliers
         n_in, n_out = 30, 270
     T, src, tgt, src_in = _correspondences(rng, n_in, n_out)
     n = len(src)
@@ -456,7 +472,7 @@ def test_max_cliques_are_disjoint_consistent_sets():
     seen = set()
     for c in cliques:
         assert len(c) >= register.MIN_CLIQUE
-        assert adj[np.ix_(c, c)].sum() == len(c) * (len(c) - 1)      # a clique
+        assert adj[np.ix_(c, c)].sum() == len(c) * (len(c) - 1)  # a clique
         assert seen.isdisjoint(c.tolist())
         seen |= set(c.tolist())
     # the first is the true inlier set (12 consistent correspondences)
@@ -468,7 +484,7 @@ def test_max_cliques_are_disjoint_consistent_sets():
 
 def _random_graph(rng, n):
     adj = rng.random((n, n)) < rng.uniform(0.1, 0.95)
-    if n > 4 and rng.random() < 0.5:                 # a planted clique
+    if n > 4 and rng.random() < 0.5:  # a planted clique
         idx = rng.choice(n, int(rng.integers(3, n)), replace=False)
         adj[np.ix_(idx, idx)] = True
     adj = np.triu(adj, 1)
@@ -522,7 +538,7 @@ def test_gnc_tls_rejects_a_few_gross_outliers():
     T = tf.make(tf.random_rotation(rng), rng.uniform(-20, 20, 3))
     src = rng.uniform(-30, 30, (25, 3))
     tgt = tf.apply(T, src)
-    tgt[:5] += rng.uniform(15, 30, (5, 3))                # 20% gross outliers
+    tgt[:5] += rng.uniform(15, 30, (5, 3))  # 20% gross outliers
     pose = register.gnc_tls(src, tgt, noise_A=1.0)
     assert pose.inliers == 20
     np.testing.assert_allclose(pose.T_target_source, T, atol=1e-6)
@@ -647,7 +663,7 @@ def test_transform_identities():
     R = A[:3, :3]
     np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
     assert np.isclose(np.linalg.det(R), 1.0)
-    assert tf.pose_error(A, A) == pytest.approx((0.0, 0.0), abs=1e-4)   # arccos near 1
+    assert tf.pose_error(A, A) == pytest.approx((0.0, 0.0), abs=1e-4)  # arccos near 1
     assert tf.rmsd(A, tf.compose(tf.make(np.eye(3), [3.0, 4.0, 0.0]), A), p) == pytest.approx(5.0)
 
 
@@ -682,7 +698,7 @@ def test_rotation_angle_and_axis(angle):
     if angle < 180.0:
         np.testing.assert_allclose(got, axis, atol=1e-5)
     else:
-        assert abs(got @ axis) == pytest.approx(1.0, abs=1e-6)     # sign is arbitrary at 180
+        assert abs(got @ axis) == pytest.approx(1.0, abs=1e-6)  # sign is arbitrary at 180
     assert tf.rotation_angle_deg(np.eye(3)) == 0.0
 
 

@@ -1,5 +1,6 @@
 """Issue 20.6: what a user meets at the command line (real subprocesses): bad places for
 outputs are one line with exit code 2 and leave nothing behind, duplicates are named."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,13 @@ def _cryoalign(*args, read_only_respected=False, cwd=None):
         if not shutil.which("setpriv"):
             pytest.skip("running as root without setpriv: read-only folders cannot be tested")
         prefix = READ_ONLY_CAPS
-    return subprocess.run(prefix + [sys.executable, "-m", "cryoalign", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        prefix + [sys.executable, "-m", "cryoalign", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def _error_line(proc) -> str:
@@ -47,36 +53,48 @@ def monomer(data_dir):
 
 
 def test_variance_out_dir_in_a_read_only_place(places, monomer):
-    proc = _cryoalign("variance", monomer, monomer, monomer, "--out-dir", places / "read-only" / "v",
-                      read_only_respected=True)
-    assert _error_line(proc) == (f"cryoalign: error: --out-dir {places}/read-only/v: cannot create it: "
-                                 f"{places}/read-only is not writable; choose a writable location for --out-dir")
+    proc = _cryoalign(
+        "variance", monomer, monomer, monomer, "--out-dir", places / "read-only" / "v", read_only_respected=True
+    )
+    assert _error_line(proc) == (
+        f"cryoalign: error: --out-dir {places}/read-only/v: cannot create it: "
+        f"{places}/read-only is not writable; choose a writable location for --out-dir"
+    )
     assert os.listdir(places / "read-only") == []
 
 
 def test_variance_out_dir_that_is_a_file(places, monomer):
     proc = _cryoalign("variance", monomer, monomer, monomer, "--out-dir", places / "a-file")
-    assert _error_line(proc) == (f"cryoalign: error: --out-dir {places}/a-file is a file, not a folder; give a new "
-                                 "folder or one this command wrote")
+    assert _error_line(proc) == (
+        f"cryoalign: error: --out-dir {places}/a-file is a file, not a folder; give a new "
+        "folder or one this command wrote"
+    )
     proc = _cryoalign("variance", monomer, monomer, monomer, "--out-dir", places / "a-file" / "v")
-    assert _error_line(proc) == (f"cryoalign: error: cannot create --out-dir {places}/a-file/v: {places}/a-file is "
-                                 "a file; choose another --out-dir")
+    assert _error_line(proc) == (
+        f"cryoalign: error: cannot create --out-dir {places}/a-file/v: {places}/a-file is "
+        "a file; choose another --out-dir"
+    )
 
 
 def test_index_db_in_a_read_only_place(places, monomer):
     proc = _cryoalign("index", monomer, "--db", places / "read-only" / "db", read_only_respected=True)
-    assert _error_line(proc) == (f"cryoalign: error: --db {places}/read-only/db: cannot create it: "
-                                 f"{places}/read-only is not writable; choose a writable location for --db")
+    assert _error_line(proc) == (
+        f"cryoalign: error: --db {places}/read-only/db: cannot create it: "
+        f"{places}/read-only is not writable; choose a writable location for --db"
+    )
     proc = _cryoalign("index", monomer, "--db", places / "read-only", read_only_respected=True)
-    assert _error_line(proc) == (f"cryoalign: error: --db {places}/read-only: folder is not writable; choose a "
-                                 "writable location for --db")
+    assert _error_line(proc) == (
+        f"cryoalign: error: --db {places}/read-only: folder is not writable; choose a writable location for --db"
+    )
     assert os.listdir(places / "read-only") == []
 
 
 def test_index_db_below_a_file(places, monomer):
     proc = _cryoalign("index", monomer, "--db", places / "a-file" / "db")
-    assert _error_line(proc) == (f"cryoalign: error: cannot create the catalogue {places}/a-file/db: "
-                                 f"{places}/a-file is a file; choose another --db folder")
+    assert _error_line(proc) == (
+        f"cryoalign: error: cannot create the catalogue {places}/a-file/db: "
+        f"{places}/a-file is a file; choose another --db folder"
+    )
 
 
 def test_a_refused_variance_leaves_no_folder_behind(tmp_path, monomer):
@@ -106,13 +124,18 @@ def test_the_same_map_twice_is_named(tmp_path, monomer):
     shutil.copy(monomer, copy)
     proc = _cryoalign("index", monomer, copy, "--db", tmp_path / "db", "--jobs", "1")
     assert proc.returncode == 0, proc.stderr
-    assert (f"warning: {monomer} and {copy} are the same file (SHA-256 " in proc.stderr
-            and "the map is given twice" in proc.stderr)
-    proc = _cryoalign("variance", monomer, monomer, copy, "--out-dir", tmp_path / "var", "--jobs", "1",
-                      "--sampling", "5")
+    assert (
+        f"warning: {monomer} and {copy} are the same file (SHA-256 " in proc.stderr
+        and "the map is given twice" in proc.stderr
+    )
+    proc = _cryoalign(
+        "variance", monomer, monomer, copy, "--out-dir", tmp_path / "var", "--jobs", "1", "--sampling", "5"
+    )
     assert proc.returncode == 0, proc.stderr
-    assert (f"warning: {monomer} and {copy} are the same file (SHA-256 " in proc.stderr
-            and "counts twice in the mean and variance; list each map once" in proc.stderr)
+    assert (
+        f"warning: {monomer} and {copy} are the same file (SHA-256 " in proc.stderr
+        and "counts twice in the mean and variance; list each map once" in proc.stderr
+    )
 
 
 def test_a_closed_pipe_is_no_traceback_and_the_outputs_stay(tmp_path, monomer):
@@ -120,13 +143,17 @@ def test_a_closed_pipe_is_no_traceback_and_the_outputs_stay(tmp_path, monomer):
     matrix = tmp_path / "identity.txt"
     matrix.write_text("1 0 0 0\n0 1 0 0\n0 0 1 0\n")
     out = tmp_path / "compare.json"
-    proc = subprocess.Popen([sys.executable, "-m", "cryoalign", "compare", monomer, monomer, "--matrix", matrix,
-                             "--json", out], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proc.stdout.close()                      # as `head` does once it has read its lines
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cryoalign", "compare", monomer, monomer, "--matrix", matrix, "--json", out],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # as `head` does once it has read its lines
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "BrokenPipeError" not in err and "internal error" not in err
-    assert out.exists()                      # written, and not removed as a failed command's output
+    assert out.exists()  # written, and not removed as a failed command's output
 
 
 @pytest.mark.parametrize("mode,hinted", [("local", True), ("global", False), ("auto", False)])
@@ -150,8 +177,9 @@ def test_compare_prints_the_alignments_matrix_and_confidence(monomer):
     lines = proc.stdout.splitlines()
     assert lines[0] == "T_target_source (source world Å -> target world Å, found by the alignment):"
     import numpy as np
+
     T = np.array([[float(v) for v in line.split()] for line in lines[1:5]])
-    assert np.allclose(T, np.eye(4), atol=0.05)                 # the map on itself
+    assert np.allclose(T, np.eye(4), atol=0.05)  # the map on itself
     assert any(line.startswith("score ") and "vector agreement" in line for line in lines)
     assert any(line.startswith("confidence high") for line in lines), proc.stdout
 
@@ -178,6 +206,7 @@ def test_the_align_report_has_the_confidence_advice_version_and_agreement(tmp_pa
 
 def pathlib_text(path) -> str:
     import pathlib
+
     return pathlib.Path(path).read_text()
 
 
@@ -192,13 +221,14 @@ def test_a_forked_worker_does_not_inherit_sigterm_as_an_exception():
     previous = cli._catch_sigterm()
     try:
         pid = os.fork()
-        if pid == 0:                                   # the worker
+        if pid == 0:  # the worker
             try:
                 os.kill(os.getpid(), signal.SIGTERM)
                 import time
+
                 time.sleep(5)
             finally:
-                os._exit(3)                            # reached only when SIGTERM raised or was ignored
+                os._exit(3)  # reached only when SIGTERM raised or was ignored
         _, status = os.waitpid(pid, 0)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -208,12 +238,27 @@ def test_a_forked_worker_does_not_inherit_sigterm_as_an_exception():
 def test_fewer_placements_than_top_are_explained(monomer):
     """Issue 20.6: `--top 5` gave 4 placements without a word: placements are distinct
     poses, and coarse placements that converge onto one pose when refined count once."""
-    proc = _cryoalign("align", monomer, monomer, "--local", "--top", "40", "--sampling", "5", "--jobs", "1",
-                      "--quiet", "--wide-search", "never")
+    proc = _cryoalign(
+        "align",
+        monomer,
+        monomer,
+        "--local",
+        "--top",
+        "40",
+        "--sampling",
+        "5",
+        "--jobs",
+        "1",
+        "--quiet",
+        "--wide-search",
+        "never",
+    )
     assert proc.returncode == 0, proc.stderr
     line = next(line for line in proc.stdout.splitlines() if "fewer than --top 40" in line)
-    assert line.endswith("the other coarse placements converged onto these poses when refined (placements are "
-                         "distinct poses, 3 Å or 10° apart)")
+    assert line.endswith(
+        "the other coarse placements converged onto these poses when refined (placements are "
+        "distinct poses, 3 Å or 10° apart)"
+    )
     count = int(line.split()[0])
     ranks = [line for line in proc.stdout.splitlines() if line[:4].strip().isdigit()]
     assert 1 <= count < 40 and len(ranks) == count
@@ -257,5 +302,7 @@ def test_an_output_below_a_file_names_the_file(places, monomer):
     """Found by the `readonly` fuzz family: `--json a-file/new/r.json` said "folder
     a-file/new does not exist; create it first", which cannot be done."""
     proc = _cryoalign("align", monomer, monomer, "--json", places / "a-file" / "new" / "r.json")
-    assert _error_line(proc) == (f"cryoalign: error: cannot write {places}/a-file/new/r.json: {places}/a-file is a "
-                                 "file, not a folder; choose another location")
+    assert _error_line(proc) == (
+        f"cryoalign: error: cannot write {places}/a-file/new/r.json: {places}/a-file is a "
+        "file, not a folder; choose another location"
+    )

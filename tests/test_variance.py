@@ -1,4 +1,5 @@
 """variance(): a series aligned to a reference, Welford statistics, resume, bad input."""
+
 from __future__ import annotations
 
 import os
@@ -7,16 +8,16 @@ import pathlib
 import numpy as np
 import pytest
 
-from cryoalign.apps import simulate
 from cryoalign import transform as tf
+from cryoalign.apps import simulate
+from cryoalign.apps.variation import WORK_DIR, read_contour_table, variance, welford
 from cryoalign.errors import InputError
 from cryoalign.io import read_map, read_model, transform_model, write_map
-from cryoalign.apps.variation import WORK_DIR, read_contour_table, variance, welford
 
-MODEL = pathlib.Path(__file__).resolve().parents[1] / "examples" / "5nsr.pdb.gz"   # PDB 5NSR, see examples/README.md
+MODEL = pathlib.Path(__file__).resolve().parents[1] / "examples" / "5nsr.pdb.gz"  # PDB 5NSR, see examples/README.md
 CHAINS = ["A", "B", "M"]
 CHANGING = "M"
-RESOLUTION_A, VOXEL_A = 10.0, 2.5    # smooth enough that trilinear resampling is faithful
+RESOLUTION_A, VOXEL_A = 10.0, 2.5  # smooth enough that trilinear resampling is faithful
 
 
 def _series(folder, pattern, seed):
@@ -43,8 +44,9 @@ def coming_and_going(tmp_path_factory):
     folder = tmp_path_factory.mktemp("series")
     paths, contours = _series(folder, [1, 0, 1, 0], seed=11)
     out = folder / "out"
-    result = variance(paths[0], paths, contours=contours, reference_contour=contours[paths[0]], out_dir=out,
-                      jobs=2, components=1)
+    result = variance(
+        paths[0], paths, contours=contours, reference_contour=contours[paths[0]], out_dir=out, jobs=2, components=1
+    )
     return dict(paths=paths, contours=contours, out=out, result=result, folder=folder)
 
 
@@ -53,9 +55,9 @@ def test_largest_variance_lies_on_the_changing_chain(coming_and_going):
     st = read_model(MODEL)
     var = result.variance
     changing = np.array([[a.pos.x, a.pos.y, a.pos.z] for res in st[0][CHANGING] for a in res])
-    others = np.array([[a.pos.x, a.pos.y, a.pos.z] for c in CHAINS if c != CHANGING
-                       for res in st[0][c] for a in res])
+    others = np.array([[a.pos.x, a.pos.y, a.pos.z] for c in CHAINS if c != CHANGING for res in st[0][c] for a in res])
     from scipy.spatial import cKDTree
+
     top = np.argsort(var.data.ravel())[-200:]
     xyz = var.index_to_world(np.array(np.unravel_index(top, var.data.shape))[::-1].T)
     near_changing = cKDTree(changing).query(xyz)[0]
@@ -67,8 +69,15 @@ def test_largest_variance_lies_on_the_changing_chain(coming_and_going):
 
 def test_files_written(coming_and_going):
     out = coming_and_going["out"]
-    for name in ("mean.mrc", "variance.mrc", "alignments.tsv", "variance.json", "variance_slices.png",
-                 "report.html", "component_1.mrc"):
+    for name in (
+        "mean.mrc",
+        "variance.mrc",
+        "alignments.tsv",
+        "variance.json",
+        "variance_slices.png",
+        "report.html",
+        "component_1.mrc",
+    ):
         assert (out / name).is_file(), name
     lines = (out / "alignments.tsv").read_text().splitlines()
     assert lines[0].split("\t")[:3] == ["map", "contour", "contour_estimated"]
@@ -89,8 +98,14 @@ def test_rerun_resumes_without_redoing_finished_alignments(coming_and_going, tmp
         for suffix in (".json", ".npy"):
             shutil.copy2(work / f"{key}{suffix}", out / WORK_DIR / f"{key}{suffix}")
     before = {k: os.stat(out / WORK_DIR / f"{k}.json") for k in finished}
-    variance(case["paths"][0], case["paths"], contours=case["contours"],
-             reference_contour=case["contours"][case["paths"][0]], out_dir=out, jobs=1)
+    variance(
+        case["paths"][0],
+        case["paths"],
+        contours=case["contours"],
+        reference_contour=case["contours"][case["paths"][0]],
+        out_dir=out,
+        jobs=1,
+    )
     for key, st in before.items():
         now = os.stat(out / WORK_DIR / f"{key}.json")
         assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
@@ -100,8 +115,9 @@ def test_rerun_resumes_without_redoing_finished_alignments(coming_and_going, tmp
 
 def test_identical_maps_in_random_poses_have_near_zero_variance(tmp_path):
     paths, contours = _series(tmp_path, [1, 1, 1], seed=5)
-    result = variance(paths[0], paths, contours=contours, reference_contour=contours[paths[0]],
-                      out_dir=tmp_path / "out", jobs=1)
+    result = variance(
+        paths[0], paths, contours=contours, reference_contour=contours[paths[0]], out_dir=tmp_path / "out", jobs=1
+    )
     inside = result.mean.data > contours[paths[0]]
     relative = result.variance.data[inside].mean() / result.mean.data[inside].var()
     assert relative < 0.05
@@ -137,18 +153,22 @@ def test_contour_table_errors(tmp_path):
     table.write_text("a.mrc\t0.5\nmissing.mrc\t0.7\n")
     with pytest.raises(InputError) as err:
         read_contour_table(table)
-    assert str(err.value) == (f"contour table {table} has 1 problem(s): line 2: map file not found: missing.mrc; "
-                              "fix the table and rerun")
+    assert str(err.value) == (
+        f"contour table {table} has 1 problem(s): line 2: map file not found: missing.mrc; fix the table and rerun"
+    )
     table.write_text("# header\na.mrc 0.5 extra\n")
     with pytest.raises(InputError) as err:
         read_contour_table(table)
-    assert str(err.value) == (f"contour table {table} has 1 problem(s): line 2: expected 'map<TAB>contour', got "
-                              "'a.mrc 0.5 extra'; fix the table and rerun")
+    assert str(err.value) == (
+        f"contour table {table} has 1 problem(s): line 2: expected 'map<TAB>contour', got "
+        "'a.mrc 0.5 extra'; fix the table and rerun"
+    )
     table.write_text("a.mrc\thigh\n")
     with pytest.raises(InputError) as err:
         read_contour_table(table)
-    assert str(err.value) == (f"contour table {table} has 1 problem(s): line 1: contour 'high' is not a number; "
-                              "fix the table and rerun")
+    assert str(err.value) == (
+        f"contour table {table} has 1 problem(s): line 1: contour 'high' is not a number; fix the table and rerun"
+    )
 
 
 def test_a_broken_contour_table_reports_every_problem_with_its_line(tmp_path):
@@ -161,13 +181,16 @@ def test_a_broken_contour_table_reports_every_problem_with_its_line(tmp_path):
     assert str(err.value) == (
         f"contour table {table} has 4 problem(s): line 2: contour 'high' is not a number; line 3: map file not "
         "found: missing.mrc; line 5: expected 'map<TAB>contour', got 'b.mrc 1 2'; line 6: contour 'inf' is not a "
-        "finite number; fix the table and rerun")
+        "finite number; fix the table and rerun"
+    )
 
 
 def test_fewer_than_two_maps(tmp_path, data_dir):
     ref = data_dir / "emd_3695_5A.mrc.gz"
     with pytest.raises(InputError) as err:
         variance(ref, [ref], out_dir=tmp_path / "out")
-    assert str(err.value) == ("variance needs at least two maps besides the reference, got 1; list every map "
-                              "of the series (the reference may be one of them)")
+    assert str(err.value) == (
+        "variance needs at least two maps besides the reference, got 1; list every map "
+        "of the series (the reference may be one of them)"
+    )
     assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ original mix), and the odd-map families (thin/2D maps, volume stacks, cell angle
 outlier voxels, overflow-scale values, bzip2/xz/gzip-compressed maps) and `concurrent`
 (two `cryoalign align ... --out-dir SAME` processes at once).
 """
+
 from __future__ import annotations
 
 import bz2
@@ -28,40 +29,79 @@ DATA = REPO / "tests" / "data"
 
 # Map under test: base maps (file, known contour level or None = estimated, weight).
 BASE_MAPS = {
-    "3695": ("emd_3695_5A.mrc.gz", 1.25, 5),            # 48^3 at 5 Å
+    "3695": ("emd_3695_5A.mrc.gz", 1.25, 5),  # 48^3 at 5 Å
     "1ake": ("1akeA_10A_simulated_odd_machine_stamp.mrc", 0.05, 3),  # 22^3 at 3 Å, odd stamp
-    "5168": ("emd_5168_monomer.mrc.gz", 5.0, 2),          # 28x43x41 at 1.742 Å
-    "3696": ("emd_3696_5A.mrc.gz", 0.69, 1),              # 64^3 at 5 Å
+    "5168": ("emd_5168_monomer.mrc.gz", 5.0, 2),  # 28x43x41 at 1.742 Å
+    "3696": ("emd_3696_5A.mrc.gz", 0.69, 1),  # 64^3 at 5 Å
 }
-PARTNER = ("emd_3695_5A.mrc.gz", 1.25)                    # the other (valid) map of a run
+PARTNER = ("emd_3695_5A.mrc.gz", 1.25)  # the other (valid) map of a run
 MODELS = ("3mfp.pdb.gz", "3j6b_9.pdb.gz")
-SENTINEL = "1e30"                                         # contour above any partner maximum
+SENTINEL = "1e30"  # contour above any partner maximum
 
 # Relative weights of the families (the original ten sum to 100; the odd-map families and
 # `concurrent` were added on top, so a case index does not give the same case as before them).
-FAMILY_WEIGHTS = {"header": 30, "data": 18, "gzip": 10, "random": 8, "text": 5, "path": 4,
-                  "contour": 9, "model": 7, "output": 7, "options": 2,
-                  "odd_thin": 3, "odd_stack": 1, "odd_cellb": 3, "odd_outlier": 3, "odd_overflow": 2,
-                  "odd_compressed": 3, "concurrent": 0.6,
-                  # opt-in (weight 0: the cases of every seed are unchanged; `--families signal,readonly`)
-                  "signal": 0, "readonly": 0}
+FAMILY_WEIGHTS = {
+    "header": 30,
+    "data": 18,
+    "gzip": 10,
+    "random": 8,
+    "text": 5,
+    "path": 4,
+    "contour": 9,
+    "model": 7,
+    "output": 7,
+    "options": 2,
+    "odd_thin": 3,
+    "odd_stack": 1,
+    "odd_cellb": 3,
+    "odd_outlier": 3,
+    "odd_overflow": 2,
+    "odd_compressed": 3,
+    "concurrent": 0.6,
+    # opt-in (weight 0: the cases of every seed are unchanged; `--families signal,readonly`)
+    "signal": 0,
+    "readonly": 0,
+}
 
 # ----------------------------------------------------------------------------- MRC header layout
 INT, FLOAT, BYTES = "i", "f", "4s"
 FIELDS = {  # name: (byte offset, struct code); little-endian like the base maps
-    "NX": (0, INT), "NY": (4, INT), "NZ": (8, INT), "MODE": (12, INT),
-    "NXSTART": (16, INT), "NYSTART": (20, INT), "NZSTART": (24, INT),
-    "MX": (28, INT), "MY": (32, INT), "MZ": (36, INT),
-    "CELLA.x": (40, FLOAT), "CELLA.y": (44, FLOAT), "CELLA.z": (48, FLOAT),
-    "CELLB.alpha": (52, FLOAT), "CELLB.beta": (56, FLOAT), "CELLB.gamma": (60, FLOAT),
-    "MAPC": (64, INT), "MAPR": (68, INT), "MAPS": (72, INT),
-    "DMIN": (76, FLOAT), "DMAX": (80, FLOAT), "DMEAN": (84, FLOAT),
-    "ISPG": (88, INT), "NSYMBT": (92, INT), "EXTTYP": (104, BYTES), "NVERSION": (108, INT),
-    "ORIGIN.x": (196, FLOAT), "ORIGIN.y": (200, FLOAT), "ORIGIN.z": (204, FLOAT),
-    "MAP": (208, BYTES), "MACHST": (212, BYTES), "RMS": (216, FLOAT), "NLABL": (220, INT),
+    "NX": (0, INT),
+    "NY": (4, INT),
+    "NZ": (8, INT),
+    "MODE": (12, INT),
+    "NXSTART": (16, INT),
+    "NYSTART": (20, INT),
+    "NZSTART": (24, INT),
+    "MX": (28, INT),
+    "MY": (32, INT),
+    "MZ": (36, INT),
+    "CELLA.x": (40, FLOAT),
+    "CELLA.y": (44, FLOAT),
+    "CELLA.z": (48, FLOAT),
+    "CELLB.alpha": (52, FLOAT),
+    "CELLB.beta": (56, FLOAT),
+    "CELLB.gamma": (60, FLOAT),
+    "MAPC": (64, INT),
+    "MAPR": (68, INT),
+    "MAPS": (72, INT),
+    "DMIN": (76, FLOAT),
+    "DMAX": (80, FLOAT),
+    "DMEAN": (84, FLOAT),
+    "ISPG": (88, INT),
+    "NSYMBT": (92, INT),
+    "EXTTYP": (104, BYTES),
+    "NVERSION": (108, INT),
+    "ORIGIN.x": (196, FLOAT),
+    "ORIGIN.y": (200, FLOAT),
+    "ORIGIN.z": (204, FLOAT),
+    "MAP": (208, BYTES),
+    "MACHST": (212, BYTES),
+    "RMS": (216, FLOAT),
+    "NLABL": (220, INT),
 }
 MODE_DTYPES = {0: "<i1", 1: "<i2", 2: "<f4", 6: "<u2", 12: "<f2"}
-I32_MAX, I32_MIN = 2**31 - 1, -2**31
+I32_MAX, I32_MIN = 2**31 - 1, -(2**31)
 
 
 def get_field(raw, name):
@@ -93,15 +133,23 @@ def make_mrc(arr_zyx, *, mode=None, voxel=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0
     import numpy as np
 
     if mode is None:
-        mode = {np.dtype("<i1"): 0, np.dtype("<i2"): 1, np.dtype("<f4"): 2, np.dtype("<u2"): 6,
-                np.dtype("<f2"): 12}[np.dtype(arr_zyx.dtype).newbyteorder("<")]
+        mode = {np.dtype("<i1"): 0, np.dtype("<i2"): 1, np.dtype("<f4"): 2, np.dtype("<u2"): 6, np.dtype("<f2"): 12}[
+            np.dtype(arr_zyx.dtype).newbyteorder("<")
+        ]
     arr = np.ascontiguousarray(arr_zyx, dtype=MODE_DTYPES[mode])
     nz, ny, nx = arr.shape
     h = bytearray(template[:1024]) if template is not None else bytearray(1024)
     if template is None:
         h[208:212], h[212:216] = b"MAP ", b"DD\x00\x00"
-        for name, v in (("CELLB.alpha", 90.0), ("CELLB.beta", 90.0), ("CELLB.gamma", 90.0),
-                        ("MAPC", 1), ("MAPR", 2), ("MAPS", 3), ("NVERSION", 20140)):
+        for name, v in (
+            ("CELLB.alpha", 90.0),
+            ("CELLB.beta", 90.0),
+            ("CELLB.gamma", 90.0),
+            ("MAPC", 1),
+            ("MAPR", 2),
+            ("MAPS", 3),
+            ("NVERSION", 20140),
+        ):
             set_field(h, name, v)
         for k, v in enumerate(origin):
             set_field(h, "ORIGIN." + "xyz"[k], v)
@@ -154,17 +202,17 @@ class Case:
     index: int
     family: str
     kind: str = ""
-    desc: list = dataclasses.field(default_factory=list)   # human-readable mutation steps
+    desc: list = dataclasses.field(default_factory=list)  # human-readable mutation steps
     # relpath -> bytes | ("dir",) | ("ro-dir",) | ("symlink", target)
     files: dict = dataclasses.field(default_factory=dict)
-    map_path: str | None = None      # relpath (or absolute) of the map under test, for read_map
-    role: str = "source"             # which side of `align` the map under test is
-    mode: str = "check"              # "check" (validation path) or "full" (a whole alignment)
-    argv: list | None = None         # "{case}" is replaced by the case folder
-    contour: str | None = None       # contour of the map under test (None: estimated)
+    map_path: str | None = None  # relpath (or absolute) of the map under test, for read_map
+    role: str = "source"  # which side of `align` the map under test is
+    mode: str = "check"  # "check" (validation path) or "full" (a whole alignment)
+    argv: list | None = None  # "{case}" is replaced by the case folder
+    contour: str | None = None  # contour of the map under test (None: estimated)
     json_out: str | None = "out/r.json"
     inputs: list = dataclasses.field(default_factory=list)  # relpaths that must not change
-    expect_ok: bool = False          # informational: the input is meant to be valid
+    expect_ok: bool = False  # informational: the input is meant to be valid
     # what read_map (and the CLI) must do with the map under test: "refuse" (InputError, exit 2
     # naming the map), "accept" (read_map returns a map), or None (either is fine)
     expect: str | None = None
@@ -185,15 +233,16 @@ def default_argv(case, r, voxel=None):
     mut = case.map_path if os.path.isabs(case.map_path or "") else "{case}/" + (case.map_path or "")
     src, tgt = (mut, partner) if case.role == "source" else (partner, mut)
     argv = ["align", src, tgt]
-    mine, other = ("--source-contour", "--target-contour") if case.role == "source" else \
-        ("--target-contour", "--source-contour")
+    mine, other = (
+        ("--source-contour", "--target-contour") if case.role == "source" else ("--target-contour", "--source-contour")
+    )
     if case.mode == "check":
         if case.role == "source":
             if case.contour is not None:
                 argv.append(f"{mine}={case.contour}")
-            argv.append(f"{other}={SENTINEL}")           # stop after the source's contour check
+            argv.append(f"{other}={SENTINEL}")  # stop after the source's contour check
         else:
-            argv.append(f"{other}={SENTINEL}")           # stop after reading both maps
+            argv.append(f"{other}={SENTINEL}")  # stop after reading both maps
     else:
         if case.contour is not None:
             argv.append(f"{mine}={case.contour}")
@@ -226,9 +275,26 @@ def _map_under_test(case, r, p_full, name, content, contour=None):
 
 # ----------------------------------------------------------------------------- families
 def _float_values(orig):
-    return [0.0, -0.0, -1.0, -abs(orig) if orig else -5.0, float("nan"), float("inf"), float("-inf"),
-            1e38, 3.4028234663852886e38, 1e-38, 1e-45, orig * 0.001, orig * 0.1, orig * 0.5, orig * 2, orig * 10,
-            orig * 100, 1e6]
+    return [
+        0.0,
+        -0.0,
+        -1.0,
+        -abs(orig) if orig else -5.0,
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+        1e38,
+        3.4028234663852886e38,
+        1e-38,
+        1e-45,
+        orig * 0.001,
+        orig * 0.1,
+        orig * 0.5,
+        orig * 2,
+        orig * 10,
+        orig * 100,
+        1e6,
+    ]
 
 
 def mutate_header(raw: bytearray, r, case):
@@ -236,39 +302,106 @@ def mutate_header(raw: bytearray, r, case):
     import numpy as np
 
     group = r.choices(
-        ["dims", "mode", "nstart", "sampling", "cella", "cellb", "axes", "stats", "ispg", "nsymbt",
-         "exttyp", "nversion", "origin", "maptag", "machst", "labels", "reshape", "exthdr"],
-        weights=[12, 10, 6, 8, 12, 3, 10, 5, 2, 10, 4, 2, 10, 6, 6, 3, 5, 4])[0]
+        [
+            "dims",
+            "mode",
+            "nstart",
+            "sampling",
+            "cella",
+            "cellb",
+            "axes",
+            "stats",
+            "ispg",
+            "nsymbt",
+            "exttyp",
+            "nversion",
+            "origin",
+            "maptag",
+            "machst",
+            "labels",
+            "reshape",
+            "exthdr",
+        ],
+        weights=[12, 10, 6, 8, 12, 3, 10, 5, 2, 10, 4, 2, 10, 6, 6, 3, 5, 4],
+    )[0]
     case.kind = case.kind or group
     if group in ("dims", "nstart", "sampling"):
-        names = {"dims": ("NX", "NY", "NZ"), "nstart": ("NXSTART", "NYSTART", "NZSTART"),
-                 "sampling": ("MX", "MY", "MZ")}[group]
+        names = {
+            "dims": ("NX", "NY", "NZ"),
+            "nstart": ("NXSTART", "NYSTART", "NZSTART"),
+            "sampling": ("MX", "MY", "MZ"),
+        }[group]
         name = r.choice(names) if r.random() < 0.7 else None
         targets = [name] if name else list(names)
         orig = get_field(raw, targets[0])
         if group == "nstart":
-            value = r.choice([0, -1, 1, I32_MAX, I32_MIN, 10**9, -(get_field(raw, "NX")),
-                              r.randint(-1000, 1000), r.randint(-10**6, 10**6)])
+            value = r.choice(
+                [
+                    0,
+                    -1,
+                    1,
+                    I32_MAX,
+                    I32_MIN,
+                    10**9,
+                    -(get_field(raw, "NX")),
+                    r.randint(-1000, 1000),
+                    r.randint(-(10**6), 10**6),
+                ]
+            )
         else:
-            value = r.choice([0, -1, 1, 2, orig - 1, orig + 1, orig * 2, max(orig // 2, 1), I32_MAX,
-                              I32_MIN, 65536, 10**6, r.randint(1, 200), -orig])
+            value = r.choice(
+                [
+                    0,
+                    -1,
+                    1,
+                    2,
+                    orig - 1,
+                    orig + 1,
+                    orig * 2,
+                    max(orig // 2, 1),
+                    I32_MAX,
+                    I32_MIN,
+                    65536,
+                    10**6,
+                    r.randint(1, 200),
+                    -orig,
+                ]
+            )
         for t in targets:
             set_field(raw, t, value)
         case.note(f"{'/'.join(targets)} {orig}->{value}")
     elif group == "mode":
         orig = get_field(raw, "MODE")
-        value = r.choice([0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 16, 101, -1, I32_MAX, 2 ** 24])
+        value = r.choice([0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 16, 101, -1, I32_MAX, 2**24])
         set_field(raw, "MODE", value)
         case.note(f"MODE {orig}->{value}")
     elif group in ("cella", "cellb", "origin"):
-        prefix, keys = {"cella": ("CELLA.", "xyz"), "cellb": ("CELLB.", ("alpha", "beta", "gamma")),
-                        "origin": ("ORIGIN.", "xyz")}[group]
+        prefix, keys = {
+            "cella": ("CELLA.", "xyz"),
+            "cellb": ("CELLB.", ("alpha", "beta", "gamma")),
+            "origin": ("ORIGIN.", "xyz"),
+        }[group]
         names = [prefix + k for k in keys]
         targets = [r.choice(names)] if r.random() < 0.6 else names
         orig = get_field(raw, targets[0])
         if group == "origin":
-            value = r.choice([0.0, float("nan"), float("inf"), float("-inf"), 1e38, -1e38, 3.4e38,
-                              1e30, 1e15, 1e9, -1e9, 1e-40, r.uniform(-1e4, 1e4)])
+            value = r.choice(
+                [
+                    0.0,
+                    float("nan"),
+                    float("inf"),
+                    float("-inf"),
+                    1e38,
+                    -1e38,
+                    3.4e38,
+                    1e30,
+                    1e15,
+                    1e9,
+                    -1e9,
+                    1e-40,
+                    r.uniform(-1e4, 1e4),
+                ]
+            )
         elif group == "cellb":
             value = r.choice([0.0, 90.0, float("nan"), -1.0, 180.0, 1e38, float("inf")])
         else:
@@ -281,16 +414,25 @@ def mutate_header(raw: bytearray, r, case):
         if r.random() < 0.4:
             value = tuple(r.sample([1, 2, 3], 3))
         else:
-            value = r.choice([(1, 1, 3), (0, 1, 2), (2, 3, 4), (-1, 2, 3), (3, 3, 3), (0, 0, 0),
-                              (I32_MAX, 2, 3), (1, 2, I32_MIN),
-                              tuple(r.randint(-1, 5) for _ in range(3))])
+            value = r.choice(
+                [
+                    (1, 1, 3),
+                    (0, 1, 2),
+                    (2, 3, 4),
+                    (-1, 2, 3),
+                    (3, 3, 3),
+                    (0, 0, 0),
+                    (I32_MAX, 2, 3),
+                    (1, 2, I32_MIN),
+                    tuple(r.randint(-1, 5) for _ in range(3)),
+                ]
+            )
         for n, v in zip(("MAPC", "MAPR", "MAPS"), value):
             set_field(raw, n, v)
         case.note(f"MAPC/MAPR/MAPS {orig}->{value}")
     elif group == "stats":
         name = r.choice(["DMIN", "DMAX", "DMEAN", "RMS"])
-        value = r.choice([float("nan"), float("inf"), float("-inf"), 1e38, -1e38, 0.0,
-                          r.uniform(-1e6, 1e6)])
+        value = r.choice([float("nan"), float("inf"), float("-inf"), 1e38, -1e38, 0.0, r.uniform(-1e6, 1e6)])
         set_field(raw, name, value)
         case.note(f"{name}->{fmt(value)}")
     elif group == "ispg":
@@ -299,13 +441,23 @@ def mutate_header(raw: bytearray, r, case):
         case.note(f"ISPG->{value}")
     elif group == "nsymbt":
         data_len = len(raw) - 1024
-        value = r.choice([1, 4, 80, 1024, -1, -4, -1024, I32_MIN, I32_MAX, data_len, data_len + 1,
-                          r.randint(1, 5000)])
+        value = r.choice([1, 4, 80, 1024, -1, -4, -1024, I32_MIN, I32_MAX, data_len, data_len + 1, r.randint(1, 5000)])
         set_field(raw, "NSYMBT", value)
         case.note(f"NSYMBT 0->{value} (no extended header bytes added)")
     elif group == "exttyp":
-        value = r.choice([b"CCP4", b"MRCO", b"SERI", b"AGAR", b"FEI1", b"FEI2", b"HDF5", b"\xff\xff\xff\xff",
-                          bytes(r.getrandbits(8) for _ in range(4))])
+        value = r.choice(
+            [
+                b"CCP4",
+                b"MRCO",
+                b"SERI",
+                b"AGAR",
+                b"FEI1",
+                b"FEI2",
+                b"HDF5",
+                b"\xff\xff\xff\xff",
+                bytes(r.getrandbits(8) for _ in range(4)),
+            ]
+        )
         raw[104:108] = value
         case.note(f"EXTTYP->{value!r}")
         if r.random() < 0.5:
@@ -318,14 +470,33 @@ def mutate_header(raw: bytearray, r, case):
         set_field(raw, "NVERSION", value)
         case.note(f"NVERSION->{value}")
     elif group == "maptag":
-        value = r.choice([b"MAP ", b"MAP\x00", b"map ", b"\x00\x00\x00\x00", b"MAPP", b" MAP", b"PAM ",
-                          bytes(r.getrandbits(8) for _ in range(4))])
+        value = r.choice(
+            [
+                b"MAP ",
+                b"MAP\x00",
+                b"map ",
+                b"\x00\x00\x00\x00",
+                b"MAPP",
+                b" MAP",
+                b"PAM ",
+                bytes(r.getrandbits(8) for _ in range(4)),
+            ]
+        )
         raw[208:212] = value
         case.note(f"MAP tag->{value!r}")
     elif group == "machst":
-        value = r.choice([b"DD\x00\x00", b"DA\x00\x00", b"\x11\x11\x00\x00", b"\x00\x00\x00\x00",
-                          b"\x00\x00DD", b"\xff\xff\xff\xff", b"\x11\x11\x11\x11",
-                          bytes(r.getrandbits(8) for _ in range(4))])
+        value = r.choice(
+            [
+                b"DD\x00\x00",
+                b"DA\x00\x00",
+                b"\x11\x11\x00\x00",
+                b"\x00\x00\x00\x00",
+                b"\x00\x00DD",
+                b"\xff\xff\xff\xff",
+                b"\x11\x11\x11\x11",
+                bytes(r.getrandbits(8) for _ in range(4)),
+            ]
+        )
         raw[212:216] = value
         case.note(f"MACHST->{value!r}")
     elif group == "labels":
@@ -333,9 +504,9 @@ def mutate_header(raw: bytearray, r, case):
         set_field(raw, "NLABL", value)
         raw[224:1024] = bytes(r.getrandbits(8) for _ in range(800))
         case.note(f"NLABL->{value}, random label bytes")
-    elif group == "reshape":      # NX/NY/NZ changed but consistent with the data size: a valid map
+    elif group == "reshape":  # NX/NY/NZ changed but consistent with the data size: a valid map
         n = get_field(raw, "NX") * get_field(raw, "NY") * get_field(raw, "NZ")
-        if n <= 0:    # an earlier mutation broke the dimensions: use the data length
+        if n <= 0:  # an earlier mutation broke the dimensions: use the data length
             n = max(1, (len(raw) - 1024) // 4)
         divisors = [d for d in range(1, min(n, 4096) + 1) if n % d == 0]
         a = r.choice(divisors)
@@ -350,7 +521,7 @@ def mutate_header(raw: bytearray, r, case):
             for k, name in enumerate(("MX", "MY", "MZ")):
                 set_field(raw, name, dims[k])
         case.note(f"NX/NY/NZ->{tuple(dims)} (same voxel count)")
-    elif group == "exthdr":       # a real extended header: NSYMBT bytes inserted (valid)
+    elif group == "exthdr":  # a real extended header: NSYMBT bytes inserted (valid)
         n = r.choice([4, 80, 1024, 3000])
         set_field(raw, "NSYMBT", get_field(raw, "NSYMBT") + n)
         raw[1024:1024] = bytes(np.random.default_rng(r.getrandbits(32)).integers(0, 256, n, dtype=np.uint8))
@@ -358,12 +529,12 @@ def mutate_header(raw: bytearray, r, case):
     return raw
 
 
-ANGLE_TOLERANCE_DEG = 0.01     # as cryoalign.io: closer to 90 is rounding, 0 means unset
+ANGLE_TOLERANCE_DEG = 0.01  # as cryoalign.io: closer to 90 is rounding, 0 means unset
 
 
 def skewed_angles(raw) -> bool:
     """The header's CELLB holds an angle that is neither 0 (unset) nor 90 (NaN counts as skewed)."""
-    if len(raw) < 64 or bytes(raw[212:214]) not in (b"DD", b"DA"):   # not a little-endian header
+    if len(raw) < 64 or bytes(raw[212:214]) not in (b"DD", b"DA"):  # not a little-endian header
         return False
     angles = [get_field(raw, "CELLB." + k) for k in ("alpha", "beta", "gamma")]
     return not all(a == 0.0 or abs(a - 90.0) < ANGLE_TOLERANCE_DEG for a in angles)
@@ -396,16 +567,38 @@ def gen_data(case, r, p_full):
     raw = base_raw(key)
     rng = np.random.default_rng(r.getrandbits(64))
     arr = base_array(key)
-    kind = r.choices(["truncate", "append", "nonfinite", "zeros", "constant", "huge", "subnormal", "negate",
-                      "noise", "spike", "dtype", "tiny", "offset", "sparse"],
-                     weights=[10, 5, 8, 4, 5, 8, 4, 5, 5, 5, 8, 12, 4, 4])[0]
+    kind = r.choices(
+        [
+            "truncate",
+            "append",
+            "nonfinite",
+            "zeros",
+            "constant",
+            "huge",
+            "subnormal",
+            "negate",
+            "noise",
+            "spike",
+            "dtype",
+            "tiny",
+            "offset",
+            "sparse",
+        ],
+        weights=[10, 5, 8, 4, 5, 8, 4, 5, 5, 5, 8, 12, 4, 4],
+    )[0]
     case.kind = kind
     case.note(f"base {key}")
     contour = str(BASE_MAPS[key][1]) if r.random() < 0.5 else None
     content = None
     if kind == "truncate":
-        k = r.choice([r.randint(0, len(raw) - 1), r.randint(1018, 1030), len(raw) - r.randint(1, 8),
-                      r.randint(1024, len(raw) - 1)])
+        k = r.choice(
+            [
+                r.randint(0, len(raw) - 1),
+                r.randint(1018, 1030),
+                len(raw) - r.randint(1, 8),
+                r.randint(1024, len(raw) - 1),
+            ]
+        )
         content = raw[:k]
         case.note(f"truncated to {k} of {len(raw)} bytes")
     elif kind == "append":
@@ -434,7 +627,7 @@ def gen_data(case, r, p_full):
         if r.random() < 0.5:
             arr = (arr / max(float(np.abs(arr).max()), 1e-30) * top).astype(np.float32)
             case.note(f"scaled to max |v| = {top:g}")
-            case.expect = "refuse"                         # the bulk overflows (> 1e15)
+            case.expect = "refuse"  # the bulk overflows (> 1e15)
         else:
             flat = arr.reshape(-1)
             idx = rng.choice(flat.size, r.choice([1, 5, 50]), replace=False)
@@ -483,11 +676,12 @@ def gen_data(case, r, p_full):
         if mode == 6:
             small = np.abs(small)
         voxel = r.choice([1.0, 5.0, 0.5, 100.0])
-        content = make_mrc(small.astype(MODE_DTYPES[mode]), mode=mode, voxel=(voxel,) * 3,
-                           origin=(r.uniform(-50, 50),) * 3)
+        content = make_mrc(
+            small.astype(MODE_DTYPES[mode]), mode=mode, voxel=(voxel,) * 3, origin=(r.uniform(-50, 50),) * 3
+        )
         case.note(f"tiny {shape[::-1]} map (x,y,z), MODE {mode}, {fill}, voxel {voxel} Å")
         if min(shape) < 4:
-            case.expect = "refuse"                         # fewer than 4 voxels along an axis
+            case.expect = "refuse"  # fewer than 4 voxels along an axis
         contour = r.choice([None, "0.5", "0", "-1"])
         case.desc[0] = "base none"
     elif kind == "offset":
@@ -518,8 +712,20 @@ def gen_gzip(case, r, p_full):
     raw = base_raw(key)
     gz = gzip.compress(raw, mtime=0)
     rng = np.random.default_rng(r.getrandbits(64))
-    kind = r.choice(["corrupt_stream", "truncated", "non_map", "trailing_garbage", "double", "multi_member",
-                     "empty", "header_flags", "crc", "magic_only"])
+    kind = r.choice(
+        [
+            "corrupt_stream",
+            "truncated",
+            "non_map",
+            "trailing_garbage",
+            "double",
+            "multi_member",
+            "empty",
+            "header_flags",
+            "crc",
+            "magic_only",
+        ]
+    )
     case.kind = kind
     case.note(f"base {key}")
     if kind == "corrupt_stream":
@@ -534,13 +740,22 @@ def gen_gzip(case, r, p_full):
         content = gz[:k]
         case.note(f"gzip cut to {k} of {len(gz)} bytes")
     elif kind == "non_map":
-        payload = r.choice([b"hello world\n" * 200, model_text()[: r.randint(0, 20000)],
-                            bytes(rng.integers(0, 256, r.randint(0, 5000), dtype=np.uint8)), b""])
+        payload = r.choice(
+            [
+                b"hello world\n" * 200,
+                model_text()[: r.randint(0, 20000)],
+                bytes(rng.integers(0, 256, r.randint(0, 5000), dtype=np.uint8)),
+                b"",
+            ]
+        )
         content = gzip.compress(payload, mtime=0)
         case.note(f"gzip of {len(payload)} bytes of non-map data")
     elif kind == "trailing_garbage":
-        extra = bytes(rng.integers(0, 256, r.randint(1, 500), dtype=np.uint8)) if r.random() < 0.6 \
+        extra = (
+            bytes(rng.integers(0, 256, r.randint(1, 500), dtype=np.uint8))
+            if r.random() < 0.6
             else bytes(r.randint(1, 500))
+        )
         content = gz + extra
         case.note(f"+{len(extra)} bytes after the gzip member")
     elif kind == "double":
@@ -602,8 +817,9 @@ def gen_random(case, r, p_full):
 
 
 def gen_text(case, r, p_full):
-    kind = r.choice(["lorem", "pdb", "json", "csv", "empty", "whitespace", "utf16", "newline", "exact1024",
-                     "text_with_tag"])
+    kind = r.choice(
+        ["lorem", "pdb", "json", "csv", "empty", "whitespace", "utf16", "newline", "exact1024", "text_with_tag"]
+    )
     case.kind = kind
     if kind == "lorem":
         content = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * r.randint(1, 100)).encode()
@@ -628,14 +844,29 @@ def gen_text(case, r, p_full):
         t[208:212] = b"MAP "
         content = bytes(t)
     case.note(f"{kind} text, {len(content)} bytes")
-    _map_under_test(case, r, p_full, r.choice(["in/notes.mrc", "in/notes.map", "in/notes.txt", "in/notes.ccp4"]),
-                    content)
+    _map_under_test(
+        case, r, p_full, r.choice(["in/notes.mrc", "in/notes.map", "in/notes.txt", "in/notes.ccp4"]), content
+    )
 
 
 def gen_path(case, r, p_full):
-    kind = r.choice(["directory", "missing", "missing_parent", "trailing_slash", "dev_null", "broken_symlink",
-                     "symlink_to_dir", "symlink_to_map", "empty_string", "dash", "spaces_unicode",
-                     "dot", "symlink_loop"])
+    kind = r.choice(
+        [
+            "directory",
+            "missing",
+            "missing_parent",
+            "trailing_slash",
+            "dev_null",
+            "broken_symlink",
+            "symlink_to_dir",
+            "symlink_to_map",
+            "empty_string",
+            "dash",
+            "spaces_unicode",
+            "dot",
+            "symlink_loop",
+        ]
+    )
     case.kind = kind
     valid = base_raw("3695")
     if kind == "directory":
@@ -685,18 +916,45 @@ def gen_path(case, r, p_full):
         case.argv = [a.replace("{case}/@@", case.map_path) for a in case.argv]
 
 
-CONTOUR_VALUES = ["nan", "-nan", "inf", "-inf", "1e400", "-1e400", "0", "-0", "1e-30", "-1e-30", "-1",
-                  "-1000", "1e38", "1e-320", "MAX", "MAX*0.999999", "MAX*1.0000001", "MIN", "MIN-1",
-                  "UNIFORM", "KNOWN", "0.0001"]
+CONTOUR_VALUES = [
+    "nan",
+    "-nan",
+    "inf",
+    "-inf",
+    "1e400",
+    "-1e400",
+    "0",
+    "-0",
+    "1e-30",
+    "-1e-30",
+    "-1",
+    "-1000",
+    "1e38",
+    "1e-320",
+    "MAX",
+    "MAX*0.999999",
+    "MAX*1.0000001",
+    "MIN",
+    "MIN-1",
+    "UNIFORM",
+    "KNOWN",
+    "0.0001",
+]
 
 
 def contour_value(r, key):
     data = base_array(key)
     top, low = float(data.max()), float(data.min())
     v = r.choice(CONTOUR_VALUES)
-    value = {"MAX": repr(top), "MAX*0.999999": repr(top * 0.999999), "MAX*1.0000001": repr(top * 1.0000001),
-             "MIN": repr(low), "MIN-1": repr(low - 1), "UNIFORM": repr(r.uniform(low, top)),
-             "KNOWN": str(BASE_MAPS[key][1])}.get(v, v)
+    value = {
+        "MAX": repr(top),
+        "MAX*0.999999": repr(top * 0.999999),
+        "MAX*1.0000001": repr(top * 1.0000001),
+        "MIN": repr(low),
+        "MIN-1": repr(low - 1),
+        "UNIFORM": repr(r.uniform(low, top)),
+        "KNOWN": str(BASE_MAPS[key][1]),
+    }.get(v, v)
     return value
 
 
@@ -710,7 +968,7 @@ def gen_contour(case, r, p_full):
     case.kind = next((k for k in CONTOUR_VALUES if not k.isupper() and k == case.contour), "level")
     case.note(f"base {key}, {case.role} contour {case.contour}")
     case.argv = default_argv(case, r, voxel="8")
-    if case.mode == "full" and r.random() < 0.3:        # the partner's contour fuzzed too
+    if case.mode == "full" and r.random() < 0.3:  # the partner's contour fuzzed too
         other = "--target-contour" if case.role == "source" else "--source-contour"
         value = contour_value(r, "3695")
         case.argv = [a if not a.startswith(other + "=") else f"{other}={value}" for a in case.argv]
@@ -722,9 +980,25 @@ def gen_model(case, r, p_full):
 
     rng = np.random.default_rng(r.getrandbits(64))
     text = model_text(r.choice(MODELS))
-    kind = r.choice(["valid", "truncated", "truncated_gz", "random", "random_gz", "empty", "no_atoms",
-                     "bad_atom_lines", "nan_coords", "huge_coords", "cif_garbage", "valid_cif", "txt_suffix",
-                     "directory", "missing"])
+    kind = r.choice(
+        [
+            "valid",
+            "truncated",
+            "truncated_gz",
+            "random",
+            "random_gz",
+            "empty",
+            "no_atoms",
+            "bad_atom_lines",
+            "nan_coords",
+            "huge_coords",
+            "cif_garbage",
+            "valid_cif",
+            "txt_suffix",
+            "directory",
+            "missing",
+        ]
+    )
     case.kind = kind
     name = "in/model.pdb"
     if kind == "valid":
@@ -758,7 +1032,7 @@ def gen_model(case, r, p_full):
             ln = lines[i].rstrip("\n").ljust(80)
             if kind == "bad_atom_lines":
                 pos = r.randint(0, 79)
-                ln = ln[:pos] + "".join(r.choice("#@!x9-. ") for _ in range(5)) + ln[pos + 5:]
+                ln = ln[:pos] + "".join(r.choice("#@!x9-. ") for _ in range(5)) + ln[pos + 5 :]
             elif kind == "nan_coords":
                 ln = ln[:30] + "     nan     nan     nan" + ln[54:]
             else:
@@ -767,7 +1041,8 @@ def gen_model(case, r, p_full):
         content = "".join(lines).encode("latin-1")
     elif kind == "cif_garbage":
         content = b"data_x\nloop_\n_atom_site.id\n_atom_site.Cartn_x\n1 abc\n2\n" + bytes(
-            rng.integers(32, 127, r.randint(0, 500), dtype=np.uint8))
+            rng.integers(32, 127, r.randint(0, 500), dtype=np.uint8)
+        )
         name = "in/model.cif"
     elif kind == "valid_cif":
         import gemmi
@@ -793,15 +1068,39 @@ def gen_model(case, r, p_full):
     case.argv = default_argv(case, r) + ["--out-dir", "{case}/out/dir", "--source-model", "{case}/" + name]
 
 
-OUTPUT_KINDS = ["json_missing_folder", "json_parent_is_file", "json_is_dir", "json_readonly_folder",
-                "json_is_source", "json_symlink_to_input", "out_dir_is_file", "out_dir_under_file",
-                "out_dir_nested_new", "out_dir_existing_nonempty", "flipped_without_check_hand",
-                "flipped_missing_folder", "out_dir_blocked_by_dir", "json_name_too_long_with_out_dir",
-                "json_name_too_long", "out_dir_holds_input_name", "json_is_target", "json_and_out_dir_blocked",
-                "out_dir_previous_run", "out_dir_previous_run_plus_foreign"]
-NEEDS_SUCCESS = {"json_readonly_folder", "out_dir_nested_new", "out_dir_existing_nonempty",
-                 "out_dir_blocked_by_dir", "json_name_too_long_with_out_dir", "json_name_too_long",
-                 "json_and_out_dir_blocked", "out_dir_previous_run", "out_dir_previous_run_plus_foreign"}
+OUTPUT_KINDS = [
+    "json_missing_folder",
+    "json_parent_is_file",
+    "json_is_dir",
+    "json_readonly_folder",
+    "json_is_source",
+    "json_symlink_to_input",
+    "out_dir_is_file",
+    "out_dir_under_file",
+    "out_dir_nested_new",
+    "out_dir_existing_nonempty",
+    "flipped_without_check_hand",
+    "flipped_missing_folder",
+    "out_dir_blocked_by_dir",
+    "json_name_too_long_with_out_dir",
+    "json_name_too_long",
+    "out_dir_holds_input_name",
+    "json_is_target",
+    "json_and_out_dir_blocked",
+    "out_dir_previous_run",
+    "out_dir_previous_run_plus_foreign",
+]
+NEEDS_SUCCESS = {
+    "json_readonly_folder",
+    "out_dir_nested_new",
+    "out_dir_existing_nonempty",
+    "out_dir_blocked_by_dir",
+    "json_name_too_long_with_out_dir",
+    "json_name_too_long",
+    "json_and_out_dir_blocked",
+    "out_dir_previous_run",
+    "out_dir_previous_run_plus_foreign",
+}
 
 
 def gen_output(case, r, p_full):
@@ -877,8 +1176,9 @@ def gen_output(case, r, p_full):
         # --out-dir holding files cryoalign did not write is refused") says it must survive
         # the mark lists the files that run wrote (notes.txt, added later, is not among them)
         case.files["out/dir/.cryoalign"] = b"written by cryoalign align\nresult.json\nsource_model_rank7.pdb\n"
-        case.files["out/dir/result.json"] = json.dumps({"matrix": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0],
-                                                                   [0, 0, 0, 1]], "old": True}).encode()
+        case.files["out/dir/result.json"] = json.dumps(
+            {"matrix": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], "old": True}
+        ).encode()
         case.files["out/dir/source_model_rank7.pdb"] = b"END\n"
         if kind.endswith("foreign"):
             case.files["out/dir/notes.txt"] = b"my notes\n"
@@ -897,7 +1197,7 @@ def gen_options(case, r, p_full):
     case.mode = "full"
     case.argv = [a for a in default_argv(case, r, voxel="8")]
     choices = {
-        "--seed": ["-1", str(-2**63), "0", str(2**64), str(r.randint(0, 10**9))],
+        "--seed": ["-1", str(-(2**63)), "0", str(2**64), str(r.randint(0, 10**9))],
         "--top": ["0", "-1", "1", "1000"],
         "--jobs": ["0", "-1", "1"],
         "--hypotheses": ["0", "-1", "1", "50"],
@@ -913,17 +1213,25 @@ def gen_options(case, r, p_full):
         if opt in ("mode", "flags"):
             case.argv.append(value)
         else:
-            if opt in case.argv:                  # replace --voxel / --jobs given by default_argv
+            if opt in case.argv:  # replace --voxel / --jobs given by default_argv
                 i = case.argv.index(opt)
-                del case.argv[i:i + 2]
+                del case.argv[i : i + 2]
             case.argv.append(f"{opt}={value}")
         case.note(f"{opt} {value}")
 
 
-GENERATORS = {"header": gen_header, "data": gen_data, "gzip": gen_gzip, "random": gen_random,
-              "text": gen_text, "path": gen_path, "contour": gen_contour, "model": gen_model,
-              "output": gen_output, "options": gen_options}
-
+GENERATORS = {
+    "header": gen_header,
+    "data": gen_data,
+    "gzip": gen_gzip,
+    "random": gen_random,
+    "text": gen_text,
+    "path": gen_path,
+    "contour": gen_contour,
+    "model": gen_model,
+    "output": gen_output,
+    "options": gen_options,
+}
 
 
 # ----------------------------------------------------------------------------- odd maps
@@ -935,8 +1243,9 @@ ODD_BASES = ("1ake", "3695", "5168")
 CELLB = 52
 
 
-def odd_mrc_bytes(data_zyx, *, voxel=(1.0, 1.0, 1.0), angles=(90.0, 90.0, 90.0), origin=(0.0, 0.0, 0.0),
-                  ispg=1, mz=None) -> bytes:
+def odd_mrc_bytes(
+    data_zyx, *, voxel=(1.0, 1.0, 1.0), angles=(90.0, 90.0, 90.0), origin=(0.0, 0.0, 0.0), ispg=1, mz=None
+) -> bytes:
     """Little-endian MRC2014 bytes of a mode-2 map (a 2D array is written as NZ = 1)."""
     import numpy as np
 
@@ -1088,13 +1397,12 @@ def gen_odd_compressed(case, r, p_full):
     elif damage == "garbage":
         b = bytearray(content)
         start = r.randint(40, max(41, len(b) - 300))
-        b[start:start + 200] = bytes(r.getrandbits(8) for _ in range(200))
+        b[start : start + 200] = bytes(r.getrandbits(8) for _ in range(200))
         content = bytes(b)
     case.kind = f"{kind}_{damage or 'ok'}"
     case.note(f"base {key}, {kind}" + (f", {damage}" if damage else ""))
     name = {"bz2": "in/map.mrc.bz2", "xz": "in/map.map.xz", "gz": "in/map.mrc.gz"}[kind]
-    _odd_finish(case, r, content, "refuse" if damage else "accept", name=name, contour=str(contour),
-                p_full=2 * p_full)
+    _odd_finish(case, r, content, "refuse" if damage else "accept", name=name, contour=str(contour), p_full=2 * p_full)
 
 
 # ----------------------------------------------------------------------------- concurrent runs
@@ -1118,7 +1426,7 @@ def gen_concurrent(case, r, p_full):
     case.json_out = None
     raw = base_raw("3695")
     case.files["in/a.mrc"] = raw
-    if kind == "same_inputs":                 # both runs identical: the folder is that run's
+    if kind == "same_inputs":  # both runs identical: the folder is that run's
         case.files["in/b.mrc"] = raw
         b_contour = "1.25"
     else:
@@ -1142,9 +1450,22 @@ def gen_concurrent(case, r, p_full):
         case.replaced_dirs.append("out/dir")
     runs = []
     for k, (src, contour) in enumerate((("{case}/in/a.mrc", "1.25"), ("{case}/in/b.mrc", b_contour))):
-        argv = ["align", src, partner, f"--source-contour={contour}", f"--target-contour={PARTNER[1]}",
-                "--sampling", "8", "--global", "--jobs", "1", "--json", f"{{case}}/out/run{k}.json",
-                "--out-dir", "{case}/out/dir"]
+        argv = [
+            "align",
+            src,
+            partner,
+            f"--source-contour={contour}",
+            f"--target-contour={PARTNER[1]}",
+            "--sampling",
+            "8",
+            "--global",
+            "--jobs",
+            "1",
+            "--json",
+            f"{{case}}/out/run{k}.json",
+            "--out-dir",
+            "{case}/out/dir",
+        ]
         if models[k]:
             argv += ["--source-model", models[k]]
         if r.random() < 0.5:
@@ -1152,12 +1473,14 @@ def gen_concurrent(case, r, p_full):
         runs.append(argv)
     case.runs = runs
     case.argv = runs[0]
-    case.extra["delay_s"] = r.choice([0.0, 0.0, 0.0, r.uniform(0.0, 1.5)]) if kind != "staggered" \
-        else r.uniform(0.5, 3.0)
+    case.extra["delay_s"] = (
+        r.choice([0.0, 0.0, 0.0, r.uniform(0.0, 1.5)]) if kind != "staggered" else r.uniform(0.5, 3.0)
+    )
     case.map_path = None
-    case.note(f"{kind}: 2 processes into out/dir, second started {case.extra['delay_s']:.2f} s after the first"
-              + (f"; --source-model on run {'AB'[models.index(models[0] or models[1])]}"
-                 if kind == "model_vs_none" else ""))
+    case.note(
+        f"{kind}: 2 processes into out/dir, second started {case.extra['delay_s']:.2f} s after the first"
+        + (f"; --source-model on run {'AB'[models.index(models[0] or models[1])]}" if kind == "model_vs_none" else "")
+    )
 
 
 # ----------------------------------------------------------------------------- signals and read-only places
@@ -1181,12 +1504,21 @@ def _series_files(case, r, n=4):
 def _signal_argv(command, names):
     maps = ["{case}/in/" + n for n in names]
     if command == "batch":
-        return ["batch", "{case}/in/pairs.tsv", "--out", "{case}/out/results.tsv", "--jobs", "2", "--global",
-                "--sampling", "5", "--quiet"]
+        return [
+            "batch",
+            "{case}/in/pairs.tsv",
+            "--out",
+            "{case}/out/results.tsv",
+            "--jobs",
+            "2",
+            "--global",
+            "--sampling",
+            "5",
+            "--quiet",
+        ]
     if command == "index":
         return ["index", *maps, "--db", "{case}/out/db", "--jobs", "2", "--quiet"]
-    return ["variance", maps[0], *maps[1:], "--out-dir", "{case}/out/var", "--jobs", "2", "--sampling", "5",
-            "--quiet"]
+    return ["variance", maps[0], *maps[1:], "--out-dir", "{case}/out/var", "--jobs", "2", "--sampling", "5", "--quiet"]
 
 
 def gen_signal(case, r, p_full):
@@ -1200,15 +1532,19 @@ def gen_signal(case, r, p_full):
     case.mode = "full"
     case.json_out = None
     names = _series_files(case, r, n=r.choice([3, 4]))
-    case.files["in/pairs.tsv"] = ("source\ttarget\n" + "".join(
-        f"{a}\t{b}\n" for a, b in zip(names, names[1:] + names[:1]))).encode()
+    case.files["in/pairs.tsv"] = (
+        "source\ttarget\n" + "".join(f"{a}\t{b}\n" for a, b in zip(names, names[1:] + names[:1]))
+    ).encode()
     case.files["out"] = ("dir",)
     case.argv = _signal_argv(command, names)
-    case.extra.update(signal=sig, when=r.choice(["workers", "workers", "delay"]), delay_s=r.uniform(0.3, 4.0),
-                      pairs=len(names))
+    case.extra.update(
+        signal=sig, when=r.choice(["workers", "workers", "delay"]), delay_s=r.uniform(0.3, 4.0), pairs=len(names)
+    )
     case.map_path = None
-    case.note(f"{command} killed by {sig} " + ("once its workers exist" if case.extra["when"] == "workers"
-                                               else f"after {case.extra['delay_s']:.2f} s"))
+    case.note(
+        f"{command} killed by {sig} "
+        + ("once its workers exist" if case.extra["when"] == "workers" else f"after {case.extra['delay_s']:.2f} s")
+    )
 
 
 READONLY_KINDS = ["variance", "index", "batch", "align_json", "align_out_dir", "compare_out_dir", "fit_out_dir"]
@@ -1225,25 +1561,38 @@ def gen_readonly(case, r, p_full):
     case.mode = "check"
     case.json_out = None
     names = _series_files(case, r, n=3)
-    case.files["in/pairs.tsv"] = ("source\ttarget\n" + "".join(f"{a}\t{b}\n" for a, b in zip(names, names[1:])))\
-        .encode()
+    case.files["in/pairs.tsv"] = (
+        "source\ttarget\n" + "".join(f"{a}\t{b}\n" for a, b in zip(names, names[1:]))
+    ).encode()
     case.files["out/ro"] = ("ro-dir",)
     case.files["out/a-file"] = b"not a folder\n"
     case.inputs.append("out/a-file")
-    target = {"read-only folder": "{case}/out/ro", "below a read-only folder": "{case}/out/ro/new",
-              "a file": "{case}/out/a-file", "below a file": "{case}/out/a-file/new"}[place]
+    target = {
+        "read-only folder": "{case}/out/ro",
+        "below a read-only folder": "{case}/out/ro/new",
+        "a file": "{case}/out/a-file",
+        "below a file": "{case}/out/a-file/new",
+    }[place]
     if kind not in ("variance", "index", "batch"):
         # a folder the run replaces whole may be an empty read-only one (its parent is writable),
         # and --json may overwrite an existing file: use the places nothing can be written to
-        target = {"{case}/out/ro": "{case}/out/ro/new", "{case}/out/a-file": "{case}/out/a-file/new"}.get(target, target)
+        target = {"{case}/out/ro": "{case}/out/ro/new", "{case}/out/a-file": "{case}/out/a-file/new"}.get(
+            target, target
+        )
     maps = ["{case}/in/" + n for n in names]
     if kind == "variance":
         argv = ["variance", *maps, "--out-dir", target, "--jobs", "1"]
     elif kind == "index":
         argv = ["index", *maps, "--db", target, "--jobs", "1"]
     elif kind == "batch":
-        argv = ["batch", "{case}/in/pairs.tsv", "--out", target + ("/r.tsv" if "file" not in place else ""),
-                "--jobs", "1"]
+        argv = [
+            "batch",
+            "{case}/in/pairs.tsv",
+            "--out",
+            target + ("/r.tsv" if "file" not in place else ""),
+            "--jobs",
+            "1",
+        ]
     elif kind == "align_json":
         argv = ["align", *maps[:2], "--json", target + "/r.json"]
     elif kind == "compare_out_dir":
@@ -1261,10 +1610,19 @@ def gen_readonly(case, r, p_full):
     case.note(f"{kind} into {place}")
 
 
-GENERATORS.update({"odd_thin": gen_odd_thin, "odd_stack": gen_odd_stack, "odd_cellb": gen_odd_cellb,
-                   "odd_outlier": gen_odd_outlier, "odd_overflow": gen_odd_overflow,
-                   "odd_compressed": gen_odd_compressed, "concurrent": gen_concurrent,
-                   "signal": gen_signal, "readonly": gen_readonly})
+GENERATORS.update(
+    {
+        "odd_thin": gen_odd_thin,
+        "odd_stack": gen_odd_stack,
+        "odd_cellb": gen_odd_cellb,
+        "odd_outlier": gen_odd_outlier,
+        "odd_overflow": gen_odd_overflow,
+        "odd_compressed": gen_odd_compressed,
+        "concurrent": gen_concurrent,
+        "signal": gen_signal,
+        "readonly": gen_readonly,
+    }
+)
 
 
 # ----------------------------------------------------------------------------- a case from (seed, index)
@@ -1272,7 +1630,7 @@ def make_case(seed, index, p_full, families=None) -> Case:
     """Case `index` of `seed`: generated from (seed, index) only, so any case can be replayed alone."""
     r = random.Random(f"cryoalign-fuzz:{seed}:{index}")
     fams = families or list(FAMILY_WEIGHTS)
-    weights = [FAMILY_WEIGHTS[f] or (1 if families else 0) for f in fams]   # opt-in ones when named
+    weights = [FAMILY_WEIGHTS[f] or (1 if families else 0) for f in fams]  # opt-in ones when named
     family = r.choices(fams, weights=weights)[0]
     case = Case(index=index, family=family)
     GENERATORS[family](case, r, p_full)

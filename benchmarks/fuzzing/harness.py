@@ -11,6 +11,7 @@ RLIMIT_AS limit), in a fresh case folder (``in/`` inputs, ``out/`` outputs; the 
 The case folder is snapshotted (sha256 of every file) before and after, to find modified inputs
 and partial outputs; a soft timeout (SIGALRM) and a hard kill by the parent catch hangs.
 """
+
 from __future__ import annotations
 
 import collections
@@ -34,14 +35,31 @@ import warnings
 
 from .generators import BASE_MAPS, DATA, MODELS, PARTNER, Case, make_case
 
-OUTCOMES = ("ok", "clean error", "crash", "hang", "partial output", "input modified",
-            "bad message", "bad result", "accepted bad map", "refused good map")
+OUTCOMES = (
+    "ok",
+    "clean error",
+    "crash",
+    "hang",
+    "partial output",
+    "input modified",
+    "bad message",
+    "bad result",
+    "accepted bad map",
+    "refused good map",
+)
 FAILURES = OUTCOMES[2:]
 # the first that applies names the outcome of a case
-PRECEDENCE = ("crash", "input modified", "partial output", "accepted bad map", "bad message", "bad result",
-              "refused good map")
+PRECEDENCE = (
+    "crash",
+    "input modified",
+    "partial output",
+    "accepted bad map",
+    "bad message",
+    "bad result",
+    "refused good map",
+)
 
-HARD_GRACE_S = 25.0   # the parent kills a worker this long after the soft timeout
+HARD_GRACE_S = 25.0  # the parent kills a worker this long after the soft timeout
 
 
 def case_timeout(opts, mode):
@@ -86,7 +104,7 @@ def _rmtree(folder):
     shutil.rmtree(folder, ignore_errors=True)
 
 
-TEMP_NAME = re.compile(r"(^|\.)tmp-|\.old-[0-9a-f]{8}$")   # atomic_write / output_folder temporaries
+TEMP_NAME = re.compile(r"(^|\.)tmp-|\.old-[0-9a-f]{8}$")  # atomic_write / output_folder temporaries
 
 
 def is_temp(rel: str) -> bool:
@@ -154,13 +172,16 @@ def check_matrix(doc):
     if not np.all(np.isfinite(M)):
         return "non-finite matrix"
     R = M[:3, :3]
-    if not np.allclose(M[3], [0, 0, 0, 1]) or not np.allclose(R @ R.T, np.eye(3), atol=1e-6) \
-            or abs(np.linalg.det(R) - 1) > 1e-6:
+    if (
+        not np.allclose(M[3], [0, 0, 0, 1])
+        or not np.allclose(R @ R.T, np.eye(3), atol=1e-6)
+        or abs(np.linalg.det(R) - 1) > 1e-6
+    ):
         return "matrix is not a rigid transform"
     return None
 
 
-TB_FRAME = re.compile(r'File "([^"]+)", line (\d+),? in (\S+)')   # traceback and faulthandler
+TB_FRAME = re.compile(r'File "([^"]+)", line (\d+),? in (\S+)')  # traceback and faulthandler
 
 
 def normalize(text: str) -> str:
@@ -176,7 +197,7 @@ def cryoalign_frames(tb_text: str, newest_first=False) -> list:
 
 def stage_of(frames: list) -> str:
     """The pipeline stage a stuck run was in: the frame called by pipeline.align (or the innermost)."""
-    for outer in ("pipeline.py:align", "cli.py:_cmd_align"):
+    for outer in ("pipeline.py:align", "align.py:run"):
         if outer in frames:
             k = len(frames) - 1 - frames[::-1].index(outer)
             if k + 1 < len(frames):
@@ -190,7 +211,7 @@ def crash_signature(tb_text: str) -> str:
     exc_lines = [ln for ln in tb_text.strip().splitlines() if ln.strip() and not ln.startswith(skip)]
     exc_type = exc_lines[-1].split(":")[0].strip().split(".")[-1] if exc_lines else "?"
     where = "?"
-    for f, line, func in TB_FRAME.findall(tb_text):
+    for f, _line, func in TB_FRAME.findall(tb_text):
         if "/cryoalign/" in f:
             where = f"{os.path.basename(f)}:{func}"
     return f"{exc_type} @ {where}"
@@ -214,7 +235,7 @@ def option(argv, name):
         if a == name and i + 1 < len(argv):
             value = argv[i + 1]
         elif a.startswith(name + "="):
-            value = a[len(name) + 1:]
+            value = a[len(name) + 1 :]
     return value
 
 
@@ -224,8 +245,11 @@ def check_library(case, folder, res, problems) -> str:
 
     if case.map_path is None:
         return ""
-    path = case.map_path if os.path.isabs(case.map_path) or case.map_path in ("", "-", ".") \
+    path = (
+        case.map_path
+        if os.path.isabs(case.map_path) or case.map_path in ("", "-", ".")
         else str(folder / case.map_path)
+    )
     try:
         m = cryoalign.read_map(path)
         bad = check_density(m)
@@ -244,11 +268,17 @@ def check_library(case, folder, res, problems) -> str:
         elif "\n" in msg:
             problems.append(("bad message", "read_map: multi-line InputError message"))
         elif msg.rstrip().endswith(":") and not msg.endswith(": " + path):
-            problems.append(("bad message", "read_map: InputError message without a reason: '"
-                             + normalize(msg)[-60:] + "'"))
+            problems.append(
+                ("bad message", "read_map: InputError message without a reason: '" + normalize(msg)[-60:] + "'")
+            )
         if case.expect == "accept":
-            problems.append(("refused good map", f"read_map refused it ({case.kind}): "
-                             + re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "#", normalize(msg))[:100]))
+            problems.append(
+                (
+                    "refused good map",
+                    f"read_map refused it ({case.kind}): "
+                    + re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "#", normalize(msg))[:100],
+                )
+            )
     except Exception:  # noqa: BLE001
         res["api"] = "crash"
         tb = traceback.format_exc()
@@ -289,24 +319,34 @@ def check_messages(case, code, stdout, stderr, caught, problems, map_arg=None):
         if len(errors) != 1:
             problems.append(("bad message", f"{len(errors)} 'cryoalign: error:' lines"))
         elif lines[-1] != errors[0]:
-            problems.append(("bad message", f"multi-line error message ({len(lines) - 1 - lines.index(errors[0])} "
-                                            f"more line(s) after it): '{normalize(errors[0])[-60:]}'"))
+            problems.append(
+                (
+                    "bad message",
+                    f"multi-line error message ({len(lines) - 1 - lines.index(errors[0])} "
+                    f"more line(s) after it): '{normalize(errors[0])[-60:]}'",
+                )
+            )
         elif len(errors[0]) <= len(ERROR_PREFIX) + 3:
             problems.append(("bad message", "empty error message"))
         elif errors[0].rstrip().endswith(":") and case.map_path != "":
             problems.append(("bad message", "error message without a reason: '" + normalize(errors[0])[-60:] + "'"))
         elif PARAM_NAMES.search(errors[0]):
-            problems.append(("bad message", "error names a parameter, not its flag: '"
-                             + PARAM_NAMES.search(errors[0]).group(1) + "'"))
+            problems.append(
+                (
+                    "bad message",
+                    "error names a parameter, not its flag: '" + PARAM_NAMES.search(errors[0]).group(1) + "'",
+                )
+            )
         if stdout.strip():
             problems.append(("bad message", "stdout not empty on error"))
         if case.expect == "refuse" and map_arg is not None and errors and map_arg not in errors[-1]:
-            why = re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "#", normalize(errors[-1][len(ERROR_PREFIX):]))[:80]
+            why = re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "#", normalize(errors[-1][len(ERROR_PREFIX) :]))[:80]
             problems.append(("accepted bad map", f"exit 2 for another reason ({why})"))
     elif case.expect == "refuse":
         problems.append(("accepted bad map", f"exit 0 ({case.kind})"))
-    leaked = sorted({f"{w.category.__name__}: {w.message}" for w in caught
-                     if w.category.__name__ not in HIDDEN_BY_DEFAULT})
+    leaked = sorted(
+        {f"{w.category.__name__}: {w.message}" for w in caught if w.category.__name__ not in HIDDEN_BY_DEFAULT}
+    )
     if leaked:
         problems.append(("bad message", "warning leaked: " + normalize(leaked[0])[:100]))
     shown = [ln for ln in lines if WARNING_LINE.search(ln)]
@@ -367,8 +407,9 @@ def same_files(present, expected) -> bool:
 def describe_difference(present, expected) -> str:
     extra = sorted(p for p in present - expected if not OPTIONAL_OUT_DIR_FILE.match(p))
     missing = sorted(expected - present)
-    parts = ([f"extra {', '.join(extra[:4])}"] if extra else []) + \
-        ([f"missing {', '.join(missing[:4])}"] if missing else [])
+    parts = ([f"extra {', '.join(extra[:4])}"] if extra else []) + (
+        [f"missing {', '.join(missing[:4])}"] if missing else []
+    )
     return "; ".join(parts) or "the expected files"
 
 
@@ -387,8 +428,9 @@ def check_files(case, before, after, code, problems):
             continue
         if code == 0 and (rel + os.sep).startswith(replaced):
             continue
-        problems.append(("partial output" if code != 0 else "input modified",
-                         f"pre-existing {rel} changed or vanished"))
+        problems.append(
+            ("partial output" if code != 0 else "input modified", f"pre-existing {rel} changed or vanished")
+        )
     new = sorted(set(after) - set(before))
     temps = [p for p in new if is_temp(p)]
     if code != 0 and new:
@@ -422,9 +464,23 @@ def classify(case, res, problems, crash_tb):
 
 # ----------------------------------------------------------------------------- one case
 def new_result(case, argv):
-    return dict(index=case.index, family=case.family, kind=case.kind, mode=case.mode, desc="; ".join(case.desc),
-                argv=argv, api="", exit=None, outcome=None, problems=[], signature="", stderr="", seconds=0.0,
-                warnings=0, expect=case.expect or "")
+    return dict(
+        index=case.index,
+        family=case.family,
+        kind=case.kind,
+        mode=case.mode,
+        desc="; ".join(case.desc),
+        argv=argv,
+        api="",
+        exit=None,
+        outcome=None,
+        problems=[],
+        signature="",
+        stderr="",
+        seconds=0.0,
+        warnings=0,
+        expect=case.expect or "",
+    )
 
 
 def run_case(case: Case, folder: pathlib.Path, timeout: float) -> dict:
@@ -451,15 +507,18 @@ def run_case(case: Case, folder: pathlib.Path, timeout: float) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            crash_tb = check_library(case, folder, res, problems)        # 1. the library
-        code, stdout, stderr, caught = run_cli_inprocess(argv)          # 2. the command line
+            crash_tb = check_library(case, folder, res, problems)  # 1. the library
+        code, stdout, stderr, caught = run_cli_inprocess(argv)  # 2. the command line
     except CaseTimeout:
         signal.setitimer(signal.ITIMER_REAL, 0)
         os.chdir(old_cwd)
         frames = cryoalign_frames(traceback.format_exc())
-        res.update(outcome="hang", seconds=time.perf_counter() - t0,
-                   signature=f"timeout > {timeout:g} s in {stage_of(frames)}",
-                   problems=[f"exceeded {timeout:g} s; interrupted in {' > '.join(frames[-4:]) or '?'}"])
+        res.update(
+            outcome="hang",
+            seconds=time.perf_counter() - t0,
+            signature=f"timeout > {timeout:g} s in {stage_of(frames)}",
+            problems=[f"exceeded {timeout:g} s; interrupted in {' > '.join(frames[-4:]) or '?'}"],
+        )
         return res
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -468,15 +527,16 @@ def run_case(case: Case, folder: pathlib.Path, timeout: float) -> dict:
     res["exit"] = code
     res["stderr"] = stderr[-4000:]
     res["warnings"] = len(caught)
-    res["warning_text"] = " | ".join(sorted({f"{w.category.__name__}: {w.message} "
-                                             f"({os.path.basename(w.filename)}:{w.lineno})" for w in caught}))
+    res["warning_text"] = " | ".join(
+        sorted({f"{w.category.__name__}: {w.message} ({os.path.basename(w.filename)}:{w.lineno})" for w in caught})
+    )
     error = [ln for ln in stderr.strip().splitlines() if ln.startswith(ERROR_PREFIX)]
-    res["message"] = error[-1][len(ERROR_PREFIX):] if code == 2 and error else ""
+    res["message"] = error[-1][len(ERROR_PREFIX) :] if code == 2 and error else ""
     if "Traceback" in stderr:
         crash_tb = stderr
     check_messages(case, code, stdout, stderr, caught, problems, map_arg)
     with contextlib.suppress(OSError):
-        os.chdir(folder)                       # relative --json / --out-dir paths
+        os.chdir(folder)  # relative --json / --out-dir paths
         check_result(argv, code, problems)
     os.chdir(old_cwd)
     check_files(case, before, snapshot(folder), code, problems)
@@ -502,9 +562,20 @@ def run_subprocesses(argvs, cwd, timeout, delays):
         wait = t0 + delay - time.perf_counter()
         if wait > 0:
             time.sleep(wait)
-        procs.append((subprocess.Popen([sys.executable, "-m", "cryoalign", *argv], cwd=cwd, env=env,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                       start_new_session=True), time.perf_counter()))
+        procs.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, "-m", "cryoalign", *argv],
+                    cwd=cwd,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,
+                ),
+                time.perf_counter(),
+            )
+        )
     out = []
     for p, started in procs:
         try:
@@ -541,8 +612,11 @@ def check_concurrent_folder(folder, runs, codes, problems):
     for argv, code in zip(runs, codes):
         run_doc = read_json(option(argv, "--json"))[0] if code == 0 else None
         own.append(run_doc)
-    matches = [k for k, d in enumerate(own) if d is not None and d.get("matrix") == doc.get("matrix")
-               and d.get("params") == doc.get("params")]
+    matches = [
+        k
+        for k, d in enumerate(own)
+        if d is not None and d.get("matrix") == doc.get("matrix") and d.get("params") == doc.get("params")
+    ]
     if not matches:
         problems.append(("bad result", "result.json in --out-dir is not the result of a successful run"))
         return
@@ -550,8 +624,9 @@ def check_concurrent_folder(folder, runs, codes, problems):
     argv = runs[k]
     expected = expected_out_dir_files(doc, argv)
     if not same_files(present, expected):
-        problems.append(("bad result", "--out-dir holds " + describe_difference(present, expected)
-                         + f" for run {'AB'[k]}"))
+        problems.append(
+            ("bad result", "--out-dir holds " + describe_difference(present, expected) + f" for run {'AB'[k]}")
+        )
     params, why = read_json(os.path.join(out_dir, "params.json"))
     if why or params != doc["params"]:
         problems.append(("bad result", "params.json is not result.json's params"))
@@ -560,16 +635,19 @@ def check_concurrent_folder(folder, runs, codes, problems):
         tgt = cryoalign.read_map(argv[2])
         expect = resample_onto(src, tgt, np.array(doc["matrix"], float)).data
         got = cryoalign.read_map(os.path.join(out_dir, "source_on_target.mrc")).data
-        if got.shape != expect.shape or not np.allclose(got, expect, rtol=1e-4, atol=1e-4 * float(np.abs(expect).max())):
+        if got.shape != expect.shape or not np.allclose(
+            got, expect, rtol=1e-4, atol=1e-4 * float(np.abs(expect).max())
+        ):
             problems.append(("bad result", "source_on_target.mrc is not result.json's run"))
     except Exception as exc:  # noqa: BLE001
         problems.append(("bad result", f"source_on_target.mrc unreadable: {type(exc).__name__}"))
     report = os.path.join(out_dir, "report.html")
-    if os.path.exists(report):                # newer versions: the translation is shown as "x, y, z"
+    if os.path.exists(report):  # newer versions: the translation is shown as "x, y, z"
         html = open(report, errors="replace").read()
 
         def shown(d):
             return ", ".join(f"{row[3]:.2f}" for row in d["matrix"][:3])
+
         others = [d for j, d in enumerate(own) if j != k and d is not None and shown(d) != shown(doc)]
         if shown(doc) not in html and any(shown(d) in html for d in others):
             problems.append(("bad result", "report.html is the other run's"))
@@ -596,11 +674,15 @@ def run_concurrent(case: Case, folder: pathlib.Path, timeout: float) -> dict:
     res["seconds"] = time.perf_counter() - t0
     codes = [o[0] for o in outs]
     res["exit"] = "/".join(str(c) for c in codes)
-    res["stderr"] = "\n".join(f"--- run {'AB'[k]}: exit {o[0]}, {o[3]:.1f} s\n{o[2][-1500:]}"
-                              for k, o in enumerate(outs))
+    res["stderr"] = "\n".join(
+        f"--- run {'AB'[k]}: exit {o[0]}, {o[3]:.1f} s\n{o[2][-1500:]}" for k, o in enumerate(outs)
+    )
     if any(c is None for c in codes):
-        res.update(outcome="hang", signature=f"timeout > {timeout:g} s (concurrent runs)",
-                   problems=[f"run {'AB'[k]} killed after {timeout:g} s" for k, c in enumerate(codes) if c is None])
+        res.update(
+            outcome="hang",
+            signature=f"timeout > {timeout:g} s (concurrent runs)",
+            problems=[f"run {'AB'[k]} killed after {timeout:g} s" for k, c in enumerate(codes) if c is None],
+        )
         return res
     problems, crash_tb = [], ""
     for code, stdout, stderr, _ in outs:
@@ -629,15 +711,16 @@ def run_concurrent(case: Case, folder: pathlib.Path, timeout: float) -> dict:
 
 # ----------------------------------------------------------------------------- signals
 SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143, "SIGKILL": -signal.SIGKILL}
-ORPHAN_GRACE_S = 5.0      # workers must be gone this long after their parent
+ORPHAN_GRACE_S = 5.0  # workers must be gone this long after their parent
 
 
 def _children(pid) -> list:
     import psutil
 
     try:
-        return [c for c in psutil.Process(pid).children(recursive=True)
-                if "resource_tracker" not in " ".join(c.cmdline())]
+        return [
+            c for c in psutil.Process(pid).children(recursive=True) if "resource_tracker" not in " ".join(c.cmdline())
+        ]
     except psutil.Error:
         return []
 
@@ -653,14 +736,22 @@ def run_signal(case: Case, folder: pathlib.Path, timeout: float) -> dict:
     problems, crash_tb = [], ""
     sig = getattr(signal, case.extra["signal"])
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cryoalign", *argv], cwd=folder, env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cryoalign", *argv],
+        cwd=folder,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     workers, sent = [], False
     try:
         while proc.poll() is None and time.perf_counter() - t0 < timeout:
             workers = _children(proc.pid) or workers
-            if (case.extra["when"] == "workers" and len(workers) >= 2) or \
-                    (case.extra["when"] == "delay" and time.perf_counter() - t0 >= case.extra["delay_s"]):
+            if (case.extra["when"] == "workers" and len(workers) >= 2) or (
+                case.extra["when"] == "delay" and time.perf_counter() - t0 >= case.extra["delay_s"]
+            ):
                 proc.send_signal(sig)
                 sent = True
                 break
@@ -692,12 +783,23 @@ def run_signal(case: Case, folder: pathlib.Path, timeout: float) -> dict:
         text = results.read_text(errors="replace")
         if case.extra["signal"] != "SIGKILL" and text and not text.endswith("\n"):
             problems.append(("partial output", "results.tsv ends inside a line after a catchable signal"))
-    elif case.kind.startswith("batch") and case.extra["signal"] != "SIGKILL" and sent and \
-            code == expected and "pairs" in case.extra:
-        pass                                     # stopped before the first line: nothing to keep
+    elif (
+        case.kind.startswith("batch")
+        and case.extra["signal"] != "SIGKILL"
+        and sent
+        and code == expected
+        and "pairs" in case.extra
+    ):
+        pass  # stopped before the first line: nothing to keep
     # the rerun finishes the work
-    rerun = subprocess.run([sys.executable, "-m", "cryoalign", *argv], cwd=folder, env=subprocess_env(),
-                           capture_output=True, text=True, timeout=timeout)
+    rerun = subprocess.run(
+        [sys.executable, "-m", "cryoalign", *argv],
+        cwd=folder,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     res["stderr"] += f"\n--- rerun: exit {rerun.returncode}\n" + rerun.stderr[-1500:]
     if rerun.returncode != 0:
         problems.append(("bad result", f"the rerun after {case.extra['signal']} exited {rerun.returncode}"))
@@ -707,8 +809,13 @@ def run_signal(case: Case, folder: pathlib.Path, timeout: float) -> dict:
         lines = [ln for ln in results.read_text().splitlines()[1:] if ln]
         keys = [tuple(ln.split("\t")[:2]) for ln in lines]
         if len(keys) != case.extra["pairs"] or len(set(keys)) != len(keys):
-            problems.append(("bad result", f"after the rerun results.tsv holds {len(keys)} line(s) "
-                                           f"({len(set(keys))} pairs) for {case.extra['pairs']} pairs"))
+            problems.append(
+                (
+                    "bad result",
+                    f"after the rerun results.tsv holds {len(keys)} line(s) "
+                    f"({len(set(keys))} pairs) for {case.extra['pairs']} pairs",
+                )
+            )
     elif case.kind.startswith("variance") and not (folder / "out" / "var" / "variance.mrc").exists():
         problems.append(("bad result", "no variance.mrc after the rerun"))
     res_exit = res["exit"]
@@ -733,8 +840,14 @@ def run_readonly(case: Case, folder: pathlib.Path, timeout: float) -> dict:
     before = snapshot(folder)
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(prefix + [sys.executable, "-m", "cryoalign", *argv], cwd=folder,
-                              env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            prefix + [sys.executable, "-m", "cryoalign", *argv],
+            cwd=folder,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         res.update(outcome="hang", signature=f"timeout > {timeout:g} s (readonly {case.kind})", seconds=timeout)
         return res
@@ -751,7 +864,7 @@ def run_readonly(case: Case, folder: pathlib.Path, timeout: float) -> dict:
 
 # ----------------------------------------------------------------------------- workers
 def _worker(conn, wid, opts):
-    os.setpgrp()          # so that the parent can kill this worker and anything it started
+    os.setpgrp()  # so that the parent can kill this worker and anything it started
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     if opts["mem_gb"] > 0:
@@ -768,11 +881,23 @@ def _worker(conn, wid, opts):
     _DATA_HASHES = data_hashes()
     folder = pathlib.Path(opts["out"]) / "work" / f"w{wid}"
     folder.mkdir(parents=True, exist_ok=True)
-    stack_file = open(folder / "stack.txt", "w+")      # where a stuck or dying worker is
+    stack_file = open(folder / "stack.txt", "w+")  # where a stuck or dying worker is
     faulthandler.enable(file=stack_file)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        main(["align", str(DATA / PARTNER[0]), str(DATA / PARTNER[0]), "--source-contour=1.25",
-              "--target-contour=1.25", "--voxel", "8", "--jobs", "1", "--quiet"])   # compile numba kernels
+        main(
+            [
+                "align",
+                str(DATA / PARTNER[0]),
+                str(DATA / PARTNER[0]),
+                "--source-contour=1.25",
+                "--target-contour=1.25",
+                "--voxel",
+                "8",
+                "--jobs",
+                "1",
+                "--quiet",
+            ]
+        )  # compile numba kernels
     conn.send(("ready", wid))
     while True:
         msg = conn.recv()
@@ -782,13 +907,41 @@ def _worker(conn, wid, opts):
         try:
             case = make_case(opts["seed"], index, opts["p_full"], opts["families"])
         except Exception:  # noqa: BLE001  (a fuzzer bug: report it, do not stop)
-            conn.send(("result", dict(index=index, family="?", kind="generator", mode="", desc="",
-                                      argv=[], outcome="crash", signature="fuzzer generator error",
-                                      problems=[traceback.format_exc()[-500:]], exit=None, api="", stderr="",
-                                      seconds=0.0, warnings=0)))
+            conn.send(
+                (
+                    "result",
+                    dict(
+                        index=index,
+                        family="?",
+                        kind="generator",
+                        mode="",
+                        desc="",
+                        argv=[],
+                        outcome="crash",
+                        signature="fuzzer generator error",
+                        problems=[traceback.format_exc()[-500:]],
+                        exit=None,
+                        api="",
+                        stderr="",
+                        seconds=0.0,
+                        warnings=0,
+                    ),
+                )
+            )
             continue
-        conn.send(("started", dict(index=index, family=case.family, kind=case.kind, mode=case.mode,
-                                   desc="; ".join(case.desc), argv=case.argv)))
+        conn.send(
+            (
+                "started",
+                dict(
+                    index=index,
+                    family=case.family,
+                    kind=case.kind,
+                    mode=case.mode,
+                    desc="; ".join(case.desc),
+                    argv=case.argv,
+                ),
+            )
+        )
         stack_file.seek(0)
         stack_file.truncate()
         limit = case_timeout(opts, case.mode)
@@ -821,8 +974,15 @@ def run_pool(opts, indices, progress_every=500):
         p = ctx.Process(target=_worker, args=(child, wid, opts), daemon=True)
         p.start()
         child.close()
-        workers[wid] = dict(proc=p, conn=parent, case=None, started=None, info=None, ready=False,
-                            stack=pathlib.Path(opts["out"]) / "work" / f"w{wid}" / "stack.txt")
+        workers[wid] = dict(
+            proc=p,
+            conn=parent,
+            case=None,
+            started=None,
+            info=None,
+            ready=False,
+            stack=pathlib.Path(opts["out"]) / "work" / f"w{wid}" / "stack.txt",
+        )
 
     def where(wid):
         """Innermost cryoalign frame of the faulthandler dump of a stuck or dead worker."""
@@ -842,7 +1002,7 @@ def run_pool(opts, indices, progress_every=500):
     t0 = time.time()
     done_last = 0
     while pending or any(w["case"] is not None for w in workers.values()):
-        for wid, w in list(workers.items()):
+        for w in list(workers.values()):
             if w["ready"] and w["case"] is None and pending:
                 w["case"] = pending.popleft()
                 w["started"], w["info"] = time.time(), None
@@ -858,10 +1018,17 @@ def run_pool(opts, indices, progress_every=500):
                 code = w["proc"].exitcode
                 if w["case"] is not None:
                     info = w["info"] or dict(index=w["case"], family="?", kind="?", mode="", desc="", argv=[])
-                    results[w["case"]] = dict(info, outcome="crash", exit=None, api="",
-                                              signature=f"worker process died (exit code {code}) @ {where(wid)}",
-                                              problems=[f"worker died, exit code {code}"], stderr="",
-                                              seconds=time.time() - w["started"], warnings=0)
+                    results[w["case"]] = dict(
+                        info,
+                        outcome="crash",
+                        exit=None,
+                        api="",
+                        signature=f"worker process died (exit code {code}) @ {where(wid)}",
+                        problems=[f"worker died, exit code {code}"],
+                        stderr="",
+                        seconds=time.time() - w["started"],
+                        warnings=0,
+                    )
                 elif not w["ready"]:
                     kill(wid)
                     raise SystemExit(f"fuzz worker failed to start (exit code {code})")
@@ -892,17 +1059,27 @@ def run_pool(opts, indices, progress_every=500):
             limit = case_timeout(opts, (w["info"] or dict(mode="full"))["mode"])
             if w["case"] is not None and now - w["started"] > limit + HARD_GRACE_S:
                 info = w["info"] or dict(index=w["case"], family="?", kind="?", mode="", desc="", argv=[])
-                results[w["case"]] = dict(info, outcome="hang", exit=None, api="",
-                                          signature=f"timeout > {limit:g} s in {where(wid)} (killed)",
-                                          problems=[f"killed after {now - w['started']:.0f} s"], stderr="",
-                                          seconds=now - w["started"], warnings=0)
+                results[w["case"]] = dict(
+                    info,
+                    outcome="hang",
+                    exit=None,
+                    api="",
+                    signature=f"timeout > {limit:g} s in {where(wid)} (killed)",
+                    problems=[f"killed after {now - w['started']:.0f} s"],
+                    stderr="",
+                    seconds=now - w["started"],
+                    warnings=0,
+                )
                 kill(wid)
                 spawn()
         if len(results) - done_last >= progress_every:
             done_last = len(results)
             c = collections.Counter(r["outcome"] for r in results.values())
-            print(f"[{time.time() - t0:7.0f} s] {len(results)}/{len(indices)}  "
-                  + "  ".join(f"{k}: {c[k]}" for k in OUTCOMES if c[k]), flush=True)
+            print(
+                f"[{time.time() - t0:7.0f} s] {len(results)}/{len(indices)}  "
+                + "  ".join(f"{k}: {c[k]}" for k in OUTCOMES if c[k]),
+                flush=True,
+            )
     for wid in list(workers):
         with contextlib.suppress(OSError, BrokenPipeError):
             workers[wid]["conn"].send(None)
@@ -935,4 +1112,3 @@ def replay(opts, indices):
             print(f"  problem: {p}")
         if res["stderr"]:
             print("  stderr:\n    " + res["stderr"].rstrip().replace("\n", "\n    "))
-

@@ -42,6 +42,7 @@ moved by the candidate, target read by trilinear interpolation:
 JSON rules also: local (local_correlation), shared (shared_correlation), shared_fraction, and their
 products with the agreement.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,13 +54,37 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-JSON_RULES = ["reported", "correlation", "corr_before", "similarity", "agreement", "overlap", "1-js",
-              "agree/overlap", "overlap*agreement", "corr*overlap", "corr*agreement", "local", "shared",
-              "shared_fraction", "local*agreement", "shared*agreement"]
-MAP_RULES = ["map_cc", "map_cc_inside", "map_inside", "map_dice", "map_cc_inside*inside",
-             "map_cc_inside*sqrt(inside)", "map_cam", "map_tm", "map_tm*corr"]
-TM_D0_A = 3.0         # map_tm: a source voxel d Å from the target's density counts 1 / (1 + (d / TM_D0_A)^2)
-MAX_VOXELS = 400000   # source voxels used for the map scores (thinned evenly beyond)
+JSON_RULES = [
+    "reported",
+    "correlation",
+    "corr_before",
+    "similarity",
+    "agreement",
+    "overlap",
+    "1-js",
+    "agree/overlap",
+    "overlap*agreement",
+    "corr*overlap",
+    "corr*agreement",
+    "local",
+    "shared",
+    "shared_fraction",
+    "local*agreement",
+    "shared*agreement",
+]
+MAP_RULES = [
+    "map_cc",
+    "map_cc_inside",
+    "map_inside",
+    "map_dice",
+    "map_cc_inside*inside",
+    "map_cc_inside*sqrt(inside)",
+    "map_cam",
+    "map_tm",
+    "map_tm*corr",
+]
+TM_D0_A = 3.0  # map_tm: a source voxel d Å from the target's density counts 1 / (1 + (d / TM_D0_A)^2)
+MAX_VOXELS = 400000  # source voxels used for the map scores (thinned evenly beyond)
 
 
 def ca_coords(pdb):
@@ -86,6 +111,7 @@ def rmsd(T1, T2, X):
 
 def read_map(path):
     import mrcfile
+
     with mrcfile.open(path, permissive=True) as m:
         h = m.header
         vox = float(m.voxel_size.x)
@@ -101,65 +127,91 @@ class MapScorer:
 
     def __init__(self, cdir, case):
         from scipy import ndimage
+
         self.nd = ndimage
         sd, sv, so = read_map(f"{cdir}/source.mrc")
         td, tv, to = read_map(f"{cdir}/target.mrc")
         sc, tc = float(case["source_contour"]), float(case["target_contour"])
-        idx = np.argwhere(sd >= sc)                         # z, y, x
-        self.s_vol = len(idx) * sv ** 3
-        self.t_vol = float((td >= tc).sum()) * tv ** 3
-        if len(idx) > MAX_VOXELS:                           # deterministic thinning
+        idx = np.argwhere(sd >= sc)  # z, y, x
+        self.s_vol = len(idx) * sv**3
+        self.t_vol = float((td >= tc).sum()) * tv**3
+        if len(idx) > MAX_VOXELS:  # deterministic thinning
             idx = idx[np.linspace(0, len(idx) - 1, MAX_VOXELS).astype(int)]
         self.u = sd[idx[:, 0], idx[:, 1], idx[:, 2]].astype(float)
         self.X = idx[:, ::-1] * sv + so
         self.td, self.tv, self.to, self.tc = td, tv, to, tc
-        self.edt = ndimage.distance_transform_edt(td < tc) * tv     # Å to the nearest target voxel above contour
+        self.edt = ndimage.distance_transform_edt(td < tc) * tv  # Å to the nearest target voxel above contour
 
     def __call__(self, T):
         Y = self.X @ T[:3, :3].T + T[:3, 3]
         f = (Y - self.to) / self.tv
-        v = self.nd.map_coordinates(self.td, [f[:, 2], f[:, 1], f[:, 0]], order=1, mode="grid-constant",
-                                  cval=0.0).astype(float)   # 0 outside, interpolated up to the edge (as cryoalign)
+        v = self.nd.map_coordinates(
+            self.td, [f[:, 2], f[:, 1], f[:, 0]], order=1, mode="grid-constant", cval=0.0
+        ).astype(float)  # 0 outside, interpolated up to the edge (as cryoalign)
         inside = v >= self.tc
         frac = float(inside.mean())
 
         def pearson(a, b):
             if len(a) < 10:
                 return 0.0
-            a = a - a.mean(); b = b - b.mean()
+            a = a - a.mean()
+            b = b - b.mean()
             d = math.sqrt(float((a * a).sum() * (b * b).sum()))
             return float((a * b).sum() / d) if d > 0 else 0.0
+
         cc = pearson(self.u, v)
         cci = pearson(self.u[inside], v[inside])
-        nv = math.sqrt(float((self.u ** 2).sum() * (v ** 2).sum()))
+        nv = math.sqrt(float((self.u**2).sum() * (v**2).sum()))
         cam = float((self.u * v).sum() / nv) if nv > 0 else 0.0
         dice = 2 * frac * self.s_vol / (self.s_vol + self.t_vol)
         d = self.nd.map_coordinates(self.edt, [f[:, 2], f[:, 1], f[:, 0]], order=1, mode="nearest")
         tm = float((1.0 / (1.0 + (d / TM_D0_A) ** 2)).mean())
-        return {"map_tm": tm, "map_tm*corr": tm * cc,"map_cc": cc, "map_cc_inside": cci, "map_inside": frac, "map_dice": dice,
-                "map_cc_inside*inside": cci * frac, "map_cc_inside*sqrt(inside)": cci * math.sqrt(frac),
-                "map_cam": cam}
+        return {
+            "map_tm": tm,
+            "map_tm*corr": tm * cc,
+            "map_cc": cc,
+            "map_cc_inside": cci,
+            "map_inside": frac,
+            "map_dice": dice,
+            "map_cc_inside*inside": cci * frac,
+            "map_cc_inside*sqrt(inside)": cci * math.sqrt(frac),
+            "map_cam": cam,
+        }
 
 
 def json_features(c, rank):
     t = c.get("score_terms") or {}
+
     def num(v):
         return float("nan") if v is None else float(v)
+
     corr = num(t.get("correlation", c.get("score")))
     sim, agr, ovl, js = (num(t.get(k)) for k in ("similarity", "vector_agreement", "overlap", "js_divergence"))
     loc, sh, shf = (num(t.get(k)) for k in ("local_correlation", "shared_correlation", "shared_fraction"))
-    return {"local": loc, "shared": sh, "shared_fraction": shf, "local*agreement": loc * agr,
-            "shared*agreement": sh * agr,
-            "reported": -rank, "correlation": corr, "corr_before": num(c.get("correlation_before")),
-            "similarity": sim, "agreement": agr, "overlap": ovl, "1-js": 1 - js,
-            "agree/overlap": agr / ovl if ovl > 0 else 0.0, "overlap*agreement": ovl * agr,
-            "corr*overlap": corr * ovl, "corr*agreement": corr * agr}
+    return {
+        "local": loc,
+        "shared": sh,
+        "shared_fraction": shf,
+        "local*agreement": loc * agr,
+        "shared*agreement": sh * agr,
+        "reported": -rank,
+        "correlation": corr,
+        "corr_before": num(c.get("correlation_before")),
+        "similarity": sim,
+        "agreement": agr,
+        "overlap": ovl,
+        "1-js": 1 - js,
+        "agree/overlap": agr / ovl if ovl > 0 else 0.0,
+        "overlap*agreement": ovl * agr,
+        "corr*overlap": corr * ovl,
+        "corr*agreement": corr * agr,
+    }
 
 
 def best_by(feats, rule):
     vals = [f.get(rule, float("nan")) for f in feats]
     vals = [(-np.inf if (v is None or not np.isfinite(v)) else v) for v in vals]
-    return int(np.argmax(vals))        # first maximum = earliest reported rank
+    return int(np.argmax(vals))  # first maximum = earliest reported rank
 
 
 def analyse_case(cdir, out, right, map_scores):
@@ -167,13 +219,20 @@ def analyse_case(cdir, out, right, map_scores):
     X = ca_coords(f"{cdir}/source_model.pdb")
     G = [as4(case["T_gt"])] + [as4(t) for t in case.get("alt_T_gt", [])]
     P = [as4(t) for t in case.get("pseudo_T", [])]
-    rec = dict(case=case["case_id"], set=case.get("set"), kind=(case.get("hard") or {}).get("kind", case["kind"]),
-               mode=case.get("mode", ""), overlap_at_gt=case.get("overlap_at_gt"))
+    rec = dict(
+        case=case["case_id"],
+        set=case.get("set"),
+        kind=(case.get("hard") or {}).get("kind", case["kind"]),
+        mode=case.get("mode", ""),
+        overlap_at_gt=case.get("overlap_at_gt"),
+    )
     if not os.path.exists(out):
         rec.update(status="no output", cands=[], result_rmsd=float("inf"))
         return rec
     J = json.load(open(out))
-    cands = J.get("candidates") or [{"matrix": J["matrix"], "score": J.get("score"), "score_terms": J.get("score_terms", {})}]
+    cands = J.get("candidates") or [
+        {"matrix": J["matrix"], "score": J.get("score"), "score_terms": J.get("score_terms", {})}
+    ]
     scorer = MapScorer(cdir, case) if map_scores else None
     rows = []
     for i, c in enumerate(cands):
@@ -182,8 +241,16 @@ def analyse_case(cdir, out, right, map_scores):
         if scorer is not None:
             f.update(scorer(M))
         r = min(rmsd(M, g, X) for g in G)
-        rows.append(dict(rank=i + 1, rmsd=r, right=r < right,
-                         pseudo=bool(P) and min(rmsd(M, p, X) for p in P) < right, feats=f, matrix=M))
+        rows.append(
+            dict(
+                rank=i + 1,
+                rmsd=r,
+                right=r < right,
+                pseudo=bool(P) and min(rmsd(M, p, X) for p in P) < right,
+                feats=f,
+                matrix=M,
+            )
+        )
     rec.update(status="ok", cands=rows, result_rmsd=min(rmsd(as4(J["matrix"]), g, X) for g in G))
     # what the truth would score (the correct pose itself, not a candidate): map scores only
     if scorer is not None:
@@ -194,7 +261,10 @@ def analyse_case(cdir, out, right, map_scores):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", required=True)
-    ap.add_argument("--cases", default=os.path.join(os.environ.get("BENCH_HOME", os.path.expanduser("~/.cache/cryoalign-bench")), "cases"))
+    ap.add_argument(
+        "--cases",
+        default=os.path.join(os.environ.get("BENCH_HOME", os.path.expanduser("~/.cache/cryoalign-bench")), "cases"),
+    )
     ap.add_argument("--method", default="cryoalign")
     ap.add_argument("--sets", default=None, help="comma list (default: every set in the runs folder)")
     ap.add_argument("--right", type=float, default=3.0, help="a candidate is right under this RMSD (Å)")
@@ -217,29 +287,57 @@ def main(argv=None):
     # ---- table 1: rule x set
     allr = [r for s in sets for r in recs[s]]
     cols = sets + ["all"]
-    def count(rs, fn): return sum(1 for r in rs if r["cands"] and fn(r))
-    lines = [f"Right = CA RMSD < {a.right:g} Å (min over T_gt and alt_T_gt). Cells: cases whose rank-1 candidate "
-             f"under the rule is right.", "",
-             "| rule | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    grp = {s: recs[s] for s in sets}; grp["all"] = allr
+
+    def count(rs, fn):
+        return sum(1 for r in rs if r["cands"] and fn(r))
+
+    lines = [
+        f"Right = CA RMSD < {a.right:g} Å (min over T_gt and alt_T_gt). Cells: cases whose rank-1 candidate "
+        f"under the rule is right.",
+        "",
+        "| rule | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    grp = {s: recs[s] for s in sets}
+    grp["all"] = allr
     lines.append("| cases | " + " | ".join(str(len(grp[c])) for c in cols) + " |")
-    lines.append("| mean candidates per case | " + " | ".join(
-        f"{np.mean([len(r['cands']) for r in grp[c]]):.1f}" if grp[c] else "-" for c in cols) + " |")
-    lines.append("| right candidate anywhere (ceiling) | " + " | ".join(
-        str(count(grp[c], lambda r: any(x["right"] for x in r["cands"]))) for c in cols) + " |")
+    lines.append(
+        "| mean candidates per case | "
+        + " | ".join(f"{np.mean([len(r['cands']) for r in grp[c]]):.1f}" if grp[c] else "-" for c in cols)
+        + " |"
+    )
+    lines.append(
+        "| right candidate anywhere (ceiling) | "
+        + " | ".join(str(count(grp[c], lambda r: any(x["right"] for x in r["cands"]))) for c in cols)
+        + " |"
+    )
     for rule in rules:
-        lines.append(f"| {rule} | " + " | ".join(
-            str(count(grp[c], lambda r: r["cands"][best_by([x["feats"] for x in r["cands"]], rule)]["right"]))
-            for c in cols) + " |")
-    lines.append("| right within reported top 5 | " + " | ".join(
-        str(count(grp[c], lambda r: any(x["right"] for x in r["cands"][:5]))) for c in cols) + " |")
+        lines.append(
+            f"| {rule} | "
+            + " | ".join(
+                str(count(grp[c], lambda r: r["cands"][best_by([x["feats"] for x in r["cands"]], rule)]["right"]))
+                for c in cols
+            )
+            + " |"
+        )
+    lines.append(
+        "| right within reported top 5 | "
+        + " | ".join(str(count(grp[c], lambda r: any(x["right"] for x in r["cands"][:5]))) for c in cols)
+        + " |"
+    )
     print("\n".join(lines))
 
     # ---- table 1b: margins. For cases with both right and wrong candidates: (best right - best wrong) under
     # the rule, relative to the spread of that rule's values over the case's candidates (max - min); > 0 = right wins
-    mixed = [r for r in allr if r["cands"] and any(x["right"] for x in r["cands"]) and not all(x["right"] for x in r["cands"])]
-    print(f"\nMargins over the {len(mixed)} cases with both right and wrong candidates: (best right - best wrong) / "
-          f"(max - min over the case's candidates); negative = a wrong candidate wins.\n")
+    mixed = [
+        r
+        for r in allr
+        if r["cands"] and any(x["right"] for x in r["cands"]) and not all(x["right"] for x in r["cands"])
+    ]
+    print(
+        f"\nMargins over the {len(mixed)} cases with both right and wrong candidates: (best right - best wrong) / "
+        f"(max - min over the case's candidates); negative = a wrong candidate wins.\n"
+    )
     print("| rule | right wins | median margin | min margin | worst case |")
     print("|---|---|---|---|---|")
     for rule in rules[1:]:
@@ -252,17 +350,26 @@ def main(argv=None):
             spread = v.max() - v.min()
             ms.append(((v[ok].max() - v[~ok].max()) / spread if spread > 0 else 0.0, r["case"]))
         if ms:
-            vals = np.array([m for m, _ in ms]); worst = min(ms)
-            print(f"| {rule} | {(vals > 0).sum()}/{len(ms)} | {np.median(vals):+.3f} | {vals.min():+.3f} | {worst[1]} |")
+            vals = np.array([m for m, _ in ms])
+            worst = min(ms)
+            print(
+                f"| {rule} | {(vals > 0).sum()}/{len(ms)} | {np.median(vals):+.3f} | {vals.min():+.3f} | {worst[1]} |"
+            )
 
     # ---- table 2: cases whose reported rank 1 is not right
-    show = ["correlation", "corr_before", "similarity", "agreement", "overlap", "1-js"] + \
-           ([] if a.no_map_scores else ["map_cc", "map_cc_inside", "map_inside", "map_dice"])
+    show = ["correlation", "corr_before", "similarity", "agreement", "overlap", "1-js"] + (
+        [] if a.no_map_scores else ["map_cc", "map_cc_inside", "map_inside", "map_dice"]
+    )
     print(f"\nCases whose reported rank 1 is not right (result RMSD >= {a.right:g} Å):\n")
-    print("| set | case | kind | overlap at GT | n cand | result RMSD (Å) | winner pseudo-sym? | right cand (rank, RMSD) | "
-          "rules ranking a right cand first | winner: " + ", ".join(show) + " | best right: same |")
+    print(
+        "| set | case | kind | overlap at GT | n cand | result RMSD (Å) | winner pseudo-sym? | right cand (rank, RMSD) | "
+        "rules ranking a right cand first | winner: " + ", ".join(show) + " | best right: same |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    def fv(f): return ", ".join(f"{f.get(k, float('nan')):.3f}" for k in show)
+
+    def fv(f):
+        return ", ".join(f"{f.get(k, float('nan')):.3f}" for k in show)
+
     for r in allr:
         if r["status"] != "ok":
             print(f"| {r['set']} | {r['case']} | {r['kind']} | {r['overlap_at_gt']} | 0 | {r['status']} | | | | | |")
@@ -274,11 +381,19 @@ def main(argv=None):
         br = min(rights, key=lambda x: x["rmsd"]) if rights else None
         good = [rule for rule in rules if r["cands"][best_by([x["feats"] for x in r["cands"]], rule)]["right"]]
         truth = r.get("truth_map")
-        extra = f" (truth: " + ", ".join(f"{k}={truth[k]:.3f}" for k in ("map_cc", "map_cc_inside", "map_inside", "map_dice")) + ")" if truth else ""
-        print(f"| {r['set']} | {r['case']} | {r['kind']} | {r['overlap_at_gt']} | {len(r['cands'])} | {r['result_rmsd']:.1f} | "
-              f"{'yes' if w['pseudo'] else 'no'} | "
-              f"{'rank %d, %.2f' % (br['rank'], br['rmsd']) if br else 'none (best %.1f)' % min(x['rmsd'] for x in r['cands'])} | "
-              f"{', '.join(good) if good else '-'} | {fv(w['feats'])} | {fv(br['feats']) if br else '-'}{extra} |")
+        extra = (
+            " (truth: "
+            + ", ".join(f"{k}={truth[k]:.3f}" for k in ("map_cc", "map_cc_inside", "map_inside", "map_dice"))
+            + ")"
+            if truth
+            else ""
+        )
+        print(
+            f"| {r['set']} | {r['case']} | {r['kind']} | {r['overlap_at_gt']} | {len(r['cands'])} | {r['result_rmsd']:.1f} | "
+            f"{'yes' if w['pseudo'] else 'no'} | "
+            f"{'rank %d, %.2f' % (br['rank'], br['rmsd']) if br else 'none (best %.1f)' % min(x['rmsd'] for x in r['cands'])} | "
+            f"{', '.join(good) if good else '-'} | {fv(w['feats'])} | {fv(br['feats']) if br else '-'}{extra} |"
+        )
 
     if a.dump:
         keys = rules
@@ -286,9 +401,21 @@ def main(argv=None):
             fh.write("\t".join(["set", "case", "kind", "rank", "rmsd_sym", "right", "pseudo"] + keys) + "\n")
             for r in allr:
                 for x in r["cands"]:
-                    fh.write("\t".join([str(r["set"]), r["case"], r["kind"], str(x["rank"]), f"{x['rmsd']:.3f}",
-                                        str(int(x["right"])), str(int(x["pseudo"]))] +
-                                       [f"{x['feats'].get(k, float('nan')):.5f}" for k in keys]) + "\n")
+                    fh.write(
+                        "\t".join(
+                            [
+                                str(r["set"]),
+                                r["case"],
+                                r["kind"],
+                                str(x["rank"]),
+                                f"{x['rmsd']:.3f}",
+                                str(int(x["right"])),
+                                str(int(x["pseudo"])),
+                            ]
+                            + [f"{x['feats'].get(k, float('nan')):.5f}" for k in keys]
+                        )
+                        + "\n"
+                    )
         print(f"\nwrote {a.dump}", file=sys.stderr)
 
 

@@ -19,6 +19,7 @@ while choosing). Rules compared (a case counts when its rank-1 candidate under t
 --held adds the held-out sets' rows (a second dump: --held-dump) scored with the rule and weights
 chosen on the tuning rows only. Families: case.json `family` (unseen corpus) or the set name.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,13 +50,21 @@ def read(path, cases_dir):
                 continue
             v = np.array([float(r[k]) for r in rows])
             feats[k] = np.where(np.isfinite(v), v, -1e9)
-        out.append(dict(set=s, case=c, family=fam, right=np.array([r["right"] == "1" for r in rows]),
-                        rank=np.array([int(r["rank"]) for r in rows]), feats=feats))
+        out.append(
+            dict(
+                set=s,
+                case=c,
+                family=fam,
+                right=np.array([r["right"] == "1" for r in rows]),
+                rank=np.array([int(r["rank"]) for r in rows]),
+                feats=feats,
+            )
+        )
     return out
 
 
 def pick(values):
-    return int(np.argmax(values))          # first maximum: the earlier reported rank
+    return int(np.argmax(values))  # first maximum: the earlier reported rank
 
 
 def vote(case):
@@ -80,6 +89,7 @@ def fit(cases, keys, l2=1.0):
     def nll(w):
         z = X @ w[1:] + w[0]
         return float(np.logaddexp(0, z).sum() - (y * z).sum() + l2 * (w[1:] ** 2).sum())
+
     return minimize(nll, np.zeros(len(keys) + 1), method="L-BFGS-B").x
 
 
@@ -91,16 +101,26 @@ def table(groups, rules):
     names = list(groups)
     out = ["| rule | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     out.append("| cases | " + " | ".join(str(len(groups[g])) for g in names) + " |")
-    out.append("| right candidate anywhere | " + " | ".join(str(sum(c["right"].any() for c in groups[g])) for g in names) + " |")
+    out.append(
+        "| right candidate anywhere | "
+        + " | ".join(str(sum(c["right"].any() for c in groups[g])) for g in names)
+        + " |"
+    )
     for name, fn in rules:
-        out.append(f"| {name} | " + " | ".join(str(sum(bool(c["right"][fn(c)]) for c in groups[g])) for g in names) + " |")
+        out.append(
+            f"| {name} | " + " | ".join(str(sum(bool(c["right"][fn(c)]) for c in groups[g])) for g in names) + " |"
+        )
     return "\n".join(out)
 
 
 def group(cases):
     g = defaultdict(list)
     for c in cases:
-        part = "held" if c["set"].startswith("unseen-held") else ("tune" if c["set"].startswith("unseen-tune") else "bench")
+        part = (
+            "held"
+            if c["set"].startswith("unseen-held")
+            else ("tune" if c["set"].startswith("unseen-tune") else "bench")
+        )
         g[f"{part}:{c['set'].split('-')[-1] if part != 'bench' else c['set']}"].append(c)
         g[f"{part}: all"].append(c)
     return dict(sorted(g.items()))
@@ -131,17 +151,24 @@ def main(argv=None):
     for k in tune[0]["feats"]:
         if k != "reported":
             rules.append((k, lambda c, k=k: pick(c["feats"][k])))
-    rules += [("vote", lambda c: pick(vote(c))),
-              ("logistic (leave-one-family-out)", lambda c: pick(cv[(c["set"], c["case"])])
-               if (c["set"], c["case"]) in cv else pick(learned_score(c, w_all, keys)))]
+    rules += [
+        ("vote", lambda c: pick(vote(c))),
+        (
+            "logistic (leave-one-family-out)",
+            lambda c: (
+                pick(cv[(c["set"], c["case"])]) if (c["set"], c["case"]) in cv else pick(learned_score(c, w_all, keys))
+            ),
+        ),
+    ]
     print("Tuning part (and public / hard sets): right at rank 1 by rule\n")
     print(table(group(tune), rules))
     print("\nlogistic weights fitted on all tuning rows (terms relative to the case's best):")
     print("  intercept %+.3f; " % w_all[0] + "; ".join(f"{k} {v:+.3f}" for k, v in zip(keys, w_all[1:])))
     if a.held_dump:
         held = read(a.held_dump, a.cases)
-        rules_h = [r for r in rules if r[0] != "logistic (leave-one-family-out)"] + \
-                  [("logistic (fitted on tuning)", lambda c: pick(learned_score(c, w_all, keys)))]
+        rules_h = [r for r in rules if r[0] != "logistic (leave-one-family-out)"] + [
+            ("logistic (fitted on tuning)", lambda c: pick(learned_score(c, w_all, keys)))
+        ]
         print("\nHeld-out part: right at rank 1 by rule (nothing fitted here)\n")
         print(table(group(held), rules_h))
 

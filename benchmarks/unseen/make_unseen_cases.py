@@ -28,6 +28,7 @@ Helpers (simulation, noise, contours, symmetry operators, trimers, chain cases) 
 benchmarks/hard/make_hard_cases.py, so the maps are made exactly as the hard sets' are.
 Every case is seeded by (seed, crc32(set/case)): byte-identical on every run.
 """
+
 import argparse
 import json
 import os
@@ -100,11 +101,24 @@ MODELS = {
 # kinds over both parts (one real state pair, symmetric and asymmetric complexes, real maps).
 # Never tune on them: every rule, weight and threshold is chosen on the tune part (and the
 # public and hard sets); the held-out table is reported once per change.
-HELD = {"adk", "7n00", "7nqk", "6yeg", "6swy", "3sn6", "1gyt", "1igt", "2bgj", "emd_1461", "emd_5778",
-        "emd_6555", "emd_6272"}
+HELD = {
+    "adk",
+    "7n00",
+    "7nqk",
+    "6yeg",
+    "6swy",
+    "3sn6",
+    "1gyt",
+    "1igt",
+    "2bgj",
+    "emd_1461",
+    "emd_5778",
+    "emd_6555",
+    "emd_6272",
+}
 FAMILIES = sorted({fam for _, fam in MODELS.values()} | {"emd_11007"})
 KINDS = ["global", "grid5", "states", "partial", "pseudo", "resgap", "chain", "real"]
-MODE = {"chain": "local"}          # every other kind: --global (read by run_benchmark.py)
+MODE = {"chain": "local"}  # every other kind: --global (read by run_benchmark.py)
 
 
 def part_of(family):
@@ -130,7 +144,7 @@ def load(name, chains=None):
     st.setup_entities()
     st.remove_hydrogens()
     st.remove_ligands_and_waters()
-    for i in range(len(st) - 1, 0, -1):     # first model only
+    for i in range(len(st) - 1, 0, -1):  # first model only
         del st[i]
     if chains is not None:
         for ch in list(st[0]):
@@ -156,7 +170,7 @@ def _number_copies_alike(st):
                 r.seqid = gemmi.SeqId(r.seqid.num - first + firsts[0], r.seqid.icode)
 
 
-mh.load_model = load            # the hard-set case builders load models through this name
+mh.load_model = load  # the hard-set case builders load models through this name
 
 
 # ---------------------------------------------------------------- normal modes and TM-align
@@ -168,18 +182,20 @@ def anm_state(rng, st, rmsd_goal, modes=(0, 1, 2), max_nodes=900, cutoff=15.0):
     nodes = X[:: max(1, -(-len(X) // max_nodes))]
     n = len(nodes)
     d = nodes[:, None, :] - nodes[None, :, :]
-    r2 = (d ** 2).sum(-1)
-    near = np.argsort(r2, axis=1)[:, 1:7]          # and each node's 6 nearest, so no node is floppy
-    k = r2 < cutoff ** 2
+    r2 = (d**2).sum(-1)
+    near = np.argsort(r2, axis=1)[:, 1:7]  # and each node's 6 nearest, so no node is floppy
+    k = r2 < cutoff**2
     k[np.repeat(np.arange(n), 6), near.ravel()] = True
     k = (k | k.T) & (r2 > 0)
     H = np.zeros((3 * n, 3 * n))
-    blocks = -np.where(k[..., None, None], d[..., :, None] * d[..., None, :] / np.where(r2 > 0, r2, 1)[..., None, None], 0)
+    blocks = -np.where(
+        k[..., None, None], d[..., :, None] * d[..., None, :] / np.where(r2 > 0, r2, 1)[..., None, None], 0
+    )
     H[:] = blocks.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n)
     for i in range(n):
-        H[3 * i:3 * i + 3, 3 * i:3 * i + 3] = -blocks[i].sum(0)
+        H[3 * i : 3 * i + 3, 3 * i : 3 * i + 3] = -blocks[i].sum(0)
     vals, vecs = eigh(H)
-    ok = np.flatnonzero(vals > 1e-6 * vals.max())[: max(modes) + 1]   # skip the rigid-body (zero) modes
+    ok = np.flatnonzero(vals > 1e-6 * vals.max())[: max(modes) + 1]  # skip the rigid-body (zero) modes
     vals, vecs = vals[ok], vecs[:, ok]
     w = rng.standard_normal(len(modes)) / np.sqrt(vals[list(modes)])
     disp = (vecs[:, list(modes)] @ w).reshape(n, 3)
@@ -193,8 +209,13 @@ def anm_state(rng, st, rmsd_goal, modes=(0, 1, 2), max_nodes=900, cutoff=15.0):
             for a in res:
                 p = np.array([a.pos.x, a.pos.y, a.pos.z])
                 a.pos = gemmi.Position(*(p + disp[tree.query(p)[1]]))
-    return out, dict(anm_modes=[int(m) + 1 for m in modes], anm_nodes=n, anm_cutoff_A=cutoff,
-                     anm_weights=np.round(w / np.linalg.norm(w), 4).tolist(), ca_rmsd_A=round(float(rmsd_goal), 2))
+    return out, dict(
+        anm_modes=[int(m) + 1 for m in modes],
+        anm_nodes=n,
+        anm_cutoff_A=cutoff,
+        anm_weights=np.round(w / np.linalg.norm(w), 4).tolist(),
+        ca_rmsd_A=round(float(rmsd_goal), 2),
+    )
 
 
 def tm_score_superposition(A, B, *, fragments=(1.0, 0.5, 0.25, 0.125), iterations=20):
@@ -254,8 +275,10 @@ def tm_superposition(src_st, tgt_st, src_groups=None, tgt_groups=None):
 
     pairings = [(None, None)]
     if src_groups is not None:
-        pairings = [(sum(src_groups, []), sum((tgt_groups[i] for i in perm), []))
-                    for perm in itertools.permutations(range(len(tgt_groups)))]
+        pairings = [
+            (sum(src_groups, []), sum((tgt_groups[i] for i in perm), []))
+            for perm in itertools.permutations(range(len(tgt_groups)))
+        ]
     best = None
     for sc, tc in pairings:
         A, B = paired_ca(src_st, tgt_st, sc, tc)
@@ -286,9 +309,18 @@ def case_global(rng, d, model, rs, rt, grid5=False):
     st = load(model)
     (si, sd, sv, so), (ti, td, tv, to), T = moved_pair(rng, d, st, st, rs, rt, g5s=grid5, g5t=grid5)
     ss, ps = mh.self_sym_ops(st)
-    case = mh.global_case(si, ti, rs, rt, T, ss, ps, molecules=[model],
-                          hard=dict(kind="grid5" if grid5 else "global", symmetry_operators=len(ss)),
-                          notes=f"simulated {model} (moved){' on 5 A grids' if grid5 else ''}; GT = motion^-1")
+    case = mh.global_case(
+        si,
+        ti,
+        rs,
+        rt,
+        T,
+        ss,
+        ps,
+        molecules=[model],
+        hard=dict(kind="grid5" if grid5 else "global", symmetry_operators=len(ss)),
+        notes=f"simulated {model} (moved){' on 5 A grids' if grid5 else ''}; GT = motion^-1",
+    )
     return mh.finish(case, d, si, sd, sv, so, ti, td, tv, to)
 
 
@@ -298,10 +330,19 @@ def case_states_anm(rng, d, model, rs, rt, amplitude):
     K, tm, core = tm_superposition(st, moved)
     (si, sd, sv, so), (ti, td, tv, to), T = moved_pair(rng, d, st, moved, rs, rt, K)
     ss, ps = mh.self_sym_ops(moved)
-    case = mh.global_case(si, ti, rs, rt, T, ss, ps, molecules=[model],
-                          hard=dict(kind="anm-state", tm_score=round(tm, 4), core_rmsd_A=round(core, 2), **info),
-                          notes=f"simulated {model} (moved) -> {model} moved along ANM modes by {amplitude:.1f} A CA RMSD; "
-                                "GT = TM-score-maximising superposition of the source state onto the target state o motion^-1")
+    case = mh.global_case(
+        si,
+        ti,
+        rs,
+        rt,
+        T,
+        ss,
+        ps,
+        molecules=[model],
+        hard=dict(kind="anm-state", tm_score=round(tm, 4), core_rmsd_A=round(core, 2), **info),
+        notes=f"simulated {model} (moved) -> {model} moved along ANM modes by {amplitude:.1f} A CA RMSD; "
+        "GT = TM-score-maximising superposition of the source state onto the target state o motion^-1",
+    )
     return mh.finish(case, d, si, sd, sv, so, ti, td, tv, to)
 
 
@@ -310,11 +351,19 @@ def case_states_real(rng, d, smodel, tmodel, rs, rt, sgroups=None, tgroups=None)
     K, tm, core = tm_superposition(s_st, t_st, sgroups, tgroups)
     (si, sd, sv, so), (ti, td, tv, to), T = moved_pair(rng, d, s_st, t_st, rs, rt, K)
     ss, ps = mh.self_sym_ops(t_st)
-    case = mh.global_case(si, ti, rs, rt, T, ss, ps, molecules=[smodel, tmodel],
-                          hard=dict(kind="real-states", tm_score=round(tm, 4), core_rmsd_A=round(core, 2),
-                                    protomers=[sgroups, tgroups]),
-                          notes=f"simulated {smodel} (moved) -> simulated {tmodel} (another state); GT = TM-score-maximising "
-                                f"superposition (TM-score {tm:.3f}, core RMSD {core:.2f} A) o motion^-1")
+    case = mh.global_case(
+        si,
+        ti,
+        rs,
+        rt,
+        T,
+        ss,
+        ps,
+        molecules=[smodel, tmodel],
+        hard=dict(kind="real-states", tm_score=round(tm, 4), core_rmsd_A=round(core, 2), protomers=[sgroups, tgroups]),
+        notes=f"simulated {smodel} (moved) -> simulated {tmodel} (another state); GT = TM-score-maximising "
+        f"superposition (TM-score {tm:.3f}, core RMSD {core:.2f} A) o motion^-1",
+    )
     return mh.finish(case, d, si, sd, sv, so, ti, td, tv, to)
 
 
@@ -323,11 +372,19 @@ def case_resgap(rng, d, smodel, tmodel, rs, rt, g5s, g5t):
     K = None if smodel == tmodel else tm_superposition(s_st, t_st, ENV.get(smodel), ENV.get(tmodel))[0]
     (si, sd, sv, so), (ti, td, tv, to), T = moved_pair(rng, d, s_st, t_st, rs, rt, K, g5s, g5t)
     ss, ps = mh.self_sym_ops(t_st)
-    case = mh.global_case(si, ti, rs, rt, T, ss, ps, molecules=sorted({smodel, tmodel}),
-                          hard=dict(kind="resgap", source_grid=5.0 if g5s else si["vox"],
-                                    target_grid=5.0 if g5t else ti["vox"]),
-                          notes=f"simulated {smodel} at {rs} A{' on a 5 A grid' if g5s else ''} (moved) -> simulated "
-                                f"{tmodel} at {rt} A{' on a 5 A grid' if g5t else ''}")
+    case = mh.global_case(
+        si,
+        ti,
+        rs,
+        rt,
+        T,
+        ss,
+        ps,
+        molecules=sorted({smodel, tmodel}),
+        hard=dict(kind="resgap", source_grid=5.0 if g5s else si["vox"], target_grid=5.0 if g5t else ti["vox"]),
+        notes=f"simulated {smodel} at {rs} A{' on a 5 A grid' if g5s else ''} (moved) -> simulated "
+        f"{tmodel} at {rt} A{' on a 5 A grid' if g5t else ''}",
+    )
     return mh.finish(case, d, si, sd, sv, so, ti, td, tv, to)
 
 
@@ -402,12 +459,17 @@ def copy_sym_ops(st, copy_rmsd=mh.CHAIN_COPY_RMSD, strict=0.95, tol=6.0):
 def real_contour(data, vox, volume_A3):
     """The level enclosing `volume_A3`, or 0.7 x the volume of the positive voxels when that is less
     (masked segments and tight crops hold less than their model's volume above zero)."""
-    return mh.volume_contour(data, vox, min(volume_A3, 0.7 * float((data > 0).sum()) * vox ** 3))
+    return mh.volume_contour(data, vox, min(volume_A3, 0.7 * float((data > 0).sum()) * vox**3))
 
 
 def real_info(data, vox, org, contour, what):
-    return dict(contour=round(float(contour), 6), vox=vox, origin=np.round(org, 3).tolist(),
-                shape=list(data.shape[::-1]), real_map=what)
+    return dict(
+        contour=round(float(contour), 6),
+        vox=vox,
+        origin=np.round(org, 3).tolist(),
+        shape=list(data.shape[::-1]),
+        real_map=what,
+    )
 
 
 def case_real_model_into_map(rng, d, model, rel, rs, contour_rule="mass"):
@@ -425,11 +487,20 @@ def case_real_model_into_map(rng, d, model, rel, rs, contour_rule="mass"):
     src.write_minimal_pdb(f"{d}/source_model.pdb")
     ti = real_info(td, tv, to, tc, rel)
     ss, ps = copy_sym_ops(st), []
-    case = mh.global_case(si, ti, rs, None, np.linalg.inv(M), ss, ps, molecules=[model],
-                          hard=dict(kind="real-map", contour_rule=contour_rule),
-                          notes=f"simulated {model} at {rs} A (moved) -> real map {rel} (its deposited/built model's frame); "
-                                f"target contour encloses {'2.5 x ' if contour_rule == 'crop' else ''}the model's volume "
-                                "(at most 0.7 x the volume above zero)")
+    case = mh.global_case(
+        si,
+        ti,
+        rs,
+        None,
+        np.linalg.inv(M),
+        ss,
+        ps,
+        molecules=[model],
+        hard=dict(kind="real-map", contour_rule=contour_rule),
+        notes=f"simulated {model} at {rs} A (moved) -> real map {rel} (its deposited/built model's frame); "
+        f"target contour encloses {'2.5 x ' if contour_rule == 'crop' else ''}the model's volume "
+        "(at most 0.7 x the volume above zero)",
+    )
     case["checks_frac_CA_inside_contour"] = dict(model_in_target=mh.model_map_check(st, td, tv, to, tc))
     return mh.finish(case, d, si, sd, sv, so, ti, td, tv, to)
 
@@ -447,7 +518,7 @@ def case_real_moved(rng, d, rel, model, vox_new=None, grid5=False):
     the public real 5 A set; grid5: both on 5 A grids (trilinear, no pre-filter)."""
     td, tv, to = read_real(rel)
     st = load(model) if model else None
-    vol = mh.VOL_PER_DA * mh.mass(st) if st is not None else 0.03 * td.size * tv ** 3
+    vol = mh.VOL_PER_DA * mh.mass(st) if st is not None else 0.03 * td.size * tv**3
     tc = real_contour(td, tv, vol)
     if grid5:
         sh5 = np.floor((np.array(td.shape[::-1]) - 1) * tv / 5.0).astype(int) + 1
@@ -467,11 +538,20 @@ def case_real_moved(rng, d, rel, model, vox_new=None, grid5=False):
         ss, ps = [], []
     si = real_info(sd, sv, so, tc, f"{rel} moved and resampled")
     ti = real_info(td, tv, to, tc, rel + (" on a 5 A grid" if grid5 else ""))
-    case = mh.global_case(si, ti, None, None, np.linalg.inv(M), ss, ps, molecules=[model or rel],
-                          hard=dict(kind="real-moved", grid5=grid5, source_voxel=sv),
-                          notes=f"real map {rel} moved by a random motion and resampled at {sv:g} A -> itself"
-                                f"{' (both on 5 A grids)' if grid5 else ''}; contour encloses "
-                                f"{'the model volume' if st is not None else '3 % of the box'}")
+    case = mh.global_case(
+        si,
+        ti,
+        None,
+        None,
+        np.linalg.inv(M),
+        ss,
+        ps,
+        molecules=[model or rel],
+        hard=dict(kind="real-moved", grid5=grid5, source_voxel=sv),
+        notes=f"real map {rel} moved by a random motion and resampled at {sv:g} A -> itself"
+        f"{' (both on 5 A grids)' if grid5 else ''}; contour encloses "
+        f"{'the model volume' if st is not None else '3 % of the box'}",
+    )
     return mh.finish(case, d, si, sd, sv, so, ti, td, tv, to)
 
 
@@ -480,56 +560,197 @@ def res(rng, lo=4.0, hi=10.0):
     return float(np.round(rng.uniform(lo, hi) * 2) / 2)
 
 
-GLOBAL = ["4zmj", "7txd", "5vn3", "4tvp", "8fad", "8fae", "adk_open", "5ni1", "1iok", "1sjp", "1a6d", "1q3q",
-          "7p6a", "7w9w", "7n00", "7t4n", "7b5o", "7mjs", "7lq6", "7nqk", "6yeg", "6gl7", "6swy", "6v8o",
-          "3j6r", "3sn6", "4yvs", "1e6v", "1gyt", "1igt", "2bgj", "4zxb", "6msm"]
-GRID5 = ["4zmj", "7txd", "4tvp", "8fae", "5ni1", "1iok", "1q3q", "7p6a", "7w9w", "7n00", "7t4n", "7lq6",
-         "7nqk", "6yeg", "6gl7", "6swy", "6v8o", "3sn6", "1e6v", "1gyt", "1igt", "2bgj", "4zxb", "6msm"]
-ENV = {"4zmj": [["G", "B"], ["E", "F"], ["K", "L"]], "7txd": [["A", "B"], ["C", "D"], ["E", "F"]],
-       "5vn3": [["G", "A"], ["I", "B"], ["J", "D"]]}      # Env protomers: gp120, gp41 (HXB2 numbering)
-REAL_STATES = [("4zmj", "7txd", ENV["4zmj"], ENV["7txd"]), ("7txd", "4zmj", ENV["7txd"], ENV["4zmj"]),
-               ("5vn3", "4zmj", ENV["5vn3"], ENV["4zmj"]),
-               ("8fad", "8fae", None, None), ("adk_open", "adk_closed", None, None),
-               ("adk_closed", "adk_open", None, None), ("5ni1", "5me2", None, None)]
-ANM = ["7txd", "8fad", "1sjp", "1a6d", "7t4n", "7b5o", "7lq6", "6gl7", "6v8o", "4zxb", "6msm", "3j6r",
-       "7n00", "7nqk", "6swy", "1igt", "3sn6", "adk_open"]
-PARTIAL = ["6gl7", "6v8o", "1e6v", "4zxb", "7txd", "5vn3", "4tvp", "7b5o", "1q3q", "3j6r", "7mjs", "6swy",
-           "3sn6", "1igt", "7n00"]
-PSEUDO = [("7lq6", "X"), ("2bgj", "A"), ("7t4n", "A"), ("5ni1", "A"), ("6gl7", "D"), ("1sjp", "A"),
-          ("4zxb", "E"), ("adk_open", "A"), ("3sn6", "A"), ("7nqk", "A"), ("1igt", "B")]
-RESGAP = [("7txd", "7txd", 3.5, 10.0, False, False), ("4zmj", "7txd", 10.0, 3.5, False, False),
-          ("1q3q", "1q3q", 3.5, 10.0, True, False), ("6v8o", "6v8o", 10.0, 4.0, False, True),
-          ("7t4n", "7t4n", 3.5, 10.0, False, False), ("6gl7", "6gl7", 3.5, 6.0, True, True),
-          ("7w9w", "7w9w", 10.0, 3.5, True, False), ("1e6v", "1e6v", 3.5, 10.0, True, True),
-          ("7n00", "7n00", 3.5, 10.0, False, False), ("6swy", "6swy", 10.0, 3.5, False, True),
-          ("1gyt", "1gyt", 3.5, 10.0, True, False), ("adk_open", "adk_closed", 3.5, 10.0, False, False)]
+GLOBAL = [
+    "4zmj",
+    "7txd",
+    "5vn3",
+    "4tvp",
+    "8fad",
+    "8fae",
+    "adk_open",
+    "5ni1",
+    "1iok",
+    "1sjp",
+    "1a6d",
+    "1q3q",
+    "7p6a",
+    "7w9w",
+    "7n00",
+    "7t4n",
+    "7b5o",
+    "7mjs",
+    "7lq6",
+    "7nqk",
+    "6yeg",
+    "6gl7",
+    "6swy",
+    "6v8o",
+    "3j6r",
+    "3sn6",
+    "4yvs",
+    "1e6v",
+    "1gyt",
+    "1igt",
+    "2bgj",
+    "4zxb",
+    "6msm",
+]
+GRID5 = [
+    "4zmj",
+    "7txd",
+    "4tvp",
+    "8fae",
+    "5ni1",
+    "1iok",
+    "1q3q",
+    "7p6a",
+    "7w9w",
+    "7n00",
+    "7t4n",
+    "7lq6",
+    "7nqk",
+    "6yeg",
+    "6gl7",
+    "6swy",
+    "6v8o",
+    "3sn6",
+    "1e6v",
+    "1gyt",
+    "1igt",
+    "2bgj",
+    "4zxb",
+    "6msm",
+]
+ENV = {
+    "4zmj": [["G", "B"], ["E", "F"], ["K", "L"]],
+    "7txd": [["A", "B"], ["C", "D"], ["E", "F"]],
+    "5vn3": [["G", "A"], ["I", "B"], ["J", "D"]],
+}  # Env protomers: gp120, gp41 (HXB2 numbering)
+REAL_STATES = [
+    ("4zmj", "7txd", ENV["4zmj"], ENV["7txd"]),
+    ("7txd", "4zmj", ENV["7txd"], ENV["4zmj"]),
+    ("5vn3", "4zmj", ENV["5vn3"], ENV["4zmj"]),
+    ("8fad", "8fae", None, None),
+    ("adk_open", "adk_closed", None, None),
+    ("adk_closed", "adk_open", None, None),
+    ("5ni1", "5me2", None, None),
+]
+ANM = [
+    "7txd",
+    "8fad",
+    "1sjp",
+    "1a6d",
+    "7t4n",
+    "7b5o",
+    "7lq6",
+    "6gl7",
+    "6v8o",
+    "4zxb",
+    "6msm",
+    "3j6r",
+    "7n00",
+    "7nqk",
+    "6swy",
+    "1igt",
+    "3sn6",
+    "adk_open",
+]
+PARTIAL = [
+    "6gl7",
+    "6v8o",
+    "1e6v",
+    "4zxb",
+    "7txd",
+    "5vn3",
+    "4tvp",
+    "7b5o",
+    "1q3q",
+    "3j6r",
+    "7mjs",
+    "6swy",
+    "3sn6",
+    "1igt",
+    "7n00",
+]
+PSEUDO = [
+    ("7lq6", "X"),
+    ("2bgj", "A"),
+    ("7t4n", "A"),
+    ("5ni1", "A"),
+    ("6gl7", "D"),
+    ("1sjp", "A"),
+    ("4zxb", "E"),
+    ("adk_open", "A"),
+    ("3sn6", "A"),
+    ("7nqk", "A"),
+    ("1igt", "B"),
+]
+RESGAP = [
+    ("7txd", "7txd", 3.5, 10.0, False, False),
+    ("4zmj", "7txd", 10.0, 3.5, False, False),
+    ("1q3q", "1q3q", 3.5, 10.0, True, False),
+    ("6v8o", "6v8o", 10.0, 4.0, False, True),
+    ("7t4n", "7t4n", 3.5, 10.0, False, False),
+    ("6gl7", "6gl7", 3.5, 6.0, True, True),
+    ("7w9w", "7w9w", 10.0, 3.5, True, False),
+    ("1e6v", "1e6v", 3.5, 10.0, True, True),
+    ("7n00", "7n00", 3.5, 10.0, False, False),
+    ("6swy", "6swy", 10.0, 3.5, False, True),
+    ("1gyt", "1gyt", 3.5, 10.0, True, False),
+    ("adk_open", "adk_closed", 3.5, 10.0, False, False),
+]
 # (model, chain, source res, target (sim res, on 5 A grid))
-CHAIN = [("4zmj", "G", 5.0, (8.0, False)), ("7txd", "G", 4.0, (6.0, False)), ("5vn3", "C", 6.0, (10.0, True)),
-         ("4tvp", "D", 4.0, (8.0, False)), ("8fad", "C", 5.0, (6.5, True)), ("1iok", "A", 4.0, (10.0, False)),
-         ("1q3q", "B", 6.0, (8.0, True)), ("7p6a", "A", 4.0, (6.0, False)), ("7w9w", "B", 5.0, (8.0, False)),
-         ("7b5o", "B", 4.0, (6.5, False)), ("7mjs", "C", 5.0, (8.0, True)), ("6gl7", "F", 4.0, (7.0, False)),
-         ("6v8o", "N", 5.0, (8.0, False)), ("6v8o", "I", 4.0, (6.0, True)), ("3j6r", "B", 6.0, (9.0, False)),
-         ("4yvs", "A", 4.0, (6.0, False)), ("1e6v", "C", 5.0, (8.0, True)), ("4zxb", "A", 4.0, (7.0, False)),
-         ("5ni1", "B", 4.0, (6.0, False)), ("7n00", "A", 5.0, (8.0, False)), ("7nqk", "B", 4.0, (6.5, False)),
-         ("6yeg", "C", 4.0, (8.0, True)), ("6swy", "8", 5.0, (7.0, False)), ("3sn6", "R", 4.0, (8.0, False)),
-         ("1gyt", "D", 5.0, (10.0, False)), ("1igt", "A", 4.0, (6.0, True)), ("2bgj", "B", 6.0, (8.0, False)),
-         ("7t4n", "B", 5.0, (9.0, False))]
+CHAIN = [
+    ("4zmj", "G", 5.0, (8.0, False)),
+    ("7txd", "G", 4.0, (6.0, False)),
+    ("5vn3", "C", 6.0, (10.0, True)),
+    ("4tvp", "D", 4.0, (8.0, False)),
+    ("8fad", "C", 5.0, (6.5, True)),
+    ("1iok", "A", 4.0, (10.0, False)),
+    ("1q3q", "B", 6.0, (8.0, True)),
+    ("7p6a", "A", 4.0, (6.0, False)),
+    ("7w9w", "B", 5.0, (8.0, False)),
+    ("7b5o", "B", 4.0, (6.5, False)),
+    ("7mjs", "C", 5.0, (8.0, True)),
+    ("6gl7", "F", 4.0, (7.0, False)),
+    ("6v8o", "N", 5.0, (8.0, False)),
+    ("6v8o", "I", 4.0, (6.0, True)),
+    ("3j6r", "B", 6.0, (9.0, False)),
+    ("4yvs", "A", 4.0, (6.0, False)),
+    ("1e6v", "C", 5.0, (8.0, True)),
+    ("4zxb", "A", 4.0, (7.0, False)),
+    ("5ni1", "B", 4.0, (6.0, False)),
+    ("7n00", "A", 5.0, (8.0, False)),
+    ("7nqk", "B", 4.0, (6.5, False)),
+    ("6yeg", "C", 4.0, (8.0, True)),
+    ("6swy", "8", 5.0, (7.0, False)),
+    ("3sn6", "R", 4.0, (8.0, False)),
+    ("1gyt", "D", 5.0, (10.0, False)),
+    ("1igt", "A", 4.0, (6.0, True)),
+    ("2bgj", "B", 6.0, (8.0, False)),
+    ("7t4n", "B", 5.0, (9.0, False)),
+]
 # real maps: ("model", model, map, source res) | ("chain", model, map, source res) | ("moved", map, model, vox, grid5)
-REAL = [("model", "5ni1", "emd_3488/emd_3488.mrc.gz", 4.0), ("model", "5me2", "emd_3488/emd_3488.mrc.gz", 8.0),
-        ("moved", "emd_3488/emd_3488.mrc.gz", "5ni1", 2.0, False), ("moved", "emd_3488/emd_3488.mrc.gz", "5ni1", None, True),
-        ("moved", "emd_11007/emd_11007.map.gz", None, 2.5, False), ("moved", "emd_11007/emd_11007.map.gz", None, None, True),
-        ("chain", "2513A", "emd_2513_crop/emd_2513_crop.mrc.gz", 5.0),
-        ("model", "2513A", "riken_segments/emd_2513A_segment.mrc.gz", 6.0),
-        ("model", "1461", "emd_1461_crop/emd_1461_crop.mrc.gz", 6.0),
-        ("model", "6vyb_N", "emd_21457_seg/emd_21457_seg.mrc.gz", 5.0),
-        ("model", "5778", "riken_segments/emd_5778_segment.mrc.gz", 5.0),
-        ("model", "5925", "riken_segments/emd_5925_segment.mrc.gz", 4.0),
-        ("model", "6374", "riken_segments/emd_6374_segment.mrc.gz", 6.0),
-        ("model", "6555", "riken_segments/emd_6555_segment.mrc.gz", 5.0),
-        ("chain", "6272", "strudel_6272/emd_6272_crop.mrc.gz", 4.0),
-        ("moved", "emd_1461_crop/emd_1461_crop.mrc.gz", "1461", 2.0, False),
-        ("moved", "riken_segments/emd_6374_segment.mrc.gz", "6374", 2.0, False),
-        ("moved", "riken_segments/emd_5778_segment.mrc.gz", "5778", None, True)]
+REAL = [
+    ("model", "5ni1", "emd_3488/emd_3488.mrc.gz", 4.0),
+    ("model", "5me2", "emd_3488/emd_3488.mrc.gz", 8.0),
+    ("moved", "emd_3488/emd_3488.mrc.gz", "5ni1", 2.0, False),
+    ("moved", "emd_3488/emd_3488.mrc.gz", "5ni1", None, True),
+    ("moved", "emd_11007/emd_11007.map.gz", None, 2.5, False),
+    ("moved", "emd_11007/emd_11007.map.gz", None, None, True),
+    ("chain", "2513A", "emd_2513_crop/emd_2513_crop.mrc.gz", 5.0),
+    ("model", "2513A", "riken_segments/emd_2513A_segment.mrc.gz", 6.0),
+    ("model", "1461", "emd_1461_crop/emd_1461_crop.mrc.gz", 6.0),
+    ("model", "6vyb_N", "emd_21457_seg/emd_21457_seg.mrc.gz", 5.0),
+    ("model", "5778", "riken_segments/emd_5778_segment.mrc.gz", 5.0),
+    ("model", "5925", "riken_segments/emd_5925_segment.mrc.gz", 4.0),
+    ("model", "6374", "riken_segments/emd_6374_segment.mrc.gz", 6.0),
+    ("model", "6555", "riken_segments/emd_6555_segment.mrc.gz", 5.0),
+    ("chain", "6272", "strudel_6272/emd_6272_crop.mrc.gz", 4.0),
+    ("moved", "emd_1461_crop/emd_1461_crop.mrc.gz", "1461", 2.0, False),
+    ("moved", "riken_segments/emd_6374_segment.mrc.gz", "6374", 2.0, False),
+    ("moved", "riken_segments/emd_5778_segment.mrc.gz", "5778", None, True),
+]
 
 
 def family(model):
@@ -556,8 +777,13 @@ def all_cases():
     for m, c in PSEUDO:
         add("pseudo", m, f"c3_{m}_{c}", "pseudo", (m, c))
     for s, t, rs, rt, g5s, g5t in RESGAP:
-        add("resgap", s, f"gap_{s}_{rs:g}{'g5' if g5s else ''}_to_{t}_{rt:g}{'g5' if g5t else ''}", "resgap",
-            (s, t, rs, rt, g5s, g5t))
+        add(
+            "resgap",
+            s,
+            f"gap_{s}_{rs:g}{'g5' if g5s else ''}_to_{t}_{rt:g}{'g5' if g5t else ''}",
+            "resgap",
+            (s, t, rs, rt, g5s, g5t),
+        )
     for m, c, rs, (rt, g5) in CHAIN:
         add("chain", m, f"chain_{m}_{c}_{rs:g}_sim{rt:g}{'g5' if g5 else ''}", "chain", (m, c, rs, ("sim", rt, g5)))
     for spec in REAL:
@@ -586,8 +812,16 @@ def build(rng, builder, args):
     if builder == "pseudo":
         m, c = args
         wide = rng.uniform() < 0.5
-        return mh.case_pseudo(rng, d_, m, c, res(rng, 4, 8), res(rng, 5, 10),
-                              (0.03, 0.06) if wide else (0.015, 0.03), 0.04 if wide else 0.0)
+        return mh.case_pseudo(
+            rng,
+            d_,
+            m,
+            c,
+            res(rng, 4, 8),
+            res(rng, 5, 10),
+            (0.03, 0.06) if wide else (0.015, 0.03),
+            0.04 if wide else 0.0,
+        )
     if builder == "resgap":
         return case_resgap(rng, d_, *args)
     if builder == "chain":
@@ -651,7 +885,7 @@ def main(argv=None):
         d_ = f"{a.out}/{sname}/{cid}"
         if os.path.exists(f"{d_}/case.json"):
             case = json.load(open(f"{d_}/case.json"))
-            if "source_symmetry_ops" not in case:      # built before the source's symmetry was added
+            if "source_symmetry_ops" not in case:  # built before the source's symmetry was added
                 case = add_source_symmetry(d_, case)
             if builder == "partial" and "full_symmetry_ops" not in case:
                 case = add_full_symmetry(case, args[0])
@@ -661,14 +895,23 @@ def main(argv=None):
         seed = [a.seed, zlib.crc32(f"{sname}/{cid}".encode())]
         case = build(np.random.default_rng(seed), builder, args)
         molecule = args[0] if builder != "moved" else (args[1] or "emd_11007")
-        case.update(case_id=cid, set=sname, seed=seed, mode=MODES[sname], family=family(molecule),
-                    part=part_of(family(molecule)))
+        case.update(
+            case_id=cid,
+            set=sname,
+            seed=seed,
+            mode=MODES[sname],
+            family=family(molecule),
+            part=part_of(family(molecule)),
+        )
         case = add_source_symmetry(d_, case)
         if builder == "partial":
             case = add_full_symmetry(case, args[0])
         mh.write_case(d_, case)
-        print(f"{sname}\t{cid}\t{case['kind']}\tsc={case['source_contour']:.4g}\ttc={case['target_contour']:.4g}\t"
-              f"alt={len(case['alt_T_gt'])}\toverlap={case['overlap_at_gt']}", flush=True)
+        print(
+            f"{sname}\t{cid}\t{case['kind']}\tsc={case['source_contour']:.4g}\ttc={case['target_contour']:.4g}\t"
+            f"alt={len(case['alt_T_gt'])}\toverlap={case['overlap_at_gt']}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

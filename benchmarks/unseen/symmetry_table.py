@@ -16,6 +16,7 @@ For every candidate after the first of every case (runs made by this version: th
 and prints the copy correlations of each class (count, min, quartiles, max) and how many of
 each a threshold would call mates.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,11 @@ def main(argv=None):
         for k, v in classes(r, a.cases).items():
             got[k] += v
     th = [float(t) for t in a.thresholds.split(",")]
-    print("| candidates (shift >= 10 Å) | n | min | 25% | median | 75% | max | " +
-          " | ".join(f">= {t:g}" for t in th) + " |")
+    print(
+        "| candidates (shift >= 10 Å) | n | min | 25% | median | 75% | max | "
+        + " | ".join(f">= {t:g}" for t in th)
+        + " |"
+    )
     print("|---|---|---|---|---|---|---|" + "---|" * len(th))
     for k, v in got.items():
         x = np.array([c for c, _, _ in v])
@@ -78,8 +82,11 @@ def main(argv=None):
             print(f"| {k} | 0 |" + " - |" * (5 + len(th)))
             continue
         q = np.percentile(x, [25, 50, 75])
-        print(f"| {k} | {len(x)} | {x.min():.3f} | {q[0]:.3f} | {q[1]:.3f} | {q[2]:.3f} | {x.max():.3f} | " +
-              " | ".join(str(int((x >= t).sum())) for t in th) + " |")
+        print(
+            f"| {k} | {len(x)} | {x.min():.3f} | {q[0]:.3f} | {q[1]:.3f} | {q[2]:.3f} | {x.max():.3f} | "
+            + " | ".join(str(int((x >= t).sum())) for t in th)
+            + " |"
+        )
     worst = sorted(got["wrong"], reverse=True)[:5]
     print("\nhighest copy correlations of wrong poses: " + "; ".join(f"{s}/{c} {v:.3f}" for v, s, c in worst))
     low = sorted(got["equivalent"])[:5]

@@ -13,6 +13,7 @@ candidate / one of the first five is right. The confidence verdict is recomputed
 stored candidates with the current rules (cryoalign.core.confidence), so thresholds can be tried
 without running the alignments again (--reported: the verdicts as the run gave them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,9 @@ def candidates_of(doc):
     for c in doc.get("candidates") or []:
         score = SimpleNamespace(**c["score_terms"])
         score.value = c["score"]
-        out.append(SimpleNamespace(score=score, copy_correlation=c.get("copy_correlation"),
-                                   copy_shift_A=c.get("copy_shift_A")))
+        out.append(
+            SimpleNamespace(score=score, copy_correlation=c.get("copy_correlation"), copy_shift_A=c.get("copy_shift_A"))
+        )
     return out
 
 
@@ -46,7 +48,7 @@ def score_run(run, cases, method, reported=False):
 
     rows = []
     for tsv in sorted(glob.glob(os.path.join(run, f"{method}__*.tsv"))):
-        set_name = os.path.basename(tsv)[len(method) + 2:-4]
+        set_name = os.path.basename(tsv)[len(method) + 2 : -4]
         with open(tsv) as fh:
             meta = {r["case_id"]: r for r in csv.DictReader(fh, delimiter="\t")}
         for cid, r in sorted(meta.items()):
@@ -55,8 +57,17 @@ def score_run(run, cases, method, reported=False):
             X = ca_coords(os.path.join(cdir, "source_model.pdb"))
             G = [as4(case["T_gt"])] + [as4(t) for t in case.get("alt_T_gt", [])]
             out = os.path.join(run, "runs", method, set_name, cid, "out.json")
-            rec = dict(set=set_name, case=cid, part=case.get("part", "bench"), wall=float(r["wall_s"]),
-                       peak=float(r["peak_rss_mb"]), rmsd=np.inf, top5=np.inf, verdict="low", evidence={})
+            rec = dict(
+                set=set_name,
+                case=cid,
+                part=case.get("part", "bench"),
+                wall=float(r["wall_s"]),
+                peak=float(r["peak_rss_mb"]),
+                rmsd=np.inf,
+                top5=np.inf,
+                verdict="low",
+                evidence={},
+            )
             if r["status"].startswith("ok") and os.path.exists(out):
                 doc = json.load(open(out))
                 cands = doc.get("candidates") or [{"matrix": doc["matrix"]}]
@@ -74,24 +85,31 @@ def score_run(run, cases, method, reported=False):
 
 
 def results_table(rows, groups):
-    out = ["| set | pairs | failures (> 10 Å) | under 3 Å | rank 1 right | top 5 right | median RMSD (Å) | "
-           "median wall (s) | max wall (s) | median peak (MB) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| set | pairs | failures (> 10 Å) | under 3 Å | rank 1 right | top 5 right | median RMSD (Å) | "
+        "median wall (s) | max wall (s) | median peak (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, sel in groups:
         if not sel:
             continue
         r = np.array([x["rmsd"] for x in sel])
         t5 = np.array([x["top5"] for x in sel])
         w = np.array([x["wall"] for x in sel])
-        out.append(f"| {name} | {len(sel)} | {(r > 10).sum()} ({100 * (r > 10).mean():.0f}%) | "
-                   f"{(r < 3).sum()} ({100 * (r < 3).mean():.0f}%) | {(r < 3).sum()} | {(t5 < 3).sum()} | "
-                   f"{np.median(r):.2f} | {np.median(w):.2f} | {w.max():.2f} | "
-                   f"{np.median([x['peak'] for x in sel]):.0f} |")
+        out.append(
+            f"| {name} | {len(sel)} | {(r > 10).sum()} ({100 * (r > 10).mean():.0f}%) | "
+            f"{(r < 3).sum()} ({100 * (r < 3).mean():.0f}%) | {(r < 3).sum()} | {(t5 < 3).sum()} | "
+            f"{np.median(r):.2f} | {np.median(w):.2f} | {w.max():.2f} | "
+            f"{np.median([x['peak'] for x in sel]):.0f} |"
+        )
     return "\n".join(out)
 
 
 def confidence_table(rows, groups):
-    out = ["| set | pairs | high (right < 3 Å) | medium (right) | low (right) | failures (> 10 Å): verdicts |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        "| set | pairs | high (right < 3 Å) | medium (right) | low (right) | failures (> 10 Å): verdicts |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, sel in groups:
         if not sel:
             continue
@@ -100,8 +118,14 @@ def confidence_table(rows, groups):
             got = [x for x in sel if x["verdict"] == v]
             cells.append(f"{len(got)} ({sum(x['rmsd'] < 3 for x in got)})")
         fails = [x for x in sel if x["rmsd"] > 10]
-        fv = ", ".join(f"{v} {sum(x['verdict'] == v for x in fails)}" for v in ("high", "medium", "low")
-                       if any(x["verdict"] == v for x in fails)) or "-"
+        fv = (
+            ", ".join(
+                f"{v} {sum(x['verdict'] == v for x in fails)}"
+                for v in ("high", "medium", "low")
+                if any(x["verdict"] == v for x in fails)
+            )
+            or "-"
+        )
         out.append(f"| {name} | {len(sel)} | " + " | ".join(cells) + f" | {len(fails)}: {fv} |")
     return "\n".join(out)
 
@@ -112,8 +136,11 @@ def main(argv=None):
     ap.add_argument("--cases", default=os.path.join(os.path.expanduser("~/.cache/cryoalign-bench"), "cases"))
     ap.add_argument("--method", default="cryoalign")
     ap.add_argument("--list", action="store_true", help="list every answer that is not right")
-    ap.add_argument("--reported", action="store_true",
-                    help="the verdicts as the run reported them (default: recomputed with the current rules)")
+    ap.add_argument(
+        "--reported",
+        action="store_true",
+        help="the verdicts as the run reported them (default: recomputed with the current rules)",
+    )
     a = ap.parse_args(argv)
     rows = [x for run in a.runs for x in score_run(run, a.cases, a.method, a.reported)]
     sets = sorted({x["set"] for x in rows}, key=lambda s: (s.split("-")[1] if s.startswith("unseen") else "", s))
@@ -134,8 +161,10 @@ def main(argv=None):
         print("\nanswers not right (>= 3 Å):")
         for x in rows:
             if x["rmsd"] >= 3:
-                print(f"  {x['set']} {x['case']}: {x['rmsd']:.2f} Å (top 5 {x['top5']:.2f}), {x['verdict']} "
-                      f"{x['evidence']}")
+                print(
+                    f"  {x['set']} {x['case']}: {x['rmsd']:.2f} Å (top 5 {x['top5']:.2f}), {x['verdict']} "
+                    f"{x['evidence']}"
+                )
 
 
 if __name__ == "__main__":

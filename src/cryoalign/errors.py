@@ -4,6 +4,7 @@
 contour levels, options).  The CLI turns it into one line on stderr and exit
 code 2; anything else escaping the library is a bug (exit code 1).
 """
+
 from __future__ import annotations
 
 

@@ -9,6 +9,7 @@ its item, so callers can record them at once (resumable runs) and order them aft
 what a task returns depends only on its item, never on the executor or the worker count.
 `fn` should catch the errors it wants recorded per item; any other exception stops the run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,15 @@ def resolve_jobs(jobs: int | None, *, what: str = "jobs") -> int:
     return jobs
 
 
-def run_tasks(fn: Callable, items: Iterable, *, jobs: int | None = None, scheduler: str | None = None,
-              progress: bool = False, desc: str = "tasks") -> Iterator[tuple[int, Any]]:
+def run_tasks(
+    fn: Callable,
+    items: Iterable,
+    *,
+    jobs: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = False,
+    desc: str = "tasks",
+) -> Iterator[tuple[int, Any]]:
     """Yield (index, fn(items[index])) as tasks finish.
 
     scheduler: address of a Dask distributed scheduler ("tcp://host:8786"); None runs
@@ -71,8 +79,9 @@ def run_tasks(fn: Callable, items: Iterable, *, jobs: int | None = None, schedul
 def _bar(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="task", file=sys.stderr, leave=False,
-                disable=not (enabled and sys.stderr.isatty()))
+    return tqdm(
+        total=total, desc=desc, unit="task", file=sys.stderr, leave=False, disable=not (enabled and sys.stderr.isatty())
+    )
 
 
 def _inline(fn, items):
@@ -85,10 +94,11 @@ def _processes(fn, items, jobs: int):
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     method = "fork" if "fork" in mp.get_all_start_methods() else None
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context(method),
-                               initializer=die_with_parent, initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=mp.get_context(method), initializer=die_with_parent, initargs=(os.getpid(),)
+    )
     try:
-        with signals_deferred():          # submit() forks the workers: no interrupt inside a fork hook
+        with signals_deferred():  # submit() forks the workers: no interrupt inside a fork hook
             pending = {pool.submit(fn, item): index for index, item in enumerate(items)}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -128,7 +138,7 @@ def defer(exc: BaseException) -> bool:
     return False
 
 
-PR_SET_PDEATHSIG = 1            # linux/prctl.h
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 WATCH_INTERVAL_S = 0.5
 
 
@@ -151,9 +161,9 @@ def die_with_parent(parent_pid: int) -> None:
 
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):     # no prctl: the watchdog below still works
+        except (OSError, AttributeError):  # no prctl: the watchdog below still works
             pass
-    if os.getppid() != parent_pid:            # the parent died before the prctl call
+    if os.getppid() != parent_pid:  # the parent died before the prctl call
         os._exit(1)
 
     def watch():
@@ -181,18 +191,21 @@ def _dask(fn, items, scheduler: str):
     try:
         from distributed import Client, as_completed
     except ImportError:
-        raise InputError("--scheduler needs Dask distributed: pip install 'cryoalign[dask]', "
-                         "or leave out --scheduler to use local worker processes") from None
+        raise InputError(
+            "--scheduler needs Dask distributed: pip install 'cryoalign[dask]', "
+            "or leave out --scheduler to use local worker processes"
+        ) from None
     try:
         client = Client(scheduler, timeout="10s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
-        raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({one_line(exc)}); start one "
-                         "(`dask scheduler`, then `dask worker ADDRESS`) or leave out --scheduler") from None
+        raise InputError(
+            f"cannot reach the Dask scheduler at {scheduler} ({one_line(exc)}); start one "
+            "(`dask scheduler`, then `dask worker ADDRESS`) or leave out --scheduler"
+        ) from None
     try:
         futures = client.map(fn, items, pure=False)
         index_of = {f.key: i for i, f in enumerate(futures)}
-        for future in as_completed(futures, loop=client.loop):   # no default client is set
+        for future in as_completed(futures, loop=client.loop):  # no default client is set
             yield index_of[future.key], future.result()
     finally:
         client.close()
-

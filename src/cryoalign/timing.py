@@ -1,4 +1,5 @@
 """Stage timings: `timer.stage(name)` is a context manager that logs and adds up seconds."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """4x4 rigid-transform helpers. A transform is named ``T_target_source``."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -62,7 +63,7 @@ def pose_error(T_est: np.ndarray, T_ref: np.ndarray, center_A=None) -> tuple[flo
 def rmsd(T_a: np.ndarray, T_b: np.ndarray, points: np.ndarray) -> float:
     """RMSD (Å) between the same points moved by two transforms."""
     d = apply(T_a, points) - apply(T_b, points)
-    return float(np.sqrt((d ** 2).sum(1).mean()))
+    return float(np.sqrt((d**2).sum(1).mean()))
 
 
 def kabsch(source: np.ndarray, target: np.ndarray, weights=None) -> np.ndarray:
@@ -83,15 +84,18 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     q = rng.standard_normal(4)
     q /= np.linalg.norm(q)
     w, x, y, z = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
-def same_pose(T1: np.ndarray, T2: np.ndarray, centre_A: np.ndarray, *, max_shift_A: float,
-              max_angle_deg: float) -> bool:
+def same_pose(
+    T1: np.ndarray, T2: np.ndarray, centre_A: np.ndarray, *, max_shift_A: float, max_angle_deg: float
+) -> bool:
     """True when the two poses move `centre_A` (3,) to within `max_shift_A` of each other
     and differ by a rotation of less than `max_angle_deg`."""
     c = np.asarray(centre_A, float)

@@ -3,6 +3,7 @@
 Conventions: coordinates are world coordinates in Å (x, y, z); a map's data
 array is indexed ``data[z, y, x]``; a transform is a 4x4 ``T_target_source``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -33,7 +34,8 @@ class DensityMap:
         if not np.all(np.isfinite(vs)) or np.any(vs <= 0):
             raise InputError(
                 f"voxel size {tuple(vs)} Å is not positive{self._where()}; "
-                "fix the cell dimensions (CELLA) in the header or pass a valid map")
+                "fix the cell dimensions (CELLA) in the header or pass a valid map"
+            )
         org = np.asarray(self.origin_A, float).reshape(3)
         if not np.all(np.isfinite(org)):
             raise InputError(f"map origin {tuple(org)} is not finite{self._where()}")
@@ -63,8 +65,7 @@ class DensityMap:
         nx, ny, nz = self.shape_xyz
         vs = ", ".join(f"{v:g}" for v in self.voxel_size_A)
         org = ", ".join(f"{v:.3f}" for v in self.origin_A)
-        return (f"<DensityMap {nx}x{ny}x{nz} voxel=({vs}) Å origin=({org}) Å"
-                f"{' ' + self.path if self.path else ''}>")
+        return f"<DensityMap {nx}x{ny}x{nz} voxel=({vs}) Å origin=({org}) Å{' ' + self.path if self.path else ''}>"
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,12 +137,12 @@ class Score:
 
     similarity: float
     vector_agreement: float
-    js_divergence: float | None    # None when not computed (local alignment)
+    js_divergence: float | None  # None when not computed (local alignment)
     overlap: float
-    correlation: float | None = None   # map correlation about the mean (after map refinement)
-    local_correlation: float | None = None    # trimmed mean of the correlations of source blocks
-    shared_correlation: float | None = None   # correlation where both maps are above contour
-    shared_fraction: float | None = None      # share of source voxels inside the target's contour
+    correlation: float | None = None  # map correlation about the mean (after map refinement)
+    local_correlation: float | None = None  # trimmed mean of the correlations of source blocks
+    shared_correlation: float | None = None  # correlation where both maps are above contour
+    shared_fraction: float | None = None  # share of source voxels inside the target's contour
 
     @property
     def value(self) -> float:
@@ -150,28 +151,39 @@ class Score:
         return self.correlation * self.vector_agreement
 
     def as_dict(self):
-        return {"similarity": self.similarity, "vector_agreement": self.vector_agreement,
-                "js_divergence": self.js_divergence, "overlap": self.overlap,
-                "correlation": self.correlation, "local_correlation": self.local_correlation,
-                "shared_correlation": self.shared_correlation, "shared_fraction": self.shared_fraction}
+        return {
+            "similarity": self.similarity,
+            "vector_agreement": self.vector_agreement,
+            "js_divergence": self.js_divergence,
+            "overlap": self.overlap,
+            "correlation": self.correlation,
+            "local_correlation": self.local_correlation,
+            "shared_correlation": self.shared_correlation,
+            "shared_fraction": self.shared_fraction,
+        }
 
 
 @dataclass(frozen=True)
 class Candidate:
     """A ranked pose.  found_by: the search that produced it ("clique 2 + map refinement",
     "mask 14 clique 1"); hypothesis: the coarse pose it was refined from."""
+
     T_target_source: np.ndarray
     score: Score
     found_by: str = ""
-    mask_centre_A: tuple | None = None   # local alignment: centre of the mask it came from
+    mask_centre_A: tuple | None = None  # local alignment: centre of the mask it came from
     correlation_before: float | None = None  # map correlation before map refinement
     hypothesis: object = field(default=None, repr=False, compare=False)
-    copy_correlation: float | None = None   # the target alike under this pose and the best's (symmetry.py)
-    copy_shift_A: float | None = None       # RMS motion of the source's voxels between the two poses
+    copy_correlation: float | None = None  # the target alike under this pose and the best's (symmetry.py)
+    copy_shift_A: float | None = None  # RMS motion of the source's voxels between the two poses
 
     def as_dict(self):
-        out = {"matrix": np.asarray(self.T_target_source).tolist(), "score": self.score.value,
-               "score_terms": self.score.as_dict(), "found_by": self.found_by}
+        out = {
+            "matrix": np.asarray(self.T_target_source).tolist(),
+            "score": self.score.value,
+            "score_terms": self.score.as_dict(),
+            "found_by": self.found_by,
+        }
         if self.correlation_before is not None:
             out["correlation_before"] = self.correlation_before
         if self.mask_centre_A is not None:
@@ -192,10 +204,10 @@ class AlignResult:
     timings_s: dict
     params: dict
     stats: dict = field(default_factory=dict)
-    equivalent: tuple = ()       # ranks (1-based) of candidates scoring within the margin of the best
-    hand: dict | None = None     # check_hand: verdict, score, mirrored_score
-    mirrored_T_target_source: np.ndarray | None = None   # improper: source -> target when the mirror image fits
-    confidence: dict | None = None   # {verdict: high / medium / low, evidence: {...}} (confidence.py)
+    equivalent: tuple = ()  # ranks (1-based) of candidates scoring within the margin of the best
+    hand: dict | None = None  # check_hand: verdict, score, mirrored_score
+    mirrored_T_target_source: np.ndarray | None = None  # improper: source -> target when the mirror image fits
+    confidence: dict | None = None  # {verdict: high / medium / low, evidence: {...}} (confidence.py)
 
     @property
     def ambiguous(self) -> bool:
@@ -206,13 +218,17 @@ class AlignResult:
         """The motion (in the target's frame) taking the best pose to `candidate`'s:
         rotation angle, axis, and the shift of the source centre it implies."""
         from . import transform as tf
+
         D = np.asarray(candidate.T_target_source) @ tf.invert(np.asarray(self.T_target_source))
-        return {"angle_deg": round(tf.rotation_angle_deg(D), 3),
-                "axis": [round(float(v), 5) for v in tf.rotation_axis(D)],
-                "translation_A": [round(float(v), 3) for v in D[:3, 3]]}
+        return {
+            "angle_deg": round(tf.rotation_angle_deg(D), 3),
+            "axis": [round(float(v), 5) for v in tf.rotation_axis(D)],
+            "translation_A": [round(float(v), 3) for v in D[:3, 3]],
+        }
 
     def to_json(self) -> dict:
         from . import __version__
+
         candidates = []
         for k, c in enumerate(self.candidates, 1):
             d = c.as_dict()
@@ -227,8 +243,10 @@ class AlignResult:
             "score": self.score.value,
             "score_terms": self.score.as_dict(),
             "ambiguous": self.ambiguous,
-            "equivalent_poses": [dict(rank=k, score=self.candidates[k - 1].score.value,
-                                      **self.relation_to_best(self.candidates[k - 1])) for k in self.equivalent],
+            "equivalent_poses": [
+                dict(rank=k, score=self.candidates[k - 1].score.value, **self.relation_to_best(self.candidates[k - 1]))
+                for k in self.equivalent
+            ],
             "confidence": self.confidence,
             "candidates": candidates,
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
@@ -237,8 +255,10 @@ class AlignResult:
         }
         best = self.candidates[0] if self.candidates else None
         if best is not None and best.correlation_before is not None:
-            out["map_refine"] = {"correlation_before": best.correlation_before,
-                                 "correlation_after": best.score.correlation}
+            out["map_refine"] = {
+                "correlation_before": best.correlation_before,
+                "correlation_after": best.score.correlation,
+            }
         if self.hand is not None:
             out["hand"] = dict(self.hand)
             if self.mirrored_T_target_source is not None:
@@ -246,5 +266,7 @@ class AlignResult:
         return out
 
     def __repr__(self):
-        return (f"<AlignResult score={self.score.value:.3f} "
-                f"candidates={len(self.candidates)} total={self.timings_s.get('total', 0):.2f}s>")
+        return (
+            f"<AlignResult score={self.score.value:.3f} "
+            f"candidates={len(self.candidates)} total={self.timings_s.get('total', 0):.2f}s>"
+        )

@@ -31,7 +31,11 @@ exactly the voxel values the alignment starts from (`prepare.map_hash`, after
 catalogue does not hold, the map is prepared as usual. So a line is the
 same with or without the catalogue (except `time_s` and `from_db`) when the batch without
 it is given the same sampling interval.
+
+Over 500 lines: reading the table, resuming RESULTS.tsv, the catalogue's prepared maps and the
+workers share one line format and one resume rule; split, each part would need the others.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,39 +47,48 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import emdb
-from .catalogue.store import catalogue_config, params_hash, stored_features, stored_params
 from ..config import AlignConfig
 from ..errors import InputError
 from ..executor import run_tasks
+from ..io import emdb
 from ..io.files import file_sha256, write_text
+from .catalogue.store import catalogue_config, params_hash, stored_features, stored_params
 
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("source", "target")
 CONTOUR_COLUMNS = ("source_contour", "target_contour")
 RESULT_COLUMNS = (
-    "source", "target", "source_contour", "target_contour",   # the pair as written in PAIRS.tsv (the key)
-    "status",                                                  # ok / error
-    "score", "correlation", "confidence", "ambiguous", "mode",
-    "source_contour_used", "target_contour_used",              # given, from the EMDB header, or estimated
-    "matrix",                                                  # T_target_source, 16 numbers row-major
-    "time_s", "error",
-    "from_db",                                                 # maps loaded from the catalogue: source,target /
-                                                               # source / target / - (none); blank without one
-    "options",                                                 # the options the line was made with (`options_text`)
+    "source",
+    "target",
+    "source_contour",
+    "target_contour",  # the pair as written in PAIRS.tsv (the key)
+    "status",  # ok / error
+    "score",
+    "correlation",
+    "confidence",
+    "ambiguous",
+    "mode",
+    "source_contour_used",
+    "target_contour_used",  # given, from the EMDB header, or estimated
+    "matrix",  # T_target_source, 16 numbers row-major
+    "time_s",
+    "error",
+    "from_db",  # maps loaded from the catalogue: source,target /
+    # source / target / - (none); blank without one
+    "options",  # the options the line was made with (`options_text`)
 )
 MAX_LISTED_PROBLEMS = 10
 
 
 @dataclass(frozen=True)
 class Pair:
-    line: int                       # line number in PAIRS.tsv (1-based)
-    source: str                     # as written in the table
+    line: int  # line number in PAIRS.tsv (1-based)
+    source: str  # as written in the table
     target: str
     source_contour: float | None
     target_contour: float | None
-    source_spec: str                # what is aligned: an absolute path or an EMDB ID
+    source_spec: str  # what is aligned: an absolute path or an EMDB ID
     target_spec: str
 
     @property
@@ -90,23 +103,33 @@ class Pair:
 
 @dataclass(frozen=True)
 class BatchSummary:
-    pairs: int                      # distinct pairs in the table
-    ran: int                        # aligned in this run ...
-    ok: int                         # ... of which succeeded
-    errors: int                     # ... of which failed (status error)
-    skipped: int                    # already in RESULTS.tsv
+    pairs: int  # distinct pairs in the table
+    ran: int  # aligned in this run ...
+    ok: int  # ... of which succeeded
+    errors: int  # ... of which failed (status error)
+    skipped: int  # already in RESULTS.tsv
     out_path: str
     time_s: float
-    report: str | None = None       # the HTML report of the whole table (`write_report`), None when not written
+    report: str | None = None  # the HTML report of the whole table (`write_report`), None when not written
 
     def __repr__(self):
-        return (f"<BatchSummary pairs={self.pairs} ran={self.ran} ok={self.ok} errors={self.errors} "
-                f"skipped={self.skipped} {self.time_s:.1f}s>")
+        return (
+            f"<BatchSummary pairs={self.pairs} ran={self.ran} ok={self.ok} errors={self.errors} "
+            f"skipped={self.skipped} {self.time_s:.1f}s>"
+        )
 
 
-def batch(pairs_tsv, out_tsv, *, jobs: int | None = None, scheduler: str | None = None,
-          config: AlignConfig | None = None, db=None, retry_errors: bool = False,
-          progress: bool = False) -> BatchSummary:
+def batch(
+    pairs_tsv,
+    out_tsv,
+    *,
+    jobs: int | None = None,
+    scheduler: str | None = None,
+    config: AlignConfig | None = None,
+    db=None,
+    retry_errors: bool = False,
+    progress: bool = False,
+) -> BatchSummary:
     """Align every pair of `pairs_tsv`, appending one line per pair to `out_tsv`.
 
     jobs: local worker processes (None: all cores); scheduler: a Dask distributed
@@ -121,8 +144,12 @@ def batch(pairs_tsv, out_tsv, *, jobs: int | None = None, scheduler: str | None 
     if db is not None:
         config = catalogue_config(config)
         stored = stored_features(db, config)
-        log.info("catalogue %s: the maps it holds are loaded, not prepared; every pair is aligned with its "
-                 "parameters (sampling interval %g Å)", os.fspath(db), config.sampling_A)
+        log.info(
+            "catalogue %s: the maps it holds are loaded, not prepared; every pair is aligned with its "
+            "parameters (sampling interval %g Å)",
+            os.fspath(db),
+            config.sampling_A,
+        )
     out_tsv = os.fspath(out_tsv)
     options = options_text(config)
     finished = prepare_results(out_tsv, retry_errors=retry_errors, options=options)
@@ -133,30 +160,52 @@ def batch(pairs_tsv, out_tsv, *, jobs: int | None = None, scheduler: str | None 
     if stored is not None and todo:
         found = find_stored(todo, stored, config, jobs=jobs, scheduler=scheduler, progress=progress)
     settings = dataclasses.asdict(config)
-    tasks = [dict(source=p.source_spec, target=p.target_spec, source_contour=p.source_contour,
-                  target_contour=p.target_contour, config=settings,
-                  features=None if found is None else {role: found.get(m) for role, m in p.maps.items()})
-             for p in todo]
+    tasks = [
+        dict(
+            source=p.source_spec,
+            target=p.target_spec,
+            source_contour=p.source_contour,
+            target_contour=p.target_contour,
+            config=settings,
+            features=None if found is None else {role: found.get(m) for role, m in p.maps.items()},
+        )
+        for p in todo
+    ]
     ok = errors = 0
     fd = os.open(out_tsv, os.O_WRONLY | os.O_APPEND)
     try:
-        for index, outcome in run_tasks(align_pair, tasks, jobs=jobs, scheduler=scheduler,
-                                        progress=progress, desc="pairs"):
+        for index, outcome in run_tasks(
+            align_pair, tasks, jobs=jobs, scheduler=scheduler, progress=progress, desc="pairs"
+        ):
             pair = todo[index]
             _append_line(fd, format_row(pair, dict(outcome, options=options)))
             if outcome["status"] == "ok":
                 ok += 1
-                log.info("line %d: %s -> %s: score %.3f (%.1f s%s)", pair.line, pair.source, pair.target,
-                         outcome["score"], outcome["time_s"],
-                         "" if outcome["from_db"] is None else f"; from the catalogue: {outcome['from_db']}")
+                log.info(
+                    "line %d: %s -> %s: score %.3f (%.1f s%s)",
+                    pair.line,
+                    pair.source,
+                    pair.target,
+                    outcome["score"],
+                    outcome["time_s"],
+                    "" if outcome["from_db"] is None else f"; from the catalogue: {outcome['from_db']}",
+                )
             else:
                 errors += 1
                 log.warning("line %d: %s -> %s failed: %s", pair.line, pair.source, pair.target, outcome["error"])
     finally:
         os.close(fd)
     report = write_report(out_tsv)
-    return BatchSummary(pairs=len(pairs), ran=ok + errors, ok=ok, errors=errors, skipped=len(pairs) - len(todo),
-                        out_path=out_tsv, time_s=time.perf_counter() - started, report=report)
+    return BatchSummary(
+        pairs=len(pairs),
+        ran=ok + errors,
+        ok=ok,
+        errors=errors,
+        skipped=len(pairs) - len(todo),
+        out_path=out_tsv,
+        time_s=time.perf_counter() - started,
+        report=report,
+    )
 
 
 REPORT_TITLE = "cryoalign batch"
@@ -173,14 +222,18 @@ def write_report(out_tsv: str) -> str | None:
     ones; scores by verdict as a picture) and return its path.  A file of that name that
     cryoalign did not write is left alone (warning; the table is the result)."""
     from ..io import pictures
-    from ..io.report import batch_sections, write_report as write_page
+    from ..io.report import batch_sections
+    from ..io.report import write_report as write_page
 
     page, image = report_paths(out_tsv)
     ours = os.path.exists(page) and _our_page(page)
     for path in (page, image):
         if os.path.exists(path) and not ours:
-            log.warning("warning: %s exists and was not written by cryoalign batch: no report written (move it "
-                        "away to get one)", path)
+            log.warning(
+                "warning: %s exists and was not written by cryoalign batch: no report written (move it "
+                "away to get one)",
+                path,
+            )
             return None
     with open(out_tsv, encoding="utf-8", errors="replace") as fh:
         lines = fh.read().splitlines()
@@ -188,7 +241,7 @@ def write_report(out_tsv: str) -> str | None:
     try:
         pictures.batch_scores(rows, image)
         write_page(page, REPORT_TITLE, batch_sections(rows, [image], out_tsv=out_tsv))
-    except InputError as exc:          # an unwritable folder: the table is written, the report is extra
+    except InputError as exc:  # an unwritable folder: the table is written, the report is extra
         log.warning("warning: no report written: %s", exc)
         return None
     return page
@@ -209,20 +262,32 @@ def align_pair(task: dict) -> dict:
 
     started = time.perf_counter()
     try:
-        result = align(task["source"], task["target"], source_contour=task["source_contour"],
-                       target_contour=task["target_contour"], config=AlignConfig(**task["config"]),
-                       stored=task["features"])
+        result = align(
+            task["source"],
+            task["target"],
+            source_contour=task["source_contour"],
+            target_contour=task["target_contour"],
+            config=AlignConfig(**task["config"]),
+            stored=task["features"],
+        )
         loaded = result.params.get("from_catalogue")
         from_db = None if loaded is None else ",".join(loaded) or "-"
         params = result.params
-        return dict(status="ok", score=float(result.score.value),
-                    correlation=_optional_float(result.score.correlation),
-                    confidence=(result.confidence or {}).get("verdict"), ambiguous=bool(result.ambiguous), mode=params.get("mode"),
-                    source_contour_used=_optional_float(params.get("source_contour")),
-                    target_contour_used=_optional_float(params.get("target_contour")),
-                    matrix=[float(v) for row in result.T_target_source for v in row],
-                    time_s=round(time.perf_counter() - started, 3), error=None, from_db=from_db)
-    except Exception as exc:   # recorded on the pair's line; the other pairs go on
+        return dict(
+            status="ok",
+            score=float(result.score.value),
+            correlation=_optional_float(result.score.correlation),
+            confidence=(result.confidence or {}).get("verdict"),
+            ambiguous=bool(result.ambiguous),
+            mode=params.get("mode"),
+            source_contour_used=_optional_float(params.get("source_contour")),
+            target_contour_used=_optional_float(params.get("target_contour")),
+            matrix=[float(v) for row in result.T_target_source for v in row],
+            time_s=round(time.perf_counter() - started, 3),
+            error=None,
+            from_db=from_db,
+        )
+    except Exception as exc:  # recorded on the pair's line; the other pairs go on
         message = " ".join(str(exc).split())
         if not isinstance(exc, InputError):
             message = f"{type(exc).__name__}: {message}"
@@ -234,8 +299,9 @@ def _optional_float(value) -> float | None:
 
 
 # ----------------------------------------------------------------------------- the catalogue lookup
-def find_stored(pairs: list[Pair], stored: dict, config: AlignConfig, *, jobs=None, scheduler=None,
-                progress=False) -> dict:
+def find_stored(
+    pairs: list[Pair], stored: dict, config: AlignConfig, *, jobs=None, scheduler=None, progress=False
+) -> dict:
     """{(map spec, contour as in the table): .npz path} of the pairs' maps that the
     catalogue holds (`stored`: `catalogue.stored_features`), looked up by its key: the
     file's hash (computed by the workers) and `params_hash` of the parameters and of the
@@ -286,9 +352,11 @@ def read_pairs(pairs_tsv) -> list[Pair]:
     columns = [name.strip() for name in numbered[0][1].split("\t")]
     missing = [name for name in REQUIRED_COLUMNS if name not in columns]
     if missing:
-        raise InputError(f"{path}: the header line lacks the column(s) {', '.join(missing)} (found: "
-                         f"{', '.join(columns)}); the first line must name the tab-separated columns source "
-                         "and target, optionally source_contour and target_contour")
+        raise InputError(
+            f"{path}: the header line lacks the column(s) {', '.join(missing)} (found: "
+            f"{', '.join(columns)}); the first line must name the tab-separated columns source "
+            "and target, optionally source_contour and target_contour"
+        )
     folder = path.resolve().parent
     pairs, problems = [], []
     for n, line in numbered[1:]:
@@ -299,8 +367,16 @@ def read_pairs(pairs_tsv) -> list[Pair]:
         row = dict(zip(columns, fields + [""] * (len(columns) - len(fields))))
         specs = {name: _map_spec(row[name], name, n, folder, problems) for name in REQUIRED_COLUMNS}
         contours = {name: _contour(row.get(name, ""), name, n, problems) for name in CONTOUR_COLUMNS}
-        pairs.append(Pair(line=n, source=row["source"], target=row["target"], source_spec=specs["source"],
-                          target_spec=specs["target"], **contours))
+        pairs.append(
+            Pair(
+                line=n,
+                source=row["source"],
+                target=row["target"],
+                source_spec=specs["source"],
+                target_spec=specs["target"],
+                **contours,
+            )
+        )
     if problems:
         listed = "; ".join(problems[:MAX_LISTED_PROBLEMS])
         more = f"; and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
@@ -379,7 +455,7 @@ def prepare_results(out_tsv: str, *, retry_errors: bool = False, options: str | 
         raise InputError(f"cannot write {out_tsv}: folder {folder} does not exist; create it first")
     header = "\t".join(RESULT_COLUMNS) + "\n"
     if not os.path.exists(out_tsv) or os.path.getsize(out_tsv) == 0:
-        write_text(out_tsv, header, journal=False)      # resumable: kept when the run stops
+        write_text(out_tsv, header, journal=False)  # resumable: kept when the run stops
         return set()
     with open(out_tsv, "rb") as fh:
         raw = fh.read()
@@ -389,20 +465,23 @@ def prepare_results(out_tsv: str, *, retry_errors: bool = False, options: str | 
         os.truncate(out_tsv, keep)
         raw = raw[:keep]
         if not raw:
-            write_text(out_tsv, header, journal=False)      # resumable: kept when the run stops
+            write_text(out_tsv, header, journal=False)  # resumable: kept when the run stops
             return set()
     lines = raw.decode("utf-8", errors="replace").splitlines()
-    for missing in (2, 1):     # written by 0.2.0 (no from_db, no options) or before the options column
+    for missing in (2, 1):  # written by 0.2.0 (no from_db, no options) or before the options column
         if lines[0] == "\t".join(RESULT_COLUMNS[:-missing]):
             added = RESULT_COLUMNS[-missing:]
             log.info("%s: written before the %s column(s); added (blank on its lines)", out_tsv, ", ".join(added))
-            lines = [lines[0] + "".join("\t" + c for c in added)] + [line + "\t" * missing if line else line
-                                                                     for line in lines[1:]]
+            lines = [lines[0] + "".join("\t" + c for c in added)] + [
+                line + "\t" * missing if line else line for line in lines[1:]
+            ]
             write_text(out_tsv, "".join(line + "\n" for line in lines), journal=False)
             break
     if lines[0] + "\n" != header:
-        raise InputError(f"{out_tsv} is not a cryoalign batch results table (its first line is not the expected "
-                         "header); give another output file or move it away")
+        raise InputError(
+            f"{out_tsv} is not a cryoalign batch results table (its first line is not the expected "
+            "header); give another output file or move it away"
+        )
     rows = [dict(zip(RESULT_COLUMNS, line.split("\t"))) for line in lines[1:] if line]
     if options is not None:
         _check_options(out_tsv, rows, options)
@@ -411,27 +490,40 @@ def prepare_results(out_tsv: str, *, retry_errors: bool = False, options: str | 
         log.info("%d error line(s) removed from %s: those pairs run again", len(rows) - len(kept), out_tsv)
         write_text(out_tsv, header + "".join(line + "\n" for line in kept), journal=False)
         rows = [row for row in rows if row.get("status") == "ok"]
-    return {(row.get("source"), row.get("target"), row.get("source_contour", ""), row.get("target_contour", ""))
-            for row in rows}
+    return {
+        (row.get("source"), row.get("target"), row.get("source_contour", ""), row.get("target_contour", ""))
+        for row in rows
+    }
 
 
 def _check_options(out_tsv: str, rows: list, options: str) -> None:
     other = [row for row in rows if row.get("options") and row["options"] != options]
     if other:
-        raise InputError(f"{out_tsv} holds {len(other)} line(s) made with other options "
-                         f"({_shown_options(other[0]['options'])}) than this run ({_shown_options(options)}); "
-                         "rerun with the options of those lines, or give another --out (one results table holds "
-                         "one set of options)")
+        raise InputError(
+            f"{out_tsv} holds {len(other)} line(s) made with other options "
+            f"({_shown_options(other[0]['options'])}) than this run ({_shown_options(options)}); "
+            "rerun with the options of those lines, or give another --out (one results table holds "
+            "one set of options)"
+        )
     unknown = sum(1 for row in rows if not row.get("options"))
     if unknown:
-        log.warning("warning: %d line(s) of %s were written before the options were recorded: reused as they "
-                    "are (give another --out to align those pairs with this run's options)", unknown, out_tsv)
+        log.warning(
+            "warning: %d line(s) of %s were written before the options were recorded: reused as they "
+            "are (give another --out to align those pairs with this run's options)",
+            unknown,
+            out_tsv,
+        )
 
 
 def format_row(pair: Pair, outcome: dict) -> str:
     """One RESULTS.tsv line (with its newline) for a pair and its task's outcome."""
-    values = dict(outcome, source=pair.source, target=pair.target,
-                  source_contour=pair.source_contour, target_contour=pair.target_contour)
+    values = dict(
+        outcome,
+        source=pair.source,
+        target=pair.target,
+        source_contour=pair.source_contour,
+        target_contour=pair.target_contour,
+    )
     return "\t".join(_cell(values.get(name)) for name in RESULT_COLUMNS) + "\n"
 
 
@@ -442,12 +534,12 @@ def _cell(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return repr(float(value))           # numpy floats too, without their type name
+        return repr(float(value))  # numpy floats too, without their type name
     if isinstance(value, (list, tuple)):
         return ",".join(_cell(v) for v in value)
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return " ".join(str(value).split())     # no tab or newline may break the line
+    return " ".join(str(value).split())  # no tab or newline may break the line
 
 
 def _append_line(fd: int, line: str) -> None:

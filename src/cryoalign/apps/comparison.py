@@ -27,7 +27,11 @@ Steps (one function each, in `compare`):
 5. `fsc`: Fourier shell correlation in shells of physical spatial frequency (any box,
    anisotropic voxels), with an optional soft mask, and the correlation about the mean
    over the union of both contours.
+
+Over 500 lines: `compare` and the measures only it uses (the density scale, the difference
+blobs and their merge rule, the FSC, the masses), which share one set of masks and levels.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,27 +45,34 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
-from ..io.maps import as_map
-from ..io.maps import resample_onto
+from ..io.maps import as_map, resample_onto
 from ..types import DensityMap
 
 log = logging.getLogger(__name__)
 
-PROTEIN_DA_PER_A3 = 0.81          # 1.35 g/cm^3
-DEFAULT_MIN_BLOB_A3 = 1000.0      # difference blobs smaller than this are dust
-DIFFERENCE_FRACTION = 1.0         # level >= this x target contour ...
-DIFFERENCE_NOISE_K = 3.0          # ... and >= this x robust sigma of the difference outside the molecule
-MASK_DILATE_A = 6.0               # FSC mask: union of contours grown by this ...
-MASK_SOFT_A = 3.0                 # ... then softened by a Gaussian of this sigma
-SCALE_METHODS = ("background_quantiles", "background_lsq", "background_median", "both_above_lsq", "both_above_lsq_raw", "contours", "quantiles",
-                 "either_above_lsq")
-SCALE_SMOOTH_VOXELS = 2.0         # the *_lsq fits read maps low-passed by a Gaussian of this sigma
+PROTEIN_DA_PER_A3 = 0.81  # 1.35 g/cm^3
+DEFAULT_MIN_BLOB_A3 = 1000.0  # difference blobs smaller than this are dust
+DIFFERENCE_FRACTION = 1.0  # level >= this x target contour ...
+DIFFERENCE_NOISE_K = 3.0  # ... and >= this x robust sigma of the difference outside the molecule
+MASK_DILATE_A = 6.0  # FSC mask: union of contours grown by this ...
+MASK_SOFT_A = 3.0  # ... then softened by a Gaussian of this sigma
+SCALE_METHODS = (
+    "background_quantiles",
+    "background_lsq",
+    "background_median",
+    "both_above_lsq",
+    "both_above_lsq_raw",
+    "contours",
+    "quantiles",
+    "either_above_lsq",
+)
+SCALE_SMOOTH_VOXELS = 2.0  # the *_lsq fits read maps low-passed by a Gaussian of this sigma
 DEFAULT_SCALE_METHOD = "background_quantiles"
-COUNT_FRACTION = 0.6              # a blob also counts its voxels above this x level ...
-COUNT_SHELL_A = 2.0               # ... within this distance of its voxels above the level (the blurred edge)
-MERGE_FRACTION = 0.5              # blobs joined by difference density above this x level are one blob ...
-MERGE_GAP_A = 7.0                 # ... and so are blobs whose voxels come within this distance
-WARN_DIFFERENCE_SHARE = 0.5       # warn when a difference covers more than this share of its map's molecule
+COUNT_FRACTION = 0.6  # a blob also counts its voxels above this x level ...
+COUNT_SHELL_A = 2.0  # ... within this distance of its voxels above the level (the blurred edge)
+MERGE_FRACTION = 0.5  # blobs joined by difference density above this x level are one blob ...
+MERGE_GAP_A = 7.0  # ... and so are blobs whose voxels come within this distance
+WARN_DIFFERENCE_SHARE = 0.5  # warn when a difference covers more than this share of its map's molecule
 FSC_THRESHOLDS = (0.5, 0.143)
 
 
@@ -93,9 +104,13 @@ class Blob:
     pieces: int = 1
 
     def as_dict(self) -> dict:
-        return {"mass_kDa": round(self.mass_kDa, 3), "volume_A3": round(self.volume_A3, 1),
-                "centre_A": [round(float(v), 3) for v in self.centre_A], "voxels": self.voxels,
-                "pieces": self.pieces}
+        return {
+            "mass_kDa": round(self.mass_kDa, 3),
+            "volume_A3": round(self.volume_A3, 1),
+            "centre_A": [round(float(v), 3) for v in self.centre_A],
+            "voxels": self.voxels,
+            "pieces": self.pieces,
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,9 +126,13 @@ class Difference:
     molecule_volume_A3: float | None = None
 
     def as_dict(self) -> dict:
-        return {"level": self.level, "volume_A3": round(self.volume_A3, 1),
-                "mass_kDa": round(self.mass_kDa, 3), "blobs": [b.as_dict() for b in self.blobs],
-                "molecule_volume_A3": None if self.molecule_volume_A3 is None else round(self.molecule_volume_A3, 1)}
+        return {
+            "level": self.level,
+            "volume_A3": round(self.volume_A3, 1),
+            "mass_kDa": round(self.mass_kDa, 3),
+            "blobs": [b.as_dict() for b in self.blobs],
+            "molecule_volume_A3": None if self.molecule_volume_A3 is None else round(self.molecule_volume_A3, 1),
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,9 +150,12 @@ class FSC:
         return 1.0 / self.frequency_per_A
 
     def as_dict(self) -> dict:
-        return {"curve": [[round(float(r), 3), round(float(c), 5)] for r, c in zip(self.resolution_A, self.fsc)],
-                "resolution_at_0.5_A": _round(self.resolution_at_05_A),
-                "resolution_at_0.143_A": _round(self.resolution_at_0143_A), "masked": self.masked}
+        return {
+            "curve": [[round(float(r), 3), round(float(c), 5)] for r, c in zip(self.resolution_A, self.fsc)],
+            "resolution_at_0.5_A": _round(self.resolution_at_05_A),
+            "resolution_at_0.143_A": _round(self.resolution_at_0143_A),
+            "masked": self.masked,
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,6 +184,7 @@ class CompareResult:
 
     def to_json(self) -> dict:
         from .. import __version__
+
         return {
             "version": __version__,
             "matrix": np.asarray(self.T_target_source).tolist(),
@@ -177,22 +200,33 @@ class CompareResult:
 
     def __repr__(self):
         d = self.difference["target_minus_source"]
-        return (f"<CompareResult correlation={self.correlation:.3f} scale={self.scale.factor:.3g} "
-                f"target_minus_source={d.mass_kDa:.1f} kDa in {len(d.blobs)} blob(s)>")
+        return (
+            f"<CompareResult correlation={self.correlation:.3f} scale={self.scale.factor:.3g} "
+            f"target_minus_source={d.mass_kDa:.1f} kDa in {len(d.blobs)} blob(s)>"
+        )
 
 
 # ----------------------------------------------------------------------------- the steps
 @dataclass
 class Superposition:
     """The source on the target's grid (`superimpose`)."""
+
     T_target_source: np.ndarray
-    moved: DensityMap                   # the source resampled onto the target's grid
-    alignment: Any                      # the `AlignResult`; None when the matrix was given
-    seconds: dict                       # "align" (0 with a matrix) and "resample"
+    moved: DensityMap  # the source resampled onto the target's grid
+    alignment: Any  # the `AlignResult`; None when the matrix was given
+    seconds: dict  # "align" (0 with a matrix) and "resample"
 
 
-def superimpose(src_map: DensityMap, tgt_map: DensityMap, source_contour: float, target_contour: float, *,
-                matrix=None, config=None, source_background: float = 0.0) -> Superposition:
+def superimpose(
+    src_map: DensityMap,
+    tgt_map: DensityMap,
+    source_contour: float,
+    target_contour: float,
+    *,
+    matrix=None,
+    config=None,
+    source_background: float = 0.0,
+) -> Superposition:
     """The first half of every comparison (`compare`, and each map of `variance`): align
     the source on the target with `cryoalign.align` (`config`) unless `matrix` is given,
     resample it onto the target's grid about `source_background` (so the target grid
@@ -202,27 +236,41 @@ def superimpose(src_map: DensityMap, tgt_map: DensityMap, source_contour: float,
     alignment = None
     if matrix is None:
         from ..core.pipeline import align
-        alignment = align(src_map, tgt_map, source_contour=source_contour, target_contour=target_contour,
-                          config=config)
+
+        alignment = align(src_map, tgt_map, source_contour=source_contour, target_contour=target_contour, config=config)
         T = np.asarray(alignment.T_target_source, float)
     else:
         T = as_rigid_matrix(matrix)
     t1 = time.perf_counter()
     bg = np.float32(source_background)
-    moved = resample_onto(DensityMap(data=src_map.data - bg, voxel_size_A=src_map.voxel_size_A,
-                                     origin_A=src_map.origin_A), tgt_map, T)
+    moved = resample_onto(
+        DensityMap(data=src_map.data - bg, voxel_size_A=src_map.voxel_size_A, origin_A=src_map.origin_A), tgt_map, T
+    )
     np.add(moved.data, bg, out=moved.data)
     seconds = {"align": t1 - t0 if alignment is not None else 0.0, "resample": time.perf_counter() - t1}
     check_overlap(moved.data, tgt_map.data, source_contour, target_contour)
     return Superposition(T_target_source=T, moved=moved, alignment=alignment, seconds=seconds)
 
 
-def compare(source, target, *, source_contour=None, target_contour=None, matrix=None, config=None,
-            density_Da_per_A3: float = PROTEIN_DA_PER_A3, min_blob_A3: float | None = None,
-            fsc_mask: bool = True, scale_method: str = DEFAULT_SCALE_METHOD,
-            difference_fraction: float = DIFFERENCE_FRACTION, merge_fraction: float | None = MERGE_FRACTION,
-            within_contours: bool = True, shared_sigma: bool = True,
-            count_fraction: float = COUNT_FRACTION, merge_gap_A: float = MERGE_GAP_A) -> CompareResult:
+def compare(
+    source,
+    target,
+    *,
+    source_contour=None,
+    target_contour=None,
+    matrix=None,
+    config=None,
+    density_Da_per_A3: float = PROTEIN_DA_PER_A3,
+    min_blob_A3: float | None = None,
+    fsc_mask: bool = True,
+    scale_method: str = DEFAULT_SCALE_METHOD,
+    difference_fraction: float = DIFFERENCE_FRACTION,
+    merge_fraction: float | None = MERGE_FRACTION,
+    within_contours: bool = True,
+    shared_sigma: bool = True,
+    count_fraction: float = COUNT_FRACTION,
+    merge_gap_A: float = MERGE_GAP_A,
+) -> CompareResult:
     """Superimpose `source` on `target` (or use `matrix`) and compare them.
 
     source, target: map paths or `DensityMap`s.  matrix: 4x4 `T_target_source`
@@ -244,7 +292,10 @@ def compare(source, target, *, source_contour=None, target_contour=None, matrix=
     src_map, tgt_map = as_map(source), as_map(target)
     sc, sc_est = resolve_level(src_map, source_contour, "source_contour")
     tc, tc_est = resolve_level(tgt_map, target_contour, "target_contour")
-    for density, level, est, param in ((src_map, sc, sc_est, "source_contour"), (tgt_map, tc, tc_est, "target_contour")):
+    for density, level, est, param in (
+        (src_map, sc, sc_est, "source_contour"),
+        (tgt_map, tc, tc_est, "target_contour"),
+    ):
         message = contour_warning(density, level, param) if est else None
         if message:
             warnings.append(message)
@@ -270,12 +321,24 @@ def compare(source, target, *, source_contour=None, target_contour=None, matrix=
     t_mol = tgt_map.data > tc
     # the source's molecule on the target grid: its above-contour mask resampled (> 0.5), which keeps
     # its volume (thresholding the resampled density grows a masked map by up to a voxel all round)
-    s_mol = resample_onto(DensityMap(data=(src_map.data > sc).astype(np.float32), voxel_size_A=src_map.voxel_size_A,
-                                     origin_A=src_map.origin_A), tgt_map, T).data > 0.5
-    scale = fit_scale(moved.data, tgt_map.data, sc, tc, method=scale_method, backgrounds=(s_bg, t_bg),
-                      masks=(s_mol, t_mol))
-    scaled = DensityMap(data=scale.apply(moved.data), voxel_size_A=tgt_map.voxel_size_A.copy(),
-                        origin_A=tgt_map.origin_A.copy())
+    s_mol = (
+        resample_onto(
+            DensityMap(
+                data=(src_map.data > sc).astype(np.float32),
+                voxel_size_A=src_map.voxel_size_A,
+                origin_A=src_map.origin_A,
+            ),
+            tgt_map,
+            T,
+        ).data
+        > 0.5
+    )
+    scale = fit_scale(
+        moved.data, tgt_map.data, sc, tc, method=scale_method, backgrounds=(s_bg, t_bg), masks=(s_mol, t_mol)
+    )
+    scaled = DensityMap(
+        data=scale.apply(moved.data), voxel_size_A=tgt_map.voxel_size_A.copy(), origin_A=tgt_map.origin_A.copy()
+    )
     timings["scale"] = time.perf_counter() - t
     log.info("scale (%s): source x %.4g %+.4g", scale.method, scale.factor, scale.offset)
 
@@ -288,23 +351,42 @@ def compare(source, target, *, source_contour=None, target_contour=None, matrix=
     level = max(difference_fraction * tc, DIFFERENCE_NOISE_K * max(sigma, sigma_shared))
     voxel_A3 = float(np.prod(tgt_map.voxel_size_A))
     differences, diff_maps = {}, {}
-    for name, values, own, who in (("target_minus_source", diff, t_mol, "target"),
-                                   ("source_minus_target", -diff, s_mol, "source")):
-        d = difference_blobs(values, level, tgt_map.voxel_size_A, tgt_map.origin_A, min_blob_A3=min_blob,
-                             density_Da_per_A3=density_Da_per_A3, within=own if within_contours else None,
-                             merge_fraction=merge_fraction, count_fraction=count_fraction,
-                             merge_gap_A=merge_gap_A)
+    for name, values, own, who in (
+        ("target_minus_source", diff, t_mol, "target"),
+        ("source_minus_target", -diff, s_mol, "source"),
+    ):
+        d = difference_blobs(
+            values,
+            level,
+            tgt_map.voxel_size_A,
+            tgt_map.origin_A,
+            min_blob_A3=min_blob,
+            density_Da_per_A3=density_Da_per_A3,
+            within=own if within_contours else None,
+            merge_fraction=merge_fraction,
+            count_fraction=count_fraction,
+            merge_gap_A=merge_gap_A,
+        )
         own_volume = float(np.count_nonzero(own)) * voxel_A3
-        d = Difference(level=d.level, volume_A3=d.volume_A3, mass_kDa=d.mass_kDa, blobs=d.blobs, labels=d.labels,
-                       molecule_volume_A3=own_volume)
+        d = Difference(
+            level=d.level,
+            volume_A3=d.volume_A3,
+            mass_kDa=d.mass_kDa,
+            blobs=d.blobs,
+            labels=d.labels,
+            molecule_volume_A3=own_volume,
+        )
         differences[name] = d
-        diff_maps[name] = DensityMap(data=np.where(d.labels > 0, values, 0).astype(np.float32),
-                                     voxel_size_A=tgt_map.voxel_size_A.copy(), origin_A=tgt_map.origin_A.copy())
+        diff_maps[name] = DensityMap(
+            data=np.where(d.labels > 0, values, 0).astype(np.float32),
+            voxel_size_A=tgt_map.voxel_size_A.copy(),
+            origin_A=tgt_map.origin_A.copy(),
+        )
         log.info("%s: %.1f kDa in %d blob(s) above %.4g", name, d.mass_kDa, len(d.blobs), level)
         message = difference_warning(name, who, d.volume_A3, own_volume)
         if message:
             warnings.append(message)
-            log.warning("%s", message)          # (an estimated contour's warning: logged by resolve_contour)
+            log.warning("%s", message)  # (an estimated contour's warning: logged by resolve_contour)
     del diff
     timings["difference"] = time.perf_counter() - t
 
@@ -315,22 +397,50 @@ def compare(source, target, *, source_contour=None, target_contour=None, matrix=
     timings["fsc"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
 
-    params = {"source": src_map.path, "target": tgt_map.path, "source_contour": sc, "target_contour": tc,
-              "source_contour_estimated": sc_est, "target_contour_estimated": tc_est,
-              "source_background": s_bg, "target_background": t_bg,
-              "density_Da_per_A3": density_Da_per_A3, "min_blob_A3": min_blob,
-              "difference_fraction": difference_fraction, "difference_noise_k": DIFFERENCE_NOISE_K,
-              "difference_sigma": sigma, "difference_sigma_shared": sigma_shared, "connectivity": 6, "blob_centre": "difference-density weighted",
-              "merge_fraction": merge_fraction, "merge_gap_A": merge_gap_A, "count_fraction": count_fraction, "count_shell_A": COUNT_SHELL_A,
-              "within_contours": within_contours, "shared_sigma": shared_sigma,
-              "scale_method": scale_method, "fsc_mask": fsc_mask,
-              "fsc_mask_dilate_A": MASK_DILATE_A if fsc_mask else None,
-              "fsc_mask_soft_A": MASK_SOFT_A if fsc_mask else None,
-              "aligned": alignment is not None}
-    return CompareResult(T_target_source=T, scale=scale, correlation=correlation, fsc=curve,
-                         difference=differences, source_on_target=scaled, difference_maps=diff_maps,
-                         source=src_map, target=tgt_map, alignment=alignment, params=params, timings_s=timings,
-                         warnings=tuple(warnings))
+    params = {
+        "source": src_map.path,
+        "target": tgt_map.path,
+        "source_contour": sc,
+        "target_contour": tc,
+        "source_contour_estimated": sc_est,
+        "target_contour_estimated": tc_est,
+        "source_background": s_bg,
+        "target_background": t_bg,
+        "density_Da_per_A3": density_Da_per_A3,
+        "min_blob_A3": min_blob,
+        "difference_fraction": difference_fraction,
+        "difference_noise_k": DIFFERENCE_NOISE_K,
+        "difference_sigma": sigma,
+        "difference_sigma_shared": sigma_shared,
+        "connectivity": 6,
+        "blob_centre": "difference-density weighted",
+        "merge_fraction": merge_fraction,
+        "merge_gap_A": merge_gap_A,
+        "count_fraction": count_fraction,
+        "count_shell_A": COUNT_SHELL_A,
+        "within_contours": within_contours,
+        "shared_sigma": shared_sigma,
+        "scale_method": scale_method,
+        "fsc_mask": fsc_mask,
+        "fsc_mask_dilate_A": MASK_DILATE_A if fsc_mask else None,
+        "fsc_mask_soft_A": MASK_SOFT_A if fsc_mask else None,
+        "aligned": alignment is not None,
+    }
+    return CompareResult(
+        T_target_source=T,
+        scale=scale,
+        correlation=correlation,
+        fsc=curve,
+        difference=differences,
+        source_on_target=scaled,
+        difference_maps=diff_maps,
+        source=src_map,
+        target=tgt_map,
+        alignment=alignment,
+        params=params,
+        timings_s=timings,
+        warnings=tuple(warnings),
+    )
 
 
 def difference_warning(name: str, who: str, volume_A3: float, own_volume_A3: float) -> str | None:
@@ -339,9 +449,11 @@ def difference_warning(name: str, who: str, volume_A3: float, own_volume_A3: flo
     superposition, or contours that enclose very different volumes), else None."""
     if own_volume_A3 <= 0 or volume_A3 <= WARN_DIFFERENCE_SHARE * own_volume_A3:
         return None
-    return (f"{name} is {volume_A3:,.0f} Å^3, {100.0 * volume_A3 / own_volume_A3:.0f}% of the {who}'s "
-            f"{own_volume_A3:,.0f} Å^3 above its contour: the maps differ over most of the molecule; check the "
-            "superposition and that the two contours enclose comparable volumes")
+    return (
+        f"{name} is {volume_A3:,.0f} Å^3, {100.0 * volume_A3 / own_volume_A3:.0f}% of the {who}'s "
+        f"{own_volume_A3:,.0f} Å^3 above its contour: the maps differ over most of the molecule; check the "
+        "superposition and that the two contours enclose comparable volumes"
+    )
 
 
 def map_background(data: np.ndarray, contour: float, *, margin_voxels: int = 2) -> float:
@@ -374,20 +486,28 @@ def as_rigid_matrix(matrix) -> np.ndarray:
     return as_rigid(matrix)
 
 
-def check_overlap(source_on_target: np.ndarray, target: np.ndarray, source_contour: float,
-                  target_contour: float) -> None:
+def check_overlap(
+    source_on_target: np.ndarray, target: np.ndarray, source_contour: float, target_contour: float
+) -> None:
     """InputError when no voxel of the target grid is above both contours."""
     both = np.count_nonzero((source_on_target > source_contour) & (target > target_contour))
     if both == 0:
         raise InputError(
             f"the maps do not overlap after superposition: no voxel is above both the source contour "
             f"{source_contour:.4g} and the target contour {target_contour:.4g}; check that the matrix moves "
-            "source world coordinates onto the target's (not the inverse), or the contours")
+            "source world coordinates onto the target's (not the inverse), or the contours"
+        )
 
 
-def fit_scale(source: np.ndarray, target: np.ndarray, source_contour: float, target_contour: float,
-              method: str = DEFAULT_SCALE_METHOD, backgrounds: tuple | None = None,
-              masks: tuple | None = None) -> Scale:
+def fit_scale(
+    source: np.ndarray,
+    target: np.ndarray,
+    source_contour: float,
+    target_contour: float,
+    method: str = DEFAULT_SCALE_METHOD,
+    backgrounds: tuple | None = None,
+    masks: tuple | None = None,
+) -> Scale:
     """Linear map ``factor * source + offset`` onto the target's densities.
 
     source, target: same-shape arrays on one grid (source already resampled).
@@ -476,10 +596,19 @@ def background_sigma(values: np.ndarray, molecule: np.ndarray, *, margin_voxels:
     return float(1.4826 * np.median(np.abs(sample - med)))
 
 
-def difference_blobs(values: np.ndarray, level: float, voxel_size_A, origin_A, *, min_blob_A3: float,
-                     density_Da_per_A3: float = PROTEIN_DA_PER_A3, within: np.ndarray | None = None,
-                     merge_fraction: float | None = MERGE_FRACTION,
-                     count_fraction: float = COUNT_FRACTION, merge_gap_A: float = MERGE_GAP_A) -> Difference:
+def difference_blobs(
+    values: np.ndarray,
+    level: float,
+    voxel_size_A,
+    origin_A,
+    *,
+    min_blob_A3: float,
+    density_Da_per_A3: float = PROTEIN_DA_PER_A3,
+    within: np.ndarray | None = None,
+    merge_fraction: float | None = MERGE_FRACTION,
+    count_fraction: float = COUNT_FRACTION,
+    merge_gap_A: float = MERGE_GAP_A,
+) -> Difference:
     """Regions of `values` > level, dust (< min_blob_A3) dropped, largest first.
 
     values: (nz, ny, nx) difference density; voxel_size_A, origin_A: (3,) x, y, z.
@@ -494,11 +623,11 @@ def difference_blobs(values: np.ndarray, level: float, voxel_size_A, origin_A, *
     if within is not None:
         above &= within
     steps = int(math.floor(COUNT_SHELL_A / float(np.max(voxel_size_A)) + 1e-9))
-    if count_fraction < 1.0 and steps > 0:   # the edge: voxels above count_fraction x level next to the blob
+    if count_fraction < 1.0 and steps > 0:  # the edge: voxels above count_fraction x level next to the blob
         edge = ndimage.binary_dilation(above, iterations=steps) & (values > count_fraction * level)
         above |= edge if within is None else edge & within
         del edge
-    pieces, n_pieces = ndimage.label(above)          # default structure: 6-connectivity
+    pieces, n_pieces = ndimage.label(above)  # default structure: 6-connectivity
     if merge_fraction is not None and n_pieces > 1:
         joined = (values > merge_fraction * level) | above
         if merge_gap_A > 0:
@@ -509,7 +638,7 @@ def difference_blobs(values: np.ndarray, level: float, voxel_size_A, origin_A, *
         present = np.zeros(count + 1, bool)
         present[labels.ravel()] = True
         present[0] = False
-        remap = np.cumsum(present) * present          # labels without gaps
+        remap = np.cumsum(present) * present  # labels without gaps
         labels = remap[labels].astype(np.int32)
         count = int(present[1:].sum())
         # pieces per group: each piece lies in exactly one group
@@ -537,12 +666,23 @@ def difference_blobs(values: np.ndarray, level: float, voxel_size_A, origin_A, *
             for label, zyx in zip(keep, centres):
                 volume = float(sizes[label]) * voxel_A3
                 centre = np.asarray(origin_A, float) + zyx[::-1] * np.asarray(voxel_size_A, float)
-                blobs.append(Blob(mass_kDa=volume * density_Da_per_A3 / 1000.0, volume_A3=volume,
-                                  centre_A=tuple(float(v) for v in centre), voxels=int(sizes[label]),
-                                  pieces=int(per_group[label])))
+                blobs.append(
+                    Blob(
+                        mass_kDa=volume * density_Da_per_A3 / 1000.0,
+                        volume_A3=volume,
+                        centre_A=tuple(float(v) for v in centre),
+                        voxels=int(sizes[label]),
+                        pieces=int(per_group[label]),
+                    )
+                )
     volume = sum(b.volume_A3 for b in blobs)
-    return Difference(level=float(level), volume_A3=volume, mass_kDa=volume * density_Da_per_A3 / 1000.0,
-                      blobs=tuple(blobs), labels=out)
+    return Difference(
+        level=float(level),
+        volume_A3=volume,
+        mass_kDa=volume * density_Da_per_A3 / 1000.0,
+        blobs=tuple(blobs),
+        labels=out,
+    )
 
 
 def _ball(radius_A: float, voxel_size_A) -> np.ndarray:
@@ -550,7 +690,7 @@ def _ball(radius_A: float, voxel_size_A) -> np.ndarray:
     vs_zyx = np.asarray(voxel_size_A, float)[::-1]
     r = np.floor(radius_A / vs_zyx + 1e-9).astype(int)
     grid = np.meshgrid(*[np.arange(-k, k + 1) * v for k, v in zip(r, vs_zyx)], indexing="ij")
-    return sum(g ** 2 for g in grid) <= radius_A ** 2 + 1e-9
+    return sum(g**2 for g in grid) <= radius_A**2 + 1e-9
 
 
 def masked_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -564,14 +704,15 @@ def masked_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float(x @ y / den) if den > 0 else float("nan")
 
 
-def soft_mask(binary: np.ndarray, voxel_size_A, *, dilate_A: float = MASK_DILATE_A,
-              soft_A: float = MASK_SOFT_A) -> np.ndarray:
+def soft_mask(
+    binary: np.ndarray, voxel_size_A, *, dilate_A: float = MASK_DILATE_A, soft_A: float = MASK_SOFT_A
+) -> np.ndarray:
     """Binary mask grown by `dilate_A` (ellipsoidal, per-axis voxel sizes) and smoothed by
     a Gaussian of sigma `soft_A`; float32 in [0, 1]."""
     vs_zyx = np.asarray(voxel_size_A, float)[::-1]
     r = np.ceil(dilate_A / vs_zyx).astype(int)
     grid = np.meshgrid(*[np.arange(-k, k + 1) * v for k, v in zip(r, vs_zyx)], indexing="ij")
-    ball = sum(g ** 2 for g in grid) <= dilate_A ** 2
+    ball = sum(g**2 for g in grid) <= dilate_A**2
     grown = ndimage.binary_dilation(binary, structure=ball)
     soft = ndimage.gaussian_filter(grown.astype(np.float32), sigma=soft_A / vs_zyx, mode="constant")
     return np.clip(soft, 0.0, 1.0)
@@ -598,7 +739,7 @@ def fsc(a: np.ndarray, b: np.ndarray, voxel_size_A, *, mask: np.ndarray | None =
     step = max(1.0 / (nx * vx), 1.0 / (ny * vy), 1.0 / (nz * vz))
     nyquist = min(0.5 / vx, 0.5 / vy, 0.5 / vz)
     n_shells = int(math.floor(nyquist / step + 1e-9)) + 1
-    shell = np.rint(np.sqrt(kz ** 2 + ky ** 2 + kx ** 2) / step).astype(np.int64)
+    shell = np.rint(np.sqrt(kz**2 + ky**2 + kx**2) / step).astype(np.int64)
     twin = np.full(kx.shape[-1], 2.0)
     twin[0] = 1.0
     if nx % 2 == 0:
@@ -613,8 +754,13 @@ def fsc(a: np.ndarray, b: np.ndarray, voxel_size_A, *, mask: np.ndarray | None =
         curve = cross / np.sqrt(pa * pb)
     curve = np.nan_to_num(curve[1:], nan=0.0)
     freq = np.arange(1, n_shells) * step
-    return FSC(frequency_per_A=freq, fsc=curve, resolution_at_05_A=_crossing(freq, curve, 0.5),
-               resolution_at_0143_A=_crossing(freq, curve, 0.143), masked=mask is not None)
+    return FSC(
+        frequency_per_A=freq,
+        fsc=curve,
+        resolution_at_05_A=_crossing(freq, curve, 0.5),
+        resolution_at_0143_A=_crossing(freq, curve, 0.143),
+        masked=mask is not None,
+    )
 
 
 def _crossing(freq: np.ndarray, curve: np.ndarray, threshold: float) -> float | None:
@@ -640,15 +786,16 @@ def _check_positive(value, name, example):
 
 
 # ----------------------------------------------------------------------------- outputs
-def write_compare_outputs(result: CompareResult, out_dir, target_map_path=None, *, pictures: bool = True,
-                          report: bool = True) -> list:
+def write_compare_outputs(
+    result: CompareResult, out_dir, target_map_path=None, *, pictures: bool = True, report: bool = True
+) -> list:
     """Write compare.json, target_minus_source.mrc, source_minus_target.mrc,
     source_on_target.mrc, PNG pictures and report.html into the EXISTING folder
     `out_dir`; return the paths written (each written atomically)."""
     import json
 
-    from ..io.maps import write_map
     from ..io.files import write_text
+    from ..io.maps import write_map
 
     out_dir = os.fspath(out_dir)
     if not os.path.isdir(out_dir):
@@ -669,10 +816,12 @@ def write_compare_outputs(result: CompareResult, out_dir, target_map_path=None, 
     write_map(result.source_on_target, path("source_on_target.mrc"))
     if pictures or report:
         from ..io import pictures as pics
+
         images = pics.compare_pictures(result, out_dir)
         written += images
         if report:
             from ..io.report import compare_sections, write_report
+
             title = "cryoalign compare"
             write_report(path("report.html"), title, compare_sections(result, images))
     return written

@@ -7,6 +7,7 @@ for all chains.  An assembled model then takes, chain by chain (best-scoring
 chain first), the best placement that does not clash with chains already placed,
 so identical chains end up in different copies of their density.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,15 +17,15 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .. import io
-from . import simulate
 from .. import transform as tf
 from ..config import AlignConfig
-from ..errors import InputError
+from ..core.confidence import assess
 from ..core.pipeline import as_map, candidates_for
 from ..core.prepare import prepare, resolve_contour
-from ..core.confidence import assess
+from ..errors import InputError
 from ..io.robust import without_outliers
 from ..timing import Timer
+from . import simulate
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +33,17 @@ log = logging.getLogger(__name__)
 @dataclass
 class ChainFit:
     chain: str
-    placements: list            # Candidate, best first
+    placements: list  # Candidate, best first
     atoms: int
     source_contour: float
-    confidence: dict | None = None   # of the best placement (confidence.assess)
+    confidence: dict | None = None  # of the best placement (confidence.assess)
 
 
 @dataclass
 class FitResult:
-    chains: list                # ChainFit per fitted chain, in the model's order
-    assembled: dict             # chain -> index into its placements (chains left out are absent)
-    left_out: list              # chains whose every placement clashes
+    chains: list  # ChainFit per fitted chain, in the model's order
+    assembled: dict  # chain -> index into its placements (chains left out are absent)
+    left_out: list  # chains whose every placement clashes
     target_contour: float
     target_contour_estimated: bool
     resolution_A: float
@@ -51,15 +52,22 @@ class FitResult:
 
     def to_json(self) -> dict:
         from .. import __version__
+
         return {
             "version": __version__,
             "resolution_A": self.resolution_A,
             "target_contour": self.target_contour,
             "target_contour_estimated": self.target_contour_estimated,
-            "chains": [{"chain": c.chain, "source_contour": c.source_contour, "confidence": c.confidence,
-                        "placements": [dict(p.as_dict(), rank=i + 1) for i, p in enumerate(c.placements)],
-                        "assembled_rank": (self.assembled[c.chain] + 1) if c.chain in self.assembled else None}
-                       for c in self.chains],
+            "chains": [
+                {
+                    "chain": c.chain,
+                    "source_contour": c.source_contour,
+                    "confidence": c.confidence,
+                    "placements": [dict(p.as_dict(), rank=i + 1) for i, p in enumerate(c.placements)],
+                    "assembled_rank": (self.assembled[c.chain] + 1) if c.chain in self.assembled else None,
+                }
+                for c in self.chains
+            ],
             "left_out": list(self.left_out),
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
             "params": self.params,
@@ -74,8 +82,16 @@ def fit_config(config: AlignConfig | None = None, **overrides) -> AlignConfig:
     return base.replace(mode="local", sampling_A=base.sampling_A or base.fit_sampling_A)
 
 
-def fit_model(model, density, *, resolution_A: float, chains=None, contour: float | None = None,
-              config: AlignConfig | None = None, **overrides) -> FitResult:
+def fit_model(
+    model,
+    density,
+    *,
+    resolution_A: float,
+    chains=None,
+    contour: float | None = None,
+    config: AlignConfig | None = None,
+    **overrides,
+) -> FitResult:
     """Fit every chain (or the named `chains`) of `model` (path or gemmi.Structure) into
     `density` (path or DensityMap).  Placements map the model's coordinates onto the map's.
     config / overrides: `AlignConfig` fields (top, jobs, seed, ...; see `fit_config`)."""
@@ -84,29 +100,31 @@ def fit_model(model, density, *, resolution_A: float, chains=None, contour: floa
     timer = Timer()
     st = io.read_model(model) if not hasattr(model, "setup_entities") else model
     target = without_outliers(as_map(density))
-    names = list(dict.fromkeys(chains)) if chains else simulate.chain_ids(st)   # each chain once
+    names = list(dict.fromkeys(chains)) if chains else simulate.chain_ids(st)  # each chain once
     available = simulate.chain_ids(st)
     unknown = [c for c in names if c not in available]
     if unknown:
         raise InputError(f"chain(s) {', '.join(unknown)} not in the model; it has {', '.join(available)}")
     ligand_only = [c for c in names if not _has_polymer(st, c)]
     if ligand_only and len(ligand_only) == len(names):
-        raise InputError(f"chain(s) {', '.join(ligand_only)} hold only ligands or waters (no protein or "
-                         "nucleic-acid residue), too small to fit on their own; name polymer chains with chains=")
+        raise InputError(
+            f"chain(s) {', '.join(ligand_only)} hold only ligands or waters (no protein or "
+            "nucleic-acid residue), too small to fit on their own; name polymer chains with chains="
+        )
     for c in ligand_only:
         log.warning("chain %s holds only ligands or waters (no protein or nucleic-acid residue): skipped", c)
     names = [c for c in names if c not in ligand_only]
     region, tc_est = resolve_contour(target, contour, "contour")
     tc = region.contour
-    tgt = prepare(target, tc, config, region=region, name="the map", contour_estimated=tc_est, fine=True,
-                  timer=timer)
+    tgt = prepare(target, tc, config, region=region, name="the map", contour_estimated=tc_est, fine=True, timer=timer)
     fits = []
     for n, name in enumerate(names, 1):
         with timer.stage("simulate"):
             sim = simulate.simulate(st, resolution_A, chains=[name])
             sc = simulate.contour_for(sim, simulate.model_mass_Da(st, chains=[name]))
-        log.info("chain %s (%d of %d): simulated at %.3g Å, aligning into the map ...",
-                 name, n, len(names), resolution_A)
+        log.info(
+            "chain %s (%d of %d): simulated at %.3g Å, aligning into the map ...", name, n, len(names), resolution_A
+        )
         try:
             src = prepare(sim, sc, config, name=f"chain {name}'s simulated map", timer=timer)
         except InputError as exc:
@@ -114,33 +132,50 @@ def fit_model(model, density, *, resolution_A: float, chains=None, contour: floa
             continue
         try:
             placements, _ = candidates_for(src, tgt, config, timer)
-        except InputError as exc:          # no region of the map can hold this chain
+        except InputError as exc:  # no region of the map can hold this chain
             log.warning("chain %s not placed: %s", name, exc)
             placements = []
         trace = io.chain_trace(st, name)
-        fits.append(ChainFit(chain=name, placements=placements, atoms=len(trace), source_contour=sc,
-                             confidence=assess(placements, "local", config) if placements else None))
+        fits.append(
+            ChainFit(
+                chain=name,
+                placements=placements,
+                atoms=len(trace),
+                source_contour=sc,
+                confidence=assess(placements, "local", config) if placements else None,
+            )
+        )
         if placements:
             log.info("chain %s: best score %.3f", name, placements[0].score.value)
     assembled, left_out = assemble(st, fits, config)
     timer.timings["total"] = timer.total()
-    params = dict(config.as_dict(), resolution_A=resolution_A, target_contour=tc,
-                  target_contour_estimated=tc_est, chains=names)
-    return FitResult(chains=fits, assembled=assembled, left_out=left_out, target_contour=tc,
-                     target_contour_estimated=tc_est, resolution_A=float(resolution_A),
-                     timings_s=dict(timer.timings), params=params)
+    params = dict(
+        config.as_dict(), resolution_A=resolution_A, target_contour=tc, target_contour_estimated=tc_est, chains=names
+    )
+    return FitResult(
+        chains=fits,
+        assembled=assembled,
+        left_out=left_out,
+        target_contour=tc,
+        target_contour_estimated=tc_est,
+        resolution_A=float(resolution_A),
+        timings_s=dict(timer.timings),
+        params=params,
+    )
 
 
 def _has_polymer(st, chain_name) -> bool:
-    return any(io.is_trace_atom(res, atom) for chain in st[0] if chain.name == chain_name
-               for res in chain for atom in res)
+    return any(
+        io.is_trace_atom(res, atom) for chain in st[0] if chain.name == chain_name for res in chain for atom in res
+    )
 
 
 def assemble(st, fits: list, config: AlignConfig = AlignConfig()) -> tuple[dict, list]:
     """For each chain, best-scoring chain first: the index of its best placement whose
     trace atoms do not clash with those already placed.  Returns ({chain: index}, left_out)."""
-    order = sorted(range(len(fits)), key=lambda i: (-(fits[i].placements[0].score.value
-                                                      if fits[i].placements else -1.0), i))
+    order = sorted(
+        range(len(fits)), key=lambda i: (-(fits[i].placements[0].score.value if fits[i].placements else -1.0), i)
+    )
     placed = np.zeros((0, 3))
     chosen, left_out = {}, []
     for i in order:
@@ -178,8 +213,9 @@ def assembled_structure(st, result: FitResult):
     while len(out) > 1:
         del out[len(out) - 1]
     model = out[0]
-    placements = {c.chain: c.placements[result.assembled[c.chain]] for c in result.chains
-                  if c.chain in result.assembled}
+    placements = {
+        c.chain: c.placements[result.assembled[c.chain]] for c in result.chains if c.chain in result.assembled
+    }
     for i in range(len(model) - 1, -1, -1):
         chain = model[i]
         if chain.name not in placements:
@@ -206,11 +242,20 @@ def placement_table(result: FitResult) -> str:
         for k, p in enumerate(c.placements):
             T = np.asarray(p.T_target_source)
             centre = ",".join(f"{v:.1f}" for v in p.mask_centre_A) if p.mask_centre_A else ""
-            rows.append(f"{c.chain}\t{k + 1}\t{p.score.value:.4f}\t{p.score.overlap:.3f}\t"
-                        f"{tf.rotation_angle_deg(T):.2f}\t{T[0, 3]:.3f}\t{T[1, 3]:.3f}\t{T[2, 3]:.3f}\t"
-                        f"{centre}\t{'yes' if result.assembled.get(c.chain) == k else ''}")
+            rows.append(
+                f"{c.chain}\t{k + 1}\t{p.score.value:.4f}\t{p.score.overlap:.3f}\t"
+                f"{tf.rotation_angle_deg(T):.2f}\t{T[0, 3]:.3f}\t{T[1, 3]:.3f}\t{T[2, 3]:.3f}\t"
+                f"{centre}\t{'yes' if result.assembled.get(c.chain) == k else ''}"
+            )
     return "\n".join(rows) + "\n"
 
 
-__all__ = ["fit_model", "FitResult", "ChainFit", "assemble", "assembled_structure",
-           "chain_structure", "placement_table"]
+__all__ = [
+    "fit_model",
+    "FitResult",
+    "ChainFit",
+    "assemble",
+    "assembled_structure",
+    "chain_structure",
+    "placement_table",
+]

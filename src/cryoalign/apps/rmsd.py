@@ -4,6 +4,7 @@ Reference either as transforms (ground truth, plus symmetry-equivalent
 alternatives: the best is reported too) or as the same model fitted in the
 target map (atoms paired by chain, residue number, insertion code, atom name).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ def load_matrices(path) -> list[np.ndarray]:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read matrix file {path} ({exc.__class__.__name__}); give a JSON or "
-                         "text file with the matrix") from None
+        raise InputError(
+            f"cannot read matrix file {path} ({exc.__class__.__name__}); give a JSON or text file with the matrix"
+        ) from None
     mats = []
     try:
         doc = json.loads(text)
@@ -49,8 +51,10 @@ def load_matrices(path) -> list[np.ndarray]:
             mats = []
     out = [as_rigid(m, f" in {path}") for m in mats]
     if not out:
-        raise InputError(f"no matrix found in {path}: give a cryoalign result JSON (key 'matrix'), "
-                         "a case.json ('T_gt'), or 12/16 numbers in row-major order")
+        raise InputError(
+            f"no matrix found in {path}: give a cryoalign result JSON (key 'matrix'), "
+            "a case.json ('T_gt'), or 12/16 numbers in row-major order"
+        )
     return out
 
 
@@ -70,12 +74,15 @@ def as_rigid(m, where: str = "") -> np.ndarray:
     if not np.all(np.isfinite(a)):
         raise InputError(f"matrix{where} has non-finite values")
     if not np.allclose(a[3], [0, 0, 0, 1], atol=1e-6):
-        raise InputError(f"matrix{where} has last row {a[3].tolist()}, not 0 0 0 1; "
-                         "give it in row-major order (rows of R | t)")
+        raise InputError(
+            f"matrix{where} has last row {a[3].tolist()}, not 0 0 0 1; give it in row-major order (rows of R | t)"
+        )
     R = a[:3, :3]
     if not np.allclose(R @ R.T, np.eye(3), atol=2e-3) or np.linalg.det(R) < 0:
-        raise InputError(f"matrix{where} is not a rigid transform (its 3x3 part is not a proper "
-                         "rotation); give it in row-major order (rows of R | t)")
+        raise InputError(
+            f"matrix{where} is not a rigid transform (its 3x3 part is not a proper "
+            "rotation); give it in row-major order (rows of R | t)"
+        )
     return a
 
 
@@ -83,8 +90,13 @@ def rmsd_to_matrices(model_path, T_est: np.ndarray, references: list[np.ndarray]
     """RMSD between the model moved by T_est and by each reference transform."""
     X, kind = _coords(model_path, atoms)
     values = [tf.rmsd(T_est, R, X) for R in references]
-    return {"rmsd_A": values[0], "rmsd_sym_A": min(values), "atoms": len(X), "atom_kind": kind,
-            "all_references_A": values}
+    return {
+        "rmsd_A": values[0],
+        "rmsd_sym_A": min(values),
+        "atoms": len(X),
+        "atom_kind": kind,
+        "all_references_A": values,
+    }
 
 
 def rmsd_to_model(model_path, T_est: np.ndarray, reference_model_path, *, atoms: str = "ca") -> dict:
@@ -93,15 +105,22 @@ def rmsd_to_model(model_path, T_est: np.ndarray, reference_model_path, *, atoms:
     b = _keyed(read_model(reference_model_path), atoms)
     keys = sorted(set(a) & set(b))
     if len(keys) < 3:
-        raise InputError(f"only {len(keys)} atoms of {model_path} match {reference_model_path} by chain, "
-                         "residue number and atom name; the reference must be the same model fitted in the target")
+        raise InputError(
+            f"only {len(keys)} atoms of {model_path} match {reference_model_path} by chain, "
+            "residue number and atom name; the reference must be the same model fitted in the target"
+        )
     X = np.array([a[k][0] for k in keys])
     Y = np.array([b[k][0] for k in keys])
     renamed = sum(1 for k in keys if a[k][1] != b[k][1])
     d = tf.apply(T_est, X) - Y
-    return {"rmsd_A": float(np.sqrt((d ** 2).sum(1).mean())), "atoms": len(keys),
-            "atom_kind": "CA/P" if atoms == "ca" else "all", "model_atoms": len(a),
-            "paired_fraction": len(keys) / len(a), "residue_name_mismatches": renamed}
+    return {
+        "rmsd_A": float(np.sqrt((d**2).sum(1).mean())),
+        "atoms": len(keys),
+        "atom_kind": "CA/P" if atoms == "ca" else "all",
+        "model_atoms": len(a),
+        "paired_fraction": len(keys) / len(a),
+        "residue_name_mismatches": renamed,
+    }
 
 
 def _coords(path, atoms):
@@ -121,6 +140,8 @@ def _keyed(st, atoms):
             for atom in res:
                 if atoms == "ca" and not is_trace_atom(res, atom):
                     continue
-                out[(chain.name, res.seqid.num, res.seqid.icode, atom.name, atom.altloc)] = \
-                    ((atom.pos.x, atom.pos.y, atom.pos.z), res.name)
+                out[(chain.name, res.seqid.num, res.seqid.icode, atom.name, atom.altloc)] = (
+                    (atom.pos.x, atom.pos.y, atom.pos.z),
+                    res.name,
+                )
     return out

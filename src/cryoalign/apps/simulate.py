@@ -12,6 +12,7 @@ residues with alternative locations is used.
 `contour_for` picks a threshold for such a map from the model's mass
 (`model_mass_Da`), so that the enclosed volume is the expected molecular volume.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ SIGMA_PER_RESOLUTION = 1.0 / (math.pi * math.sqrt(2.0))  # molmap's sigma_factor
 CUTOFF_SIGMAS = 3.0
 SPACING_PER_RESOLUTION = 1.0 / 3.0  # molmap's default gridSpacing = resolution / 3
 MIN_DEFAULT_VOXEL_A = 0.5
-MAX_VOXELS = 512 ** 3
+MAX_VOXELS = 512**3
 PROTEIN_A3_PER_DA = 1.21
 # Up to this width (in voxels) each atom's Gaussian is summed exactly on its own
 # box of grid points (cost grows as width**3); wider kernels splat the atoms onto the
@@ -74,8 +75,9 @@ def model_mass_Da(st, chains=None) -> float:
     return float(_select_atoms(st, chains)[2].sum())
 
 
-def simulate(st, resolution_A: float, *, chains=None, voxel_A: float | None = None,
-             padding_A: float | None = None) -> DensityMap:
+def simulate(
+    st, resolution_A: float, *, chains=None, voxel_A: float | None = None, padding_A: float | None = None
+) -> DensityMap:
     """Simulate a density map at `resolution_A` from the first model of `st`.
 
     Each selected atom contributes ``Z * exp(-r**2 / (2 * sigma**2))`` with Z its
@@ -130,10 +132,12 @@ def simulate(st, resolution_A: float, *, chains=None, voxel_A: float | None = No
         larger = voxel
         while np.prod(layout(larger)[1]) > MAX_VOXELS:
             larger *= 1.02
-        raise InputError(f"the simulated map would have {'x'.join(map(str, shape_xyz))} = {n_voxels:,} "
-                         f"voxels, more than {round(MAX_VOXELS ** (1 / 3))}^3; use a larger voxel "
-                         f"(e.g. voxel_A={math.ceil(larger * 100) / 100:.2f}), a lower resolution, "
-                         "or fewer chains")
+        raise InputError(
+            f"the simulated map would have {'x'.join(map(str, shape_xyz))} = {n_voxels:,} "
+            f"voxels, more than {round(MAX_VOXELS ** (1 / 3))}^3; use a larger voxel "
+            f"(e.g. voxel_A={math.ceil(larger * 100) / 100:.2f}), a lower resolution, "
+            "or fewer chains"
+        )
 
     frac = (xyz - lo) / voxel
     sigma_vox = sigma / voxel
@@ -179,8 +183,10 @@ def contour_for(density: DensityMap, mass_Da: float, *, A3_per_Da: float = PROTE
         raise InputError(f"the map has constant density {top:g}; no contour encloses a volume")
     n_above = round(mass * per_da / float(np.prod(density.voxel_size_A)))
     if n_above >= values.size:
-        raise InputError(f"a mass of {mass:g} Da fills {n_above:,} voxels but the map has only "
-                         f"{values.size:,}; check the mass or simulate with more padding")
+        raise InputError(
+            f"a mass of {mass:g} Da fills {n_above:,} voxels but the map has only "
+            f"{values.size:,}; check the mass or simulate with more padding"
+        )
     n_above = max(n_above, 1)
     # the n_above-th largest value and the next one down; the level sits between them
     ranks = [values.size - n_above - 1, values.size - n_above]
@@ -219,8 +225,10 @@ def _select_atoms(st, chains):
         available = chain_ids(st)
         unknown = sorted(wanted - set(available))
         if unknown:
-            raise InputError(f"chain(s) {', '.join(unknown)} not found in the model; "
-                             f"available chains: {', '.join(available) or 'none'}")
+            raise InputError(
+                f"chain(s) {', '.join(unknown)} not found in the model; "
+                f"available chains: {', '.join(available) or 'none'}"
+            )
     xyz, z_numbers, masses = [], [], []
     for chain in model:
         if wanted is not None and chain.name not in wanted:
@@ -237,8 +245,10 @@ def _select_atoms(st, chains):
                 masses.append(element.weight)
     if not xyz:
         which = "the model" if wanted is None else f"chain(s) {', '.join(sorted(wanted))}"
-        raise InputError(f"no atoms to simulate: {which} has no atoms other than hydrogens "
-                         "and waters; choose other chains or another model")
+        raise InputError(
+            f"no atoms to simulate: {which} has no atoms other than hydrogens "
+            "and waters; choose other chains or another model"
+        )
     return np.array(xyz, float), np.array(z_numbers, float), np.array(masses, float)
 
 
@@ -275,8 +285,7 @@ def _accumulate(axis_terms, z_numbers, shape_xyz):
     for start in range(0, len(z_numbers), step):
         s = slice(start, start + step)
         flat = (iz[s, :, None, None] * ny + iy[s, None, :, None]) * nx + ix[s, None, None, :]
-        values = (z_numbers[s, None, None, None] * wz[s, :, None, None]
-                  * wy[s, None, :, None] * wx[s, None, None, :])
+        values = z_numbers[s, None, None, None] * wz[s, :, None, None] * wy[s, None, :, None] * wx[s, None, None, :]
         first, last = int(flat.min()), int(flat.max()) + 1  # file order keeps chunks compact
         total[first:last] += np.bincount(flat.ravel() - first, values.ravel(), minlength=last - first)
     return total.reshape(nz, ny, nx)

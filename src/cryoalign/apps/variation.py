@@ -25,7 +25,11 @@ mean, variance and (optionally) principal components on the reference's grid.
 
 The series is `maps`; the reference only fixes the grid and frame, and counts in the
 statistics only when it is also listed in `maps`.  At least two maps are needed.
+
+Over 500 lines: the run (resume, workers, outlier rule), the streaming statistics and the
+components share one folder layout and one record format, so they stay together.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,12 +49,12 @@ from ..types import DensityMap
 log = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
-SCORE_FLOOR = 0.2          # an alignment scoring under this failed, whatever the others
-OUTLIER_MADS = 3.0         # robust standard deviations below the median score ...
-OUTLIER_MIN_GAP = 0.1      # ... but never closer to the median than this
-SLAB = 32                  # z-slices per step when streaming maps
-PCA_MEMORY_BYTES = 256 * 2 ** 20   # masked maps held at once while building the Gram matrix
-MAX_LISTED_PROBLEMS = 10   # problems of a contour table named in its error
+SCORE_FLOOR = 0.2  # an alignment scoring under this failed, whatever the others
+OUTLIER_MADS = 3.0  # robust standard deviations below the median score ...
+OUTLIER_MIN_GAP = 0.1  # ... but never closer to the median than this
+SLAB = 32  # z-slices per step when streaming maps
+PCA_MEMORY_BYTES = 256 * 2**20  # masked maps held at once while building the Gram matrix
+MAX_LISTED_PROBLEMS = 10  # problems of a contour table named in its error
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,9 +76,15 @@ class VarianceResult:
 
     def to_json(self) -> dict:
         from .. import __version__
-        return {"version": __version__, "maps": self.records, "kept": len(self.kept),
-                "components": self.components, "params": self.params,
-                "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()}}
+
+        return {
+            "version": __version__,
+            "maps": self.records,
+            "kept": len(self.kept),
+            "components": self.components,
+            "params": self.params,
+            "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
+        }
 
     def __repr__(self):
         return f"<VarianceResult maps={len(self.records)} kept={len(self.kept)} components={len(self.components)}>"
@@ -96,8 +106,9 @@ def read_contour_table(path) -> dict:
         with open(path, encoding="utf-8") as fh:
             lines = fh.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read the contour table {path} ({exc}); give a text file of map<TAB>contour "
-                         "lines") from None
+        raise InputError(
+            f"cannot read the contour table {path} ({exc}); give a text file of map<TAB>contour lines"
+        ) from None
     for number, line in enumerate(lines, 1):
         text = line.split("#", 1)[0].strip()
         if not text:
@@ -121,8 +132,10 @@ def read_contour_table(path) -> dict:
             continue
         key = os.path.abspath(name)
         if key in line_of and level is not None and table.get(key, level) != level:
-            problems.append(f"line {number}: {parts[0]} is already given on line {line_of[key]} with "
-                            f"another contour ({table[key]:g})")
+            problems.append(
+                f"line {number}: {parts[0]} is already given on line {line_of[key]} with "
+                f"another contour ({table[key]:g})"
+            )
             continue
         line_of[key] = number
         if level is not None:
@@ -130,14 +143,25 @@ def read_contour_table(path) -> dict:
     if problems:
         shown = "; ".join(problems[:MAX_LISTED_PROBLEMS])
         more = f"; and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
-        raise InputError(f"contour table {path} has {len(problems)} problem(s): {shown}{more}; fix the table "
-                         "and rerun")
+        raise InputError(f"contour table {path} has {len(problems)} problem(s): {shown}{more}; fix the table and rerun")
     return table
 
 
 # ----------------------------------------------------------------------------- the run
-def variance(reference, maps, *, contours=None, reference_contour=None, out_dir, jobs=None, scheduler=None,
-             keep_all: bool = False, components: int = 0, config=None, progress: bool = False) -> VarianceResult:
+def variance(
+    reference,
+    maps,
+    *,
+    contours=None,
+    reference_contour=None,
+    out_dir,
+    jobs=None,
+    scheduler=None,
+    keep_all: bool = False,
+    components: int = 0,
+    config=None,
+    progress: bool = False,
+) -> VarianceResult:
     """Align `maps` (paths) to `reference` (path) and write mean.mrc, variance.mrc,
     alignments.tsv, variance.json, variance_slices.png, report.html (and
     component_<k>.mrc) into `out_dir` (created if missing; ``.work/`` inside holds the
@@ -154,8 +178,10 @@ def variance(reference, maps, *, contours=None, reference_contour=None, out_dir,
     t0 = time.perf_counter()
     paths = [_as_path(m, "map") for m in maps]
     if len(paths) < 2:
-        raise InputError(f"variance needs at least two maps besides the reference, got {len(paths)}; "
-                         "list every map of the series (the reference may be one of them)")
+        raise InputError(
+            f"variance needs at least two maps besides the reference, got {len(paths)}; "
+            "list every map of the series (the reference may be one of them)"
+        )
     if not isinstance(components, (int, np.integer)) or components < 0:
         raise InputError(f"components must be a non-negative integer, got {components!r}")
     ref_path = _as_path(reference, "reference")
@@ -168,28 +194,58 @@ def variance(reference, maps, *, contours=None, reference_contour=None, out_dir,
     config = config or AlignConfig(mode="global")
     config_dict = config.replace(jobs=1).as_dict()
     if scheduler is None:
-        resolve_jobs(jobs)                     # bad values fail before any work
+        resolve_jobs(jobs)  # bad values fail before any work
 
     out_dir = os.fspath(out_dir)
     work = os.path.join(out_dir, WORK_DIR)
     created = open_work_folder(out_dir, work, "a cryoalign variance run (resumable)")
     try:
-        return _run(paths, ref_path, ref_map, ref_contour, ref_est, contours, config_dict, out_dir, work, jobs,
-                    scheduler, keep_all, components, progress, t0)
+        return _run(
+            paths,
+            ref_path,
+            ref_map,
+            ref_contour,
+            ref_est,
+            contours,
+            config_dict,
+            out_dir,
+            work,
+            jobs,
+            scheduler,
+            keep_all,
+            components,
+            progress,
+            t0,
+        )
     except InputError:
-        remove_unused_work_folder(out_dir, work, created)     # a refused run leaves nothing behind
+        remove_unused_work_folder(out_dir, work, created)  # a refused run leaves nothing behind
         raise
 
 
-def _run(paths, ref_path, ref_map, ref_contour, ref_est, contours, config_dict, out_dir, work, jobs, scheduler,
-         keep_all, components, progress, t0) -> VarianceResult:
+def _run(
+    paths,
+    ref_path,
+    ref_map,
+    ref_contour,
+    ref_est,
+    contours,
+    config_dict,
+    out_dir,
+    work,
+    jobs,
+    scheduler,
+    keep_all,
+    components,
+    progress,
+    t0,
+) -> VarianceResult:
     from .. import __version__
-    from ..io import pictures
-    from .comparison import DEFAULT_SCALE_METHOD
     from ..executor import run_tasks
+    from ..io import pictures
     from ..io.files import file_sha256, write_text
     from ..io.maps import write_map
     from ..io.report import variance_sections, write_report
+    from .comparison import DEFAULT_SCALE_METHOD
 
     ref_hash = file_sha256(ref_path)
     items: list = []
@@ -199,30 +255,59 @@ def _run(paths, ref_path, ref_map, ref_contour, ref_est, contours, config_dict, 
         digest = file_sha256(p)
         first = first_of_hash.setdefault(digest, p)
         if first != p:
-            log.warning("warning: %s and %s are the same file (SHA-256 %s...): the map is given twice and "
-                        "counts twice in the mean and variance; list each map once", first, p, digest[:12])
-        key_doc = {"map": os.path.abspath(p), "map_sha256": digest, "contour": contours.get(os.path.abspath(p)),
-                   "reference": os.path.abspath(ref_path), "reference_sha256": ref_hash,
-                   "reference_contour": ref_contour, "config": config_dict, "scale": DEFAULT_SCALE_METHOD,
-                   "version": __version__}
+            log.warning(
+                "warning: %s and %s are the same file (SHA-256 %s...): the map is given twice and "
+                "counts twice in the mean and variance; list each map once",
+                first,
+                p,
+                digest[:12],
+            )
+        key_doc = {
+            "map": os.path.abspath(p),
+            "map_sha256": digest,
+            "contour": contours.get(os.path.abspath(p)),
+            "reference": os.path.abspath(ref_path),
+            "reference_sha256": ref_hash,
+            "reference_contour": ref_contour,
+            "config": config_dict,
+            "scale": DEFAULT_SCALE_METHOD,
+            "version": __version__,
+        }
         key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:24]
         record_path = os.path.join(work, f"{key}.json")
         if os.path.exists(record_path) and os.path.exists(os.path.join(work, f"{key}.npy")):
             with open(record_path, encoding="utf-8") as fh:
                 records[index] = json.load(fh)
-            log.info("map %d/%d %s: score %.3f (done earlier)", index + 1, len(paths), os.path.basename(p),
-                     records[index]["score"])
+            log.info(
+                "map %d/%d %s: score %.3f (done earlier)",
+                index + 1,
+                len(paths),
+                os.path.basename(p),
+                records[index]["score"],
+            )
             continue
         items.append((index, (p, contours.get(os.path.abspath(p)), ref_path, ref_contour, config_dict, work, key)))
     log.info("%d of %d maps to align (%d done earlier)", len(items), len(paths), len(paths) - len(items))
     done = len(paths) - len(items)
-    for k, record in run_tasks(align_to_reference, [item for _, item in items], jobs=jobs, scheduler=scheduler,
-                               progress=progress, desc="aligning"):
+    for k, record in run_tasks(
+        align_to_reference,
+        [item for _, item in items],
+        jobs=jobs,
+        scheduler=scheduler,
+        progress=progress,
+        desc="aligning",
+    ):
         index = items[k][0]
         records[index] = record
         done += 1
-        log.info("map %d/%d %s: score %.3f (%.1f s)", done, len(paths), os.path.basename(record["map"]),
-                 record["score"], record["seconds"])
+        log.info(
+            "map %d/%d %s: score %.3f (%.1f s)",
+            done,
+            len(paths),
+            os.path.basename(record["map"]),
+            record["score"],
+            record["seconds"],
+        )
     timings = {"align": time.perf_counter() - t0}
 
     reasons = outlier_reasons([r["score"] for r in records])
@@ -234,8 +319,10 @@ def _run(paths, ref_path, ref_map, ref_contour, ref_est, contours, config_dict, 
         if r["excluded"]:
             log.warning("%s left out: %s", r["map"], r["reason"])
     if len(kept) < 2:
-        raise InputError(f"only {len(kept)} map(s) pass the outlier rule; check the maps' alignments in "
-                         "alignments.tsv or keep every map with keep_all (--keep-all)")
+        raise InputError(
+            f"only {len(kept)} map(s) pass the outlier rule; check the maps' alignments in "
+            "alignments.tsv or keep every map with keep_all (--keep-all)"
+        )
 
     t = time.perf_counter()
     shape = ref_map.data.shape
@@ -264,13 +351,28 @@ def _run(paths, ref_path, ref_map, ref_contour, ref_est, contours, config_dict, 
             log.info("component %d: %.1f%% of the variance", k, 100 * share)
         timings["components"] = time.perf_counter() - t
     write_text(out("alignments.tsv"), alignments_tsv(records))
-    params = {"reference": ref_path, "reference_contour": ref_contour, "reference_contour_estimated": ref_est,
-              "maps": paths, "keep_all": keep_all, "components": components, "config": config_dict,
-              "scale_method": DEFAULT_SCALE_METHOD, "variance": "population (ddof 0), float64 Welford, input order",
-              "outlier_rule": {"score_floor": SCORE_FLOOR, "mads": OUTLIER_MADS, "min_gap": OUTLIER_MIN_GAP}}
+    params = {
+        "reference": ref_path,
+        "reference_contour": ref_contour,
+        "reference_contour_estimated": ref_est,
+        "maps": paths,
+        "keep_all": keep_all,
+        "components": components,
+        "config": config_dict,
+        "scale_method": DEFAULT_SCALE_METHOD,
+        "variance": "population (ddof 0), float64 Welford, input order",
+        "outlier_rule": {"score_floor": SCORE_FLOOR, "mads": OUTLIER_MADS, "min_gap": OUTLIER_MIN_GAP},
+    }
     timings["total"] = time.perf_counter() - t0
-    result = VarianceResult(mean=mean_map, variance=var_map, records=records, components=comps, files=files,
-                            params=params, timings_s=timings)
+    result = VarianceResult(
+        mean=mean_map,
+        variance=var_map,
+        records=records,
+        components=comps,
+        files=files,
+        params=params,
+        timings_s=timings,
+    )
     write_text(out("variance.json"), json.dumps(result.to_json(), indent=1) + "\n")
     images = pictures.variance_slices(var_map, out("variance_slices.png"), mean=mean_map, contour=ref_contour)
     write_report(out("report.html"), "cryoalign variance", variance_sections(result, images))
@@ -299,14 +401,22 @@ def align_to_reference(item) -> dict:
     scaled = scale.apply(moved.data)
     union = (moved.data > level) | (ref.data > ref_contour)
     score = result.score.correlation if result.score.correlation is not None else result.score.value
-    record = {"map": map_path, "key": key, "contour": level, "contour_estimated": estimated,
-              "matrix": np.asarray(result.T_target_source).tolist(), "score": float(score),
-              "correlation_with_reference": masked_correlation(scaled, ref.data, union),
-              "scale": scale.as_dict(), "seconds": 0.0}
+    record = {
+        "map": map_path,
+        "key": key,
+        "contour": level,
+        "contour_estimated": estimated,
+        "matrix": np.asarray(result.T_target_source).tolist(),
+        "score": float(score),
+        "correlation_with_reference": masked_correlation(scaled, ref.data, union),
+        "scale": scale.as_dict(),
+        "seconds": 0.0,
+    }
     atomic_write(os.path.join(work, f"{key}.npy"), lambda tmp: np.save(tmp, scaled), journal=False)
     record["seconds"] = time.perf_counter() - t0
-    atomic_write(os.path.join(work, f"{key}.json"), lambda tmp: _write_bytes(tmp, json.dumps(record).encode()),
-                 journal=False)
+    atomic_write(
+        os.path.join(work, f"{key}.json"), lambda tmp: _write_bytes(tmp, json.dumps(record).encode()), journal=False
+    )
     return record
 
 
@@ -318,8 +428,10 @@ def _write_bytes(path, data: bytes) -> None:
 def _as_path(m, what) -> str:
     if isinstance(m, (str, os.PathLike)):
         return os.fspath(m)
-    raise InputError(f"variance needs file paths (the {what} is read in worker processes), "
-                     f"got {type(m).__name__}; write the map first (cryoalign.write_map)")
+    raise InputError(
+        f"variance needs file paths (the {what} is read in worker processes), "
+        f"got {type(m).__name__}; write the map first (cryoalign.write_map)"
+    )
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -350,12 +462,12 @@ def welford(data_files, shape, *, union_level=None):
         if x_all.shape != tuple(shape):
             raise InputError(f"{path} has shape {x_all.shape}, expected {tuple(shape)}: delete the .work folder")
         for z in range(0, shape[0], SLAB):
-            x = np.asarray(x_all[z:z + SLAB], np.float64)
-            delta = x - mean[z:z + SLAB]
-            mean[z:z + SLAB] += delta / n
-            m2[z:z + SLAB] += delta * (x - mean[z:z + SLAB])
+            x = np.asarray(x_all[z : z + SLAB], np.float64)
+            delta = x - mean[z : z + SLAB]
+            mean[z : z + SLAB] += delta / n
+            m2[z : z + SLAB] += delta * (x - mean[z : z + SLAB])
             if union_level is not None:
-                union[z:z + SLAB] |= x > union_level
+                union[z : z + SLAB] |= x > union_level
         del x_all
     return mean, m2 / max(len(data_files), 1), union
 
@@ -377,10 +489,10 @@ def principal_components(data_files, mean, mask, count: int, *, memory_bytes: in
         for b0 in range(a0, n, block):
             B = A if b0 == a0 else np.stack([load(i) for i in range(b0, min(n, b0 + block))])
             g = A @ B.T
-            gram[a0:a0 + len(A), b0:b0 + len(B)] = g
-            gram[b0:b0 + len(B), a0:a0 + len(A)] = g.T
+            gram[a0 : a0 + len(A), b0 : b0 + len(B)] = g
+            gram[b0 : b0 + len(B), a0 : a0 + len(A)] = g.T
     values, vectors = np.linalg.eigh(gram)
-    order = np.argsort(values)[::-1][:min(count, n)]
+    order = np.argsort(values)[::-1][: min(count, n)]
     total = float(values.clip(min=0).sum()) or 1.0
     patterns = np.zeros((len(order), index.size))
     for i in range(n):
@@ -399,13 +511,24 @@ def principal_components(data_files, mean, mask, count: int, *, memory_bytes: in
 
 
 def alignments_tsv(records) -> str:
-    head = ["map", "contour", "contour_estimated"] + [f"m{r}{c}" for r in range(1, 4) for c in range(1, 5)] + \
-        ["score", "correlation_with_reference", "excluded", "reason"]
+    head = (
+        ["map", "contour", "contour_estimated"]
+        + [f"m{r}{c}" for r in range(1, 4) for c in range(1, 5)]
+        + ["score", "correlation_with_reference", "excluded", "reason"]
+    )
     lines = ["\t".join(head)]
     for r in records:
         m = np.asarray(r["matrix"])[:3].ravel()
-        lines.append("\t".join([r["map"], f"{r['contour']:.6g}", "yes" if r["contour_estimated"] else "no"]
-                               + [f"{v:.6f}" for v in m]
-                               + [f"{r['score']:.4f}", f"{r['correlation_with_reference']:.4f}",
-                                  "yes" if r["excluded"] else "no", r["reason"]]))
+        lines.append(
+            "\t".join(
+                [r["map"], f"{r['contour']:.6g}", "yes" if r["contour_estimated"] else "no"]
+                + [f"{v:.6f}" for v in m]
+                + [
+                    f"{r['score']:.4f}",
+                    f"{r['correlation_with_reference']:.4f}",
+                    "yes" if r["excluded"] else "no",
+                    r["reason"],
+                ]
+            )
+        )
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ Exit codes: 0 success, 2 bad input (one line naming the problem and the fix),
 One module per command (`cli/<command>.py`: `add_parser(sub, d)` and `run(args)`); what
 several share is in `cli/common.py`, the parameter -> flag vocabulary in `cryoalign.flags`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,12 +96,12 @@ def main(argv=None) -> int:
         from ..io import output_journal
 
         with output_journal(), warnings.catch_warnings(), np.errstate(all="ignore"), _PipeSafeStdout():
-            warnings.simplefilter("ignore", RuntimeWarning)   # numeric warnings never reach the terminal
+            warnings.simplefilter("ignore", RuntimeWarning)  # numeric warnings never reach the terminal
             return COMMANDS[args.command][1](args)
     except InputError as exc:
         print(f"cryoalign: error: {flagged(str(exc), args.command)}", file=sys.stderr)
         return EXIT_INPUT
-    except KeyboardInterrupt as exc:       # Ctrl-C, or SIGTERM (Terminated): pools stopped, partial outputs removed
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): pools stopped, partial outputs removed
         print(f"cryoalign: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}", file=sys.stderr)
         return 128 + (15 if isinstance(exc, Terminated) else 2)
     except Exception:  # a bug: show the traceback so it can be reported
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
         print("cryoalign: internal error (please report it with the traceback above)", file=sys.stderr)
         return EXIT_INTERNAL
     finally:
-        logging.getLogger("cryoalign").removeHandler(handler)     # main() may be called again (tests, scripts)
+        logging.getLogger("cryoalign").removeHandler(handler)  # main() may be called again (tests, scripts)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
             if signal.getsignal(signal.SIGINT) is _raise_terminated:
@@ -126,7 +127,7 @@ def run() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):      # a closed pipe (`cryoalign ... | head`) or stream
+        except (OSError, ValueError):  # a closed pipe (`cryoalign ... | head`) or stream
             pass
     logging.shutdown()
     os._exit(code)

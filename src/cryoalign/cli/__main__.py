@@ -1,4 +1,5 @@
 """`python -m cryoalign.cli` (as `python -m cryoalign`, but leaving through sys.exit)."""
+
 import sys
 
 from . import main

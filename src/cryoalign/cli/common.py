@@ -1,5 +1,6 @@
 """What several commands share: the shared options, logging, SIGTERM/SIGINT handling, a
 pipe-safe stdout, the rule that outputs never overwrite inputs, and the summary lines."""
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,11 @@ def add_seed(parser, d):
 
 
 def add_quiet(parser, still_printed=None):
-    parser.add_argument("--quiet", action="store_true", help="no progress messages" + (
-        f" (the {still_printed} is still printed)" if still_printed else ""))
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress messages" + (f" (the {still_printed} is still printed)" if still_printed else ""),
+    )
 
 
 def add_workers(parser):
@@ -31,21 +35,39 @@ def add_workers(parser):
 
 def add_alignment_options(parser, d, default_mode=None, part="SOURCE is a part of TARGET"):
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--local", dest="mode", action="store_const", const="local",
-                       help=f"{part} (local alignment)" + (" instead of the default whole-map alignment"
-                                                           if default_mode == "global" else ""))
-    group.add_argument("--global", dest="mode", action="store_const", const="global",
-                       help="whole-map alignment" + (" (default)" if default_mode == "global" else ""))
+    group.add_argument(
+        "--local",
+        dest="mode",
+        action="store_const",
+        const="local",
+        help=f"{part} (local alignment)"
+        + (" instead of the default whole-map alignment" if default_mode == "global" else ""),
+    )
+    group.add_argument(
+        "--global",
+        dest="mode",
+        action="store_const",
+        const="global",
+        help="whole-map alignment" + (" (default)" if default_mode == "global" else ""),
+    )
     parser.set_defaults(mode=default_mode)
-    parser.add_argument("--sampling", type=float, default=None,
-                        help="point-cloud sampling interval in Å (default: chosen from the source's size)")
+    parser.add_argument(
+        "--sampling",
+        type=float,
+        default=None,
+        help="point-cloud sampling interval in Å (default: chosen from the source's size)",
+    )
     add_seed(parser, d)
 
 
 def add_exhaustive(parser, d):
-    parser.add_argument("--exhaustive", choices=["auto", "always", "never"], default=d.exhaustive,
-                        help="exhaustive 6D scan (every rotation, translations by FFT) when a local or fit "
-                             "answer is weak (auto, default), always (also global), or never")
+    parser.add_argument(
+        "--exhaustive",
+        choices=["auto", "always", "never"],
+        default=d.exhaustive,
+        help="exhaustive 6D scan (every rotation, translations by FFT) when a local or fit "
+        "answer is weak (auto, default), always (also global), or never",
+    )
 
 
 def _alignment_config(args, **extra):
@@ -121,9 +143,9 @@ class _PipeSafeStdout:
     def _drop(self):
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self.stream.fileno())      # later flushes (and the exit's) go nowhere
+            os.dup2(devnull, self.stream.fileno())  # later flushes (and the exit's) go nowhere
             os.close(devnull)
-        except (OSError, ValueError, AttributeError):   # not a real file (tests capture stdout)
+        except (OSError, ValueError, AttributeError):  # not a real file (tests capture stdout)
             pass
 
     def __getattr__(self, name):
@@ -135,18 +157,18 @@ class Terminated(KeyboardInterrupt):
     kept, other partial outputs removed), exit code 143."""
 
 
-_HANDLER_PID = None     # the process that set the SIGTERM handler
+_HANDLER_PID = None  # the process that set the SIGTERM handler
 
 
 def _raise_terminated(signum, frame):
     from ..executor import defer
 
-    if os.getpid() != _HANDLER_PID:      # a forked worker inherited the handler: end as SIGTERM means
+    if os.getpid() != _HANDLER_PID:  # a forked worker inherited the handler: end as SIGTERM means
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return
     exc = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-    if not defer(exc):                   # while workers are forked: raised once they are
+    if not defer(exc):  # while workers are forked: raised once they are
         raise exc
 
 
@@ -160,7 +182,7 @@ def _catch_sigterm():
         return None
     _HANDLER_PID = os.getpid()
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _raise_terminated)      # Ctrl-C: KeyboardInterrupt, deferred the same way
+        signal.signal(signal.SIGINT, _raise_terminated)  # Ctrl-C: KeyboardInterrupt, deferred the same way
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
@@ -173,23 +195,28 @@ def _refuse_overwriting_inputs(outputs, inputs, folder=None):
     for out in outputs:
         hit = real_inputs.get(os.path.realpath(out))
         if hit:
-            raise InputError(f"output {out} is the input file {hit}; choose another output name "
-                             "(inputs are never overwritten)")
+            raise InputError(
+                f"output {out} is the input file {hit}; choose another output name (inputs are never overwritten)"
+            )
     if folder:
         inside = os.path.realpath(folder) + os.sep
         for real, given in real_inputs.items():
             if real.startswith(inside):
-                raise InputError(f"the input {given} is inside the output folder {folder}, which a run "
-                                 "replaces whole; choose another --out-dir")
+                raise InputError(
+                    f"the input {given} is inside the output folder {folder}, which a run "
+                    "replaces whole; choose another --out-dir"
+                )
 
 
 # ----------------------------------------------------------------------------- summary lines
 def _confidence_line(result, command: str) -> str:
     c = result.confidence
     e = c["evidence"]
-    return (f"confidence {c['verdict']} (score {result.score.value:.3f}, lead {100 * e['margin']:.0f}% over the "
-            f"next pose, overlap {e['overlap']:.2f}, score terms {'agree' if e['terms_agree'] else 'disagree'})"
-            + (f": {flagged(c['advice'], command)}" if c.get("advice") else ""))
+    return (
+        f"confidence {c['verdict']} (score {result.score.value:.3f}, lead {100 * e['margin']:.0f}% over the "
+        f"next pose, overlap {e['overlap']:.2f}, score terms {'agree' if e['terms_agree'] else 'disagree'})"
+        + (f": {flagged(c['advice'], command)}" if c.get("advice") else "")
+    )
 
 
 def _rotation_text(T) -> str:
@@ -205,8 +232,10 @@ def _rotation_text(T) -> str:
 def _score_line(s, mode) -> str:
     parts = []
     if s.correlation is not None:
-        head = (f"score {s.value:.3f} = map correlation {s.correlation:.3f} (after map refinement) x vector "
-                f"agreement {s.vector_agreement:.3f}")
+        head = (
+            f"score {s.value:.3f} = map correlation {s.correlation:.3f} (after map refinement) x vector "
+            f"agreement {s.vector_agreement:.3f}"
+        )
         parts.append(f"point similarity {s.similarity:.3f}")
         if s.local_correlation is not None:
             parts.append(f"local correlation {s.local_correlation:.3f}")

@@ -1,13 +1,17 @@
 """`cryoalign simulate`: the density map of a model (molmap style)."""
+
 from __future__ import annotations
 
 from .common import _refuse_overwriting_inputs, _split_chains, add_quiet
 
 
 def add_parser(sub, d) -> None:
-    s = sub.add_parser("simulate", help="density map of a model (molmap style)",
-                       description="One Gaussian per heavy atom (sigma = 0.225 x resolution, height = "
-                                   "atomic number), on a grid of resolution/3 Å.")
+    s = sub.add_parser(
+        "simulate",
+        help="density map of a model (molmap style)",
+        description="One Gaussian per heavy atom (sigma = 0.225 x resolution, height = "
+        "atomic number), on a grid of resolution/3 Å.",
+    )
     s.add_argument("model", help="PDB/mmCIF model")
     s.add_argument("--resolution", type=float, required=True, help="resolution in Å")
     s.add_argument("-o", "--output", required=True, help="map to write (.mrc, .map, .ccp4; add .gz to compress)")
@@ -29,7 +33,9 @@ def run(args) -> int:
     level = simulate.contour_for(density, simulate.model_mass_Da(st, chains=chains))
     io.write_map(density, args.output)
     nx, ny, nz = density.shape_xyz
-    print(f"wrote {args.output}: {nx}x{ny}x{nz} voxels of {density.voxel_size_A[0]:.3g} Å, "
-          f"resolution {args.resolution:g} Å; suggested contour {level:.5g} (encloses the model's "
-          "volume at 1.21 Å^3/Da)")
+    print(
+        f"wrote {args.output}: {nx}x{ny}x{nz} voxels of {density.voxel_size_A[0]:.3g} Å, "
+        f"resolution {args.resolution:g} Å; suggested contour {level:.5g} (encloses the model's "
+        "volume at 1.21 Å^3/Da)"
+    )
     return 0

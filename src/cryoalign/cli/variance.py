@@ -1,14 +1,18 @@
 """`cryoalign variance`: mean, variance and principal components over many aligned maps."""
+
 from __future__ import annotations
 
 from .common import _alignment_config, _refuse_overwriting_inputs, add_alignment_options, add_quiet, add_workers
 
 
 def add_parser(sub, d) -> None:
-    v = sub.add_parser("variance", help="mean, variance and principal components over many aligned maps",
-                       description="Align every MAP to REFERENCE, resample and scale it onto the reference's "
-                                   "grid, and accumulate the mean and variance (streaming, float64). "
-                                   "Interrupted runs continue where they stopped.")
+    v = sub.add_parser(
+        "variance",
+        help="mean, variance and principal components over many aligned maps",
+        description="Align every MAP to REFERENCE, resample and scale it onto the reference's "
+        "grid, and accumulate the mean and variance (streaming, float64). "
+        "Interrupted runs continue where they stopped.",
+    )
     v.add_argument("reference", help="reference map (its grid and frame are used)")
     v.add_argument("maps", nargs="+", help="the series of maps (at least two)")
     v.add_argument("--reference-contour", type=float, default=None, help="reference contour (estimated if omitted)")
@@ -28,10 +32,20 @@ def run(args) -> int:
     config = _alignment_config(args, jobs=1)
     contours = read_contour_table(args.contour_table) if args.contour_table else None
     _refuse_overwriting_inputs([], [args.reference, *args.maps, args.contour_table], folder=args.out_dir)
-    check_work_folder(args.out_dir, "--out-dir")   # a file, an unwritable place, someone else's files: refused
-    result = variance(args.reference, args.maps, contours=contours, reference_contour=args.reference_contour,
-                      out_dir=args.out_dir, jobs=args.jobs, scheduler=args.scheduler, keep_all=args.keep_all,
-                      components=args.components, config=config, progress=not args.quiet)
+    check_work_folder(args.out_dir, "--out-dir")  # a file, an unwritable place, someone else's files: refused
+    result = variance(
+        args.reference,
+        args.maps,
+        contours=contours,
+        reference_contour=args.reference_contour,
+        out_dir=args.out_dir,
+        jobs=args.jobs,
+        scheduler=args.scheduler,
+        keep_all=args.keep_all,
+        components=args.components,
+        config=config,
+        progress=not args.quiet,
+    )
 
     kept = [r for r in result.records if not r.get("excluded")]
     lines = [f"{len(kept)} of {len(result.records)} maps in the variance"]

@@ -73,7 +73,12 @@ confidence (confidence.assess) as every other candidate.
                rotation, position), so the result does not depend on their number.
                Memory: the target's three transforms (shared), plus one rotated part's
                cube and its four product spectra at a time per worker.
+
+Over 500 lines: the plan (step, box, budget), the rotation grid, the FFT scan and the peak
+refinement are one algorithm whose parts share the scan's state; split, they would pass it
+around.
 """
+
 from __future__ import annotations
 
 import logging
@@ -85,19 +90,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import maprefine
 from .. import transform as tf
 from ..config import AlignConfig
-from .prepare import PreparedMap
-from .rank import Hypothesis, distinct, rank
 from ..timing import Timer
 from ..types import DensityMap
+from . import maprefine
+from .prepare import PreparedMap
+from .rank import Hypothesis, distinct, rank
 
 log = logging.getLogger(__name__)
 
 
-def wanted(config: AlignConfig, verdict: str, volume_ratio: float | None = None,
-           radius_ratio: float | None = None) -> bool:
+def wanted(
+    config: AlignConfig, verdict: str, volume_ratio: float | None = None, radius_ratio: float | None = None
+) -> bool:
     """Whether the scan runs: always, or (auto) on a local answer called low whose source is
     smaller than the target (`volume_ratio`: source / target volume above contour; a source as
     large as the target is no part to place, and the scan would only cost time) and fits in it
@@ -111,16 +117,21 @@ def wanted(config: AlignConfig, verdict: str, volume_ratio: float | None = None,
     if volume_ratio is not None and volume_ratio >= 1.0:
         return False
     if radius_ratio is not None and radius_ratio > MAX_RADIUS_RATIO:
-        log.info("the answer is weak, but the source (radius %.2f x the target's) cannot lie inside the "
-                 "target: no exhaustive scan", radius_ratio)
+        log.info(
+            "the answer is weak, but the source (radius %.2f x the target's) cannot lie inside the "
+            "target: no exhaustive scan",
+            radius_ratio,
+        )
         return False
     return True
 
 
 def radius_ratio(src: PreparedMap, tgt: PreparedMap) -> float:
     """The source's radius about its centre (its farthest sample point) over the target's."""
+
     def radius(points):
         return float(np.sqrt(((points - points.mean(0)) ** 2).sum(1).max()))
+
     return radius(src.sample.points_A) / max(radius(tgt.cloud.points_A), 1e-6)
 
 
@@ -132,8 +143,8 @@ MAX_RADIUS_RATIO = 1.2
 # 4,000 random rotations), so a step is given, like PowerFit's --angle (Karney's sets), as
 # the covering radius
 SPACING_PER_COVERING = 1.22
-FOOTPRINT = 1.0       # template voxels at or above this x the source's contour are the part's footprint
-OVERLAP_POWER = 1.0   # the correlation is weighted by (share of the footprint over target density) ** this
+FOOTPRINT = 1.0  # template voxels at or above this x the source's contour are the part's footprint
+OVERLAP_POWER = 1.0  # the correlation is weighted by (share of the footprint over target density) ** this
 
 
 def rotation_grid(step_deg: float) -> np.ndarray:
@@ -144,7 +155,7 @@ def rotation_grid(step_deg: float) -> np.ndarray:
     from scipy.spatial.transform import Rotation
 
     step = math.radians(step_deg * SPACING_PER_COVERING)
-    n_dir = max(2, int(math.ceil(4.0 * math.pi / step ** 2)))
+    n_dir = max(2, int(math.ceil(4.0 * math.pi / step**2)))
     n_psi = max(1, int(math.ceil(2.0 * math.pi / step)))
     k = np.arange(n_dir) + 0.5
     theta = np.arccos(1.0 - 2.0 * k / n_dir)
@@ -168,18 +179,19 @@ def step_for(radius_A: float, resolution_A: float, config: AlignConfig) -> float
 @dataclass
 class _Scan:
     """What every worker needs (inherited by fork; nothing per rotation travels)."""
-    spectra: np.ndarray         # (3, ...) rfftn of the target, its square and its mask above contour (complex64)
-    shape: tuple                # the FFT box (z, y, x)
-    allowed: np.ndarray         # flat box positions where the part's centre may go (over the target's density box)
-    read_at: tuple              # per axis (z, y, x): the box indices holding the allowed centres' values (shifted by m)
-    floor2: float               # the local variance is taken at least this (no division by a flat region)
-    source: np.ndarray          # low-passed source on the coarse grid (z, y, x), float32
-    centre_index: np.ndarray    # the source's centre in that grid's (x, y, z) index units
-    offsets: np.ndarray         # (K, 3) template offsets in voxels (x, y, z), inside the radius
-    cube: tuple                 # the template's small box (z, y, x): 2m + 1 a side
-    cube_flat: np.ndarray       # the offsets' flat positions in it (offset o at index o + m)
-    footprint: float            # template voxels at or above this count as the part
-    rotations: np.ndarray       # (N, 3, 3)
+
+    spectra: np.ndarray  # (3, ...) rfftn of the target, its square and its mask above contour (complex64)
+    shape: tuple  # the FFT box (z, y, x)
+    allowed: np.ndarray  # flat box positions where the part's centre may go (over the target's density box)
+    read_at: tuple  # per axis (z, y, x): the box indices holding the allowed centres' values (shifted by m)
+    floor2: float  # the local variance is taken at least this (no division by a flat region)
+    source: np.ndarray  # low-passed source on the coarse grid (z, y, x), float32
+    centre_index: np.ndarray  # the source's centre in that grid's (x, y, z) index units
+    offsets: np.ndarray  # (K, 3) template offsets in voxels (x, y, z), inside the radius
+    cube: tuple  # the template's small box (z, y, x): 2m + 1 a side
+    cube_flat: np.ndarray  # the offsets' flat positions in it (offset o at index o + m)
+    footprint: float  # template voxels at or above this count as the part
+    rotations: np.ndarray  # (N, 3, 3)
     per_rotation: int
 
 
@@ -209,11 +221,11 @@ def _scan_rotation(i: int, sh: _Scan, cubes: np.ndarray) -> list[tuple[float, in
     LCC = sum_F t (T - mean_F T) / (|t| sqrt(n var_F T)), t centred and normalised on F;
     overlap = share of F over target voxels above contour; the four sums over F (t.T, T, T^2,
     mask) are correlations, computed by FFT."""
-    from scipy import fft, ndimage
+    from scipy import ndimage
 
     R = sh.rotations[i]
     # template value at offset o: the source at its centre + R^T o (a pose maps source x to R x + t)
-    idx = sh.centre_index + sh.offsets @ R          # rows: R^T o
+    idx = sh.centre_index + sh.offsets @ R  # rows: R^T o
     t = ndimage.map_coordinates(sh.source, idx[:, ::-1].T, order=1, mode="constant", cval=0.0)
     fp = t >= sh.footprint
     n = int(fp.sum())
@@ -233,17 +245,17 @@ def _scan_rotation(i: int, sh: _Scan, cubes: np.ndarray) -> list[tuple[float, in
     num, mean, mean2, inside = _correlations(products, sh)
     mean *= 1.0 / n
     mean2 *= 1.0 / n
-    mean2 -= mean * mean                            # the variance under the footprint
+    mean2 -= mean * mean  # the variance under the footprint
     np.maximum(mean2, sh.floor2, out=mean2)
     mean2 *= n
     score = num
     score /= np.sqrt(mean2, out=mean2)
     inside *= 1.0 / n
     np.clip(inside, 0.0, 1.0, out=inside)
-    score *= inside if OVERLAP_POWER == 1.0 else inside ** OVERLAP_POWER
+    score *= inside if OVERLAP_POWER == 1.0 else inside**OVERLAP_POWER
     want = sh.per_rotation
     a = sh.allowed
-    top = np.argpartition(score, -8 * want)[-8 * want:]
+    top = np.argpartition(score, -8 * want)[-8 * want :]
     top = top[np.argsort(-score[top], kind="stable")]
     zyx = np.stack(np.unravel_index(a[top], sh.shape), 1)
     out, kept = [], []
@@ -288,13 +300,14 @@ def _low_pass_resample(density: DensityMap, voxel_A: float, lo_A: np.ndarray, sh
     from scipy import ndimage
 
     # anti-aliasing only for the coarsening itself: a map already on the grid is not blurred
-    sigma = 0.5 * np.sqrt(np.maximum(voxel_A ** 2 - density.voxel_size_A[::-1] ** 2, 0.0)) / density.voxel_size_A[::-1]
+    sigma = 0.5 * np.sqrt(np.maximum(voxel_A**2 - density.voxel_size_A[::-1] ** 2, 0.0)) / density.voxel_size_A[::-1]
     data = np.asarray(density.data, dtype=np.float32)
     if sigma.max() > 0.05:
         data = ndimage.gaussian_filter(data, sigma=sigma, mode="constant")
     axes = [lo_A[a] + voxel_A * np.arange(shape_xyz[a]) for a in range(3)]
-    z, y, x = np.meshgrid(*[(axes[a] - density.origin_A[a]) / density.voxel_size_A[a] for a in (2, 1, 0)],
-                          indexing="ij")
+    z, y, x = np.meshgrid(
+        *[(axes[a] - density.origin_A[a]) / density.voxel_size_A[a] for a in (2, 1, 0)], indexing="ij"
+    )
     return ndimage.map_coordinates(data, [z, y, x], order=1, mode="constant", cval=0.0).astype(np.float32)
 
 
@@ -308,7 +321,7 @@ def _plan(src: PreparedMap, tgt: PreparedMap, config: AlignConfig, resolution_A:
     while True:
         m = int(math.ceil(radius / voxel)) + 1
         density_extent = np.ceil((t_hi - t_lo) / voxel).astype(int) + 1
-        extent = np.maximum(density_extent + m, 2 * m + 1)   # zeros after the density: see `setup`
+        extent = np.maximum(density_extent + m, 2 * m + 1)  # zeros after the density: see `setup`
         if extent.max() <= config.exhaustive_max_box:
             break
         voxel *= 1.1
@@ -334,9 +347,15 @@ def _within_budget(step_deg: float, extent, config: AlignConfig) -> tuple[float,
     while scan_work(step, extent) > budget and step < config.exhaustive_max_step_deg:
         step = min(step * 1.1, config.exhaustive_max_step_deg)
     if step != step_deg:
-        log.info("exhaustive scan: %s voxel-rotations at a %.1f° step exceed the budget of %s "
-                 "(exhaustive_max_work): step raised to %.1f° (%s)", f"{scan_work(step_deg, extent):,}",
-                 step_deg, f"{budget:,}", step, f"{scan_work(step, extent):,}")
+        log.info(
+            "exhaustive scan: %s voxel-rotations at a %.1f° step exceed the budget of %s "
+            "(exhaustive_max_work): step raised to %.1f° (%s)",
+            f"{scan_work(step_deg, extent):,}",
+            step_deg,
+            f"{budget:,}",
+            step,
+            f"{scan_work(step, extent):,}",
+        )
     return step, step != step_deg
 
 
@@ -346,16 +365,17 @@ def setup(src: PreparedMap, tgt: PreparedMap, config: AlignConfig) -> tuple[_Sca
     from scipy import fft
 
     assert tgt.density is not None and src.density is not None, "the scan needs both maps (PreparedMap.with_density)"
-    resolution = config.exhaustive_resolution_A or max(2.0 * float(tgt.density.voxel_size_A.max()),
-                                                       float(config.sampling_A or 0.0))
+    resolution = config.exhaustive_resolution_A or max(
+        2.0 * float(tgt.density.voxel_size_A.max()), float(config.sampling_A or 0.0)
+    )
     centre, radius, voxel, m, lo, extent, density_extent = _plan(src, tgt, config, resolution)
     step = step_for(radius, resolution, config)
     step, cut = _within_budget(step, extent, config)
     rotations = rotation_grid(step)
-    shape = tuple(int(fft.next_fast_len(int(e), real=True)) for e in extent[::-1])      # (z, y, x)
+    shape = tuple(int(fft.next_fast_len(int(e), real=True)) for e in extent[::-1])  # (z, y, x)
     target = np.zeros(shape, np.float32)
     t_part = _low_pass_resample(tgt.density, voxel, lo, density_extent)
-    target[:t_part.shape[0], :t_part.shape[1], :t_part.shape[2]] = t_part
+    target[: t_part.shape[0], : t_part.shape[1], : t_part.shape[2]] = t_part
     # the source on its own coarse grid around its centre
     s_shape = np.full(3, 2 * m + 3)
     s_lo = centre - (m + 1) * voxel
@@ -363,7 +383,7 @@ def setup(src: PreparedMap, tgt: PreparedMap, config: AlignConfig) -> tuple[_Sca
     centre_index = (centre - s_lo) / voxel
     g = np.arange(-m, m + 1)
     offsets = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3).astype(float)
-    offsets = offsets[(offsets ** 2).sum(1) <= (radius / voxel + 0.5) ** 2]
+    offsets = offsets[(offsets**2).sum(1) <= (radius / voxel + 0.5) ** 2]
     o = offsets.astype(int) + m
     cube = (2 * m + 1,) * 3
     cube_flat = np.ravel_multi_index((o[:, 2], o[:, 1], o[:, 0]), cube)
@@ -373,19 +393,30 @@ def setup(src: PreparedMap, tgt: PreparedMap, config: AlignConfig) -> tuple[_Sca
     # centre in the density box never wraps the part onto density (linear correlation with
     # the padding on one side only: offsets below zero wrap into the zeros at the far end)
     allowed = np.zeros(shape, bool)
-    allowed[:t_part.shape[0], :t_part.shape[1], :t_part.shape[2]] = True
+    allowed[: t_part.shape[0], : t_part.shape[1], : t_part.shape[2]] = True
     allowed = np.flatnonzero(allowed)
     read_at = tuple((np.arange(e) - m) % n for e, n in zip(t_part.shape, shape))
     inside = t_part[t_part >= tgt.contour]
     floor = 0.25 * float(inside.std()) if len(inside) > 1 else 0.0
-    spectra = fft.rfftn(np.stack([target, target * target, (target >= tgt.contour).astype(np.float32)]),
-                        axes=(1, 2, 3))
-    shared = _Scan(spectra=spectra, shape=shape, allowed=allowed, read_at=read_at,
-                   floor2=max(floor * floor, 1e-12), source=source, centre_index=centre_index,
-                   offsets=offsets, cube=cube, cube_flat=cube_flat, footprint=footprint, rotations=rotations,
-                   per_rotation=config.exhaustive_per_rotation)
-    plan = dict(centre=centre, radius=radius, voxel=voxel, lo=lo, step=step, resolution=resolution, shape=shape,
-                budget_cut=cut)
+    spectra = fft.rfftn(np.stack([target, target * target, (target >= tgt.contour).astype(np.float32)]), axes=(1, 2, 3))
+    shared = _Scan(
+        spectra=spectra,
+        shape=shape,
+        allowed=allowed,
+        read_at=read_at,
+        floor2=max(floor * floor, 1e-12),
+        source=source,
+        centre_index=centre_index,
+        offsets=offsets,
+        cube=cube,
+        cube_flat=cube_flat,
+        footprint=footprint,
+        rotations=rotations,
+        per_rotation=config.exhaustive_per_rotation,
+    )
+    plan = dict(
+        centre=centre, radius=radius, voxel=voxel, lo=lo, step=step, resolution=resolution, shape=shape, budget_cut=cut
+    )
     return shared, plan
 
 
@@ -397,12 +428,21 @@ def scan(src: PreparedMap, tgt: PreparedMap, config: AlignConfig) -> tuple[list[
     t0 = time.perf_counter()
     shared, plan = setup(src, tgt, config)
     rotations, shape = shared.rotations, shared.shape
-    centre, radius, voxel, lo, step, resolution = (plan[k] for k in ("centre", "radius", "voxel", "lo", "step",
-                                                                     "resolution"))
+    centre, radius, voxel, lo, step, resolution = (
+        plan[k] for k in ("centre", "radius", "voxel", "lo", "step", "resolution")
+    )
     jobs = max(1, min(resolve_jobs(config.jobs), len(rotations)))
-    log.info("exhaustive scan: %d rotations (step %.1f°, part radius %.0f Å, resolution %.1f Å), "
-             "box %s of %.2f Å voxels, %d job(s)", len(rotations), step, radius, resolution,
-             "x".join(map(str, shape[::-1])), voxel, jobs)
+    log.info(
+        "exhaustive scan: %d rotations (step %.1f°, part radius %.0f Å, resolution %.1f Å), "
+        "box %s of %.2f Å voxels, %d job(s)",
+        len(rotations),
+        step,
+        radius,
+        resolution,
+        "x".join(map(str, shape[::-1])),
+        voxel,
+        jobs,
+    )
     peaks = _run(shared, len(rotations), jobs)
     peaks.sort(key=lambda p: (-p[0], p[1], p[2]))
     scan_s = time.perf_counter() - t0
@@ -413,31 +453,56 @@ def scan(src: PreparedMap, tgt: PreparedMap, config: AlignConfig) -> tuple[list[
         where = lo + voxel * zyx[::-1]
         return tf.make(R, where - R @ centre)
 
-    found = _distinct_peaks(peaks, rotations, shape, lo, voxel, centre, max(config.same_pose_A, 2.0 * voxel),
-                            max(config.same_pose_deg, 1.5 * step), config.exhaustive_candidates)
+    found = _distinct_peaks(
+        peaks,
+        rotations,
+        shape,
+        lo,
+        voxel,
+        centre,
+        max(config.same_pose_A, 2.0 * voxel),
+        max(config.same_pose_deg, 1.5 * step),
+        config.exhaustive_candidates,
+    )
     assert tgt.density is not None, "the scan needs the target's map (PreparedMap.with_density)"
     sample = src.sample.thinned(config.wide_sample_points)
     # the coarse score is a filter: the best distinct peaks by it, and the best by the ranking's
     # correlation on the maps themselves at the coarse pose, are refined on the maps
-    again = sorted(((maprefine.correlation(sample, tgt.density, pose(p)), n) for n, p in enumerate(found)),
-                   key=lambda r: (-r[0], r[1]))
-    chosen = sorted(set(range(min(len(found), config.exhaustive_peaks)))
-                    | {n for _, n in again[:config.exhaustive_rescored]})
+    again = sorted(
+        ((maprefine.correlation(sample, tgt.density, pose(p)), n) for n, p in enumerate(found)),
+        key=lambda r: (-r[0], r[1]),
+    )
+    chosen = sorted(
+        set(range(min(len(found), config.exhaustive_peaks))) | {n for _, n in again[: config.exhaustive_rescored]}
+    )
     # on the map itself (a blurred target pulls elongated parts off their site), in the workers
     fits = _refine_all(sample, tgt.density, [pose(found[n]) for n in chosen], jobs)
     refined = [(c, n, T) for n, (c, T) in zip(chosen, fits)]
     refined.sort(key=lambda r: (-r[0], r[1]))
     kept = distinct(refined, src.centre_A, config, pose=lambda r: r[2], limit=config.exhaustive_keep)
-    hyps = [Hypothesis(T_target_source=T, found_by=f"exhaustive {k + 1}", key=(2000 + k,))
-            for k, (_, _, T) in enumerate(kept)]
-    stats = {"ran": True, "rotations": int(len(rotations)), "step_deg": round(step, 3),
-             "budget_cut": bool(plan["budget_cut"]),
-             "voxel_A": round(voxel, 3), "box": [int(s) for s in shape[::-1]],
-             "resolution_A": round(float(resolution), 3), "part_radius_A": round(radius, 2), "jobs": jobs,
-             "distinct_peaks": len(found), "refined": len(chosen), "kept": len(hyps), "scan_s": round(scan_s, 3),
-             "score": "local correlation over the footprint x overlap"}
-    log.info("exhaustive scan: %d distinct peaks, %d refined placements kept (scan %.1f s)",
-             len(found), len(hyps), scan_s)
+    hyps = [
+        Hypothesis(T_target_source=T, found_by=f"exhaustive {k + 1}", key=(2000 + k,))
+        for k, (_, _, T) in enumerate(kept)
+    ]
+    stats = {
+        "ran": True,
+        "rotations": int(len(rotations)),
+        "step_deg": round(step, 3),
+        "budget_cut": bool(plan["budget_cut"]),
+        "voxel_A": round(voxel, 3),
+        "box": [int(s) for s in shape[::-1]],
+        "resolution_A": round(float(resolution), 3),
+        "part_radius_A": round(radius, 2),
+        "jobs": jobs,
+        "distinct_peaks": len(found),
+        "refined": len(chosen),
+        "kept": len(hyps),
+        "scan_s": round(scan_s, 3),
+        "score": "local correlation over the footprint x overlap",
+    }
+    log.info(
+        "exhaustive scan: %d distinct peaks, %d refined placements kept (scan %.1f s)", len(found), len(hyps), scan_s
+    )
     return hyps, stats
 
 
@@ -497,16 +562,17 @@ def _refine_all(sample, target, poses, jobs):
     from ..executor import _stop_pool
 
     method = "fork" if "fork" in mp.get_all_start_methods() else None
-    chunks = [poses[s::jobs * 2] for s in range(jobs * 2)]
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context(method), initializer=_init_refine,
-                               initargs=((sample, target),))
+    chunks = [poses[s :: jobs * 2] for s in range(jobs * 2)]
+    pool = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=mp.get_context(method), initializer=_init_refine, initargs=((sample, target),)
+    )
     try:
         parts = list(pool.map(_refine_chunk, chunks))
     finally:
         _stop_pool(pool)
     out = [None] * len(poses)
     for s, part in enumerate(parts):
-        out[s::jobs * 2] = part
+        out[s :: jobs * 2] = part
     return out
 
 
@@ -530,8 +596,9 @@ def _run(shared: _Scan, n: int, jobs: int) -> list:
         from ..executor import _stop_pool
 
         method = "fork" if "fork" in mp.get_all_start_methods() else None
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context(method), initializer=_init_worker,
-                                   initargs=(shared,))
+        pool = ProcessPoolExecutor(
+            max_workers=jobs, mp_context=mp.get_context(method), initializer=_init_worker, initargs=(shared,)
+        )
         try:
             for c, part in zip(chunks, pool.map(_scan_chunk, chunks)):
                 out.extend(part)
@@ -550,21 +617,33 @@ def _bar(total: int):
     return tqdm(total=total, desc="exhaustive scan", unit="rot", disable=quiet, leave=False)
 
 
-def widen(src: PreparedMap, tgt: PreparedMap, candidates: list, config: AlignConfig,
-          timer: Timer) -> tuple[list, dict]:
+def widen(src: PreparedMap, tgt: PreparedMap, candidates: list, config: AlignConfig, timer: Timer) -> tuple[list, dict]:
     """Candidates with the exhaustive scan's placements ranked in (rank.rank) and merged."""
     if tgt.density is None or src.density is None:
         return candidates, {"ran": False, "reason": "no map at hand"}
     t0 = time.perf_counter()
     with timer.stage("exhaustive scan"):
         hyps, stats = scan(src, tgt, config)
-        more = rank(src, tgt, hyps, config.replace(map_refine_max=max(config.map_refine_max, len(hyps))),
-                    with_js=config.mode == "global", timer=Timer()) if hyps else []
+        more = (
+            rank(
+                src,
+                tgt,
+                hyps,
+                config.replace(map_refine_max=max(config.map_refine_max, len(hyps))),
+                with_js=config.mode == "global",
+                timer=Timer(),
+            )
+            if hyps
+            else []
+        )
     merged = sorted(list(candidates) + more, key=lambda c: -c.score.value)
     merged = distinct(merged, src.centre_A, config, limit=config.top)
     won = bool(merged) and merged[0].found_by.startswith("exhaustive")
     if won and candidates:
-        log.info("the exhaustive scan found a better pose (score %.3f, was %.3f)", merged[0].score.value,
-                 candidates[0].score.value)
+        log.info(
+            "the exhaustive scan found a better pose (score %.3f, was %.3f)",
+            merged[0].score.value,
+            candidates[0].score.value,
+        )
     stats.update(answer_from_exhaustive=won, time_s=round(time.perf_counter() - t0, 3))
     return merged, stats

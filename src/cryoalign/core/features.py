@@ -11,6 +11,7 @@ The sampled points lie on a lattice, so a key point's neighbours are found by
 scanning the lattice cells of its support cube (no tree); the per-neighbour
 loop is compiled with numba.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,7 @@ from numba import njit
 from ..types import Features, PointCloud
 
 N_AZIMUTH, N_ELEVATION, N_RADIAL, N_COS = 8, 2, 2, 11
-DESCRIPTOR_SIZE = N_AZIMUTH * N_ELEVATION * N_RADIAL * N_COS   # 352
+DESCRIPTOR_SIZE = N_AZIMUTH * N_ELEVATION * N_RADIAL * N_COS  # 352
 MIN_NEIGHBOURS = 5
 
 
@@ -113,8 +114,7 @@ def _describe_kernel(keypoints, points, vectors, volume, origin, h, radius, min_
             xa = -xa
         if vz < 0:
             za = -za
-        ya = np.array([za[1] * xa[2] - za[2] * xa[1], za[2] * xa[0] - za[0] * xa[2],
-                       za[0] * xa[1] - za[1] * xa[0]])
+        ya = np.array([za[1] * xa[2] - za[2] * xa[1], za[2] * xa[0] - za[0] * xa[2], za[0] * xa[1] - za[1] * xa[0]])
         for q in range(cnt):
             p = nbr[q]
             dx = points[p, 0] - kp[0]
@@ -151,8 +151,18 @@ def describe(keypoints_A: np.ndarray, cloud: PointCloud, radius_A: float) -> Fea
         return Features(keypoints_A, out)
     volume, origin, h = lattice_index(cloud)
     valid = np.zeros(K, np.bool_)
-    _describe_kernel(keypoints_A, np.ascontiguousarray(cloud.points_A), np.ascontiguousarray(cloud.vectors),
-                     volume, origin, float(h), float(radius_A), MIN_NEIGHBOURS, out, valid)
+    _describe_kernel(
+        keypoints_A,
+        np.ascontiguousarray(cloud.points_A),
+        np.ascontiguousarray(cloud.vectors),
+        volume,
+        origin,
+        float(h),
+        float(radius_A),
+        MIN_NEIGHBOURS,
+        out,
+        valid,
+    )
     norm = np.linalg.norm(out, axis=1)
     valid &= norm > 0
     return Features(keypoints_A[valid], out[valid] / norm[valid, None])

@@ -14,6 +14,7 @@ lie along the backbone.  All points move together (vectorised); converged
 points that lie within `merge_eps_A` of each other (single linkage, DBSCAN with
 min_samples = 1) become one key point at their mean.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,7 @@ import numpy as np
 from .pointcloud import SmoothField
 
 
-def mean_shift(field: SmoothField, start_A: np.ndarray, *, max_iter: int = 300,
-               tol_A: float = 1e-3) -> np.ndarray:
+def mean_shift(field: SmoothField, start_A: np.ndarray, *, max_iter: int = 300, tol_A: float = 1e-3) -> np.ndarray:
     """Run mean shift from (N, 3) start points to convergence; returns (N, 3) modes."""
     y = np.array(start_A, float)
     active = np.arange(len(y))
@@ -32,7 +32,7 @@ def mean_shift(field: SmoothField, start_A: np.ndarray, *, max_iter: int = 300,
             break
         step, g = field.shift(y[active])
         n = np.linalg.norm(step, axis=1)
-        big = n > step_cap                       # interpolation far from mass: cap the stride
+        big = n > step_cap  # interpolation far from mass: cap the stride
         step[big] *= (step_cap / n[big])[:, None]
         y[active] += step
         keep = (n > tol_A) & (g > 0)

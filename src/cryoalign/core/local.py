@@ -24,6 +24,7 @@ Masks run in worker processes; each mask's work depends only on its index, so
 the results do not depend on how many run.  All parameters come from the
 configuration (`mask_*`, `min_mask_*`, `descriptor_top_k`, `local_refine_min`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,16 +34,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import register, score
-from .match import nearest_tables
 from ..config import AlignConfig
 from ..executor import resolve_jobs
-from .prepare import PreparedMap
-from .rank import Hypothesis, distinct, subsample
 from ..timing import Timer
 from ..types import Features, Matches, PointCloud
+from . import register, score
+from .match import nearest_tables
+from .prepare import PreparedMap
+from .rank import Hypothesis, distinct, subsample
 
 log = logging.getLogger(__name__)
+
 
 def source_diameter(points_A: np.ndarray, max_points: int = 3000) -> float:
     """Largest distance between two of the source's points (on a subsample)."""
@@ -53,7 +55,7 @@ def source_diameter(points_A: np.ndarray, max_points: int = 3000) -> float:
     # two sweeps give a good lower bound; finish with the exact value on the subsample in blocks
     best = float(np.linalg.norm(far2 - far))
     for s in range(0, len(pts), 1024):
-        d2 = ((pts[s:s + 1024, None, :] - pts[None, :, :]) ** 2).sum(2)
+        d2 = ((pts[s : s + 1024, None, :] - pts[None, :, :]) ** 2).sum(2)
         best = max(best, float(np.sqrt(d2.max())))
     return best
 
@@ -62,7 +64,7 @@ def mask_centres(target_points_A: np.ndarray, radius_A: float, step_A: float) ->
     """Centres of a cubic grid (spacing step) covering the target points' bounding box."""
     lo, hi = target_points_A.min(0), target_points_A.max(0)
     n = np.maximum(1, np.ceil((hi - lo) / step_A).astype(int) + 1)
-    start = (lo + hi) / 2.0 - (n - 1) * step_A / 2.0     # grid centred on the box
+    start = (lo + hi) / 2.0 - (n - 1) * step_A / 2.0  # grid centred on the box
     axes = [start[a] + step_A * np.arange(n[a]) for a in range(3)]
     return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
 
@@ -71,9 +73,9 @@ def mask_centres(target_points_A: np.ndarray, radius_A: float, step_A: float) ->
 class MaskPlan:
     radius_A: float
     step_A: float
-    centres_A: np.ndarray        # (M, 3) kept masks
-    keypoint_index: list         # per kept mask: indices of target key points inside it
-    considered: int              # masks on the grid before skipping
+    centres_A: np.ndarray  # (M, 3) kept masks
+    keypoint_index: list  # per kept mask: indices of target key points inside it
+    considered: int  # masks on the grid before skipping
 
 
 def plan_masks(src: PreparedMap, tgt: PreparedMap, config: AlignConfig) -> MaskPlan:
@@ -95,24 +97,30 @@ def plan_masks(src: PreparedMap, tgt: PreparedMap, config: AlignConfig) -> MaskP
         if len(idx) > config.min_mask_keypoints:
             kept_c.append(c)
             kept_i.append(idx)
-    return MaskPlan(radius_A=radius, step_A=step, centres_A=np.array(kept_c).reshape(-1, 3),
-                    keypoint_index=kept_i, considered=len(centres))
+    return MaskPlan(
+        radius_A=radius,
+        step_A=step,
+        centres_A=np.array(kept_c).reshape(-1, 3),
+        keypoint_index=kept_i,
+        considered=len(centres),
+    )
 
 
 @dataclass
 class _Shared:
     """Read-only inputs of every mask's search (inherited by worker processes)."""
+
     src_cloud: PointCloud
     src_features: Features
     tgt_cloud: PointCloud
     tgt_features: Features
-    tgt_tree: object                  # cKDTree of the target's points
-    top_index: np.ndarray             # (Ns, K) target descriptors by decreasing similarity
-    top_similarity: np.ndarray        # (Ns, K) their similarities
+    tgt_tree: object  # cKDTree of the target's points
+    top_index: np.ndarray  # (Ns, K) target descriptors by decreasing similarity
+    top_similarity: np.ndarray  # (Ns, K) their similarities
     best_source_of_target: np.ndarray  # (Nt,) argmax over source descriptors
     plan: MaskPlan
     config: AlignConfig
-    screen: np.ndarray                # indices of source points scoring each mask's poses
+    screen: np.ndarray  # indices of source points scoring each mask's poses
 
 
 _SHARED: _Shared | None = None
@@ -121,7 +129,7 @@ _SHARED: _Shared | None = None
 def _init_worker(shared: _Shared | None, parent_pid: int | None = None) -> None:
     global _SHARED
     _SHARED = shared
-    if parent_pid is not None:          # a worker process: it ends when the alignment's process does
+    if parent_pid is not None:  # a worker process: it ends when the alignment's process does
         from ..executor import die_with_parent
 
         die_with_parent(parent_pid)
@@ -138,9 +146,11 @@ def _mask_matches(sh: _Shared, k: int) -> Matches:
     j = sh.top_index[rows, first]
     best = sh.top_similarity[rows, first].astype(np.float32)
     missing = np.flatnonzero(~hit[rows, first])
-    if len(missing):      # none of the top K inside the mask: exact search over the mask
-        sim = sh.src_features.descriptors[missing].astype(np.float32) @ \
-            sh.tgt_features.descriptors[cols].astype(np.float32).T
+    if len(missing):  # none of the top K inside the mask: exact search over the mask
+        sim = (
+            sh.src_features.descriptors[missing].astype(np.float32)
+            @ sh.tgt_features.descriptors[cols].astype(np.float32).T
+        )
         jl = np.argmax(sim, axis=1)
         j[missing] = cols[jl]
         best[missing] = sim[np.arange(len(missing)), jl]
@@ -164,9 +174,14 @@ def _search_mask(k: int) -> list[tuple[float, int, int, np.ndarray]]:
     screen = PointCloud(c.points_A[sh.screen], c.vectors[sh.screen], c.density[sh.screen], c.spacing_A)
     out = []
     for h, pose in enumerate(register.coarse_poses(matches, sh.config.noise_A, count=sh.config.mask_hypotheses)):
-        agree = score.vector_agreement(screen, sh.tgt_cloud, pose.T_target_source,
-                                       cutoff_A=sh.config.score_pair_cutoff_A,
-                                       cos_min=sh.config.score_vector_cos, target_tree=sh.tgt_tree)[0]
+        agree = score.vector_agreement(
+            screen,
+            sh.tgt_cloud,
+            pose.T_target_source,
+            cutoff_A=sh.config.score_pair_cutoff_A,
+            cos_min=sh.config.score_vector_cos,
+            target_tree=sh.tgt_tree,
+        )[0]
         out.append((agree, k, h, pose.T_target_source))
     return out
 
@@ -178,22 +193,39 @@ def _search_chunk(ks) -> list:
     return out
 
 
-def coarse_hypotheses(src: PreparedMap, tgt: PreparedMap, config: AlignConfig,
-                      timer: Timer | None = None) -> tuple[list[Hypothesis], dict]:
+def coarse_hypotheses(
+    src: PreparedMap, tgt: PreparedMap, config: AlignConfig, timer: Timer | None = None
+) -> tuple[list[Hypothesis], dict]:
     """The best distinct coarse placements of `src` over all masks of `tgt` (at most
     max(local_refine_min, 2 x top)), best first, and the search statistics."""
     timer = timer or Timer()
     with timer.stage("mask plan"):
         plan = plan_masks(src, tgt, config)
-        log.info("local search: mask radius %.1f Å, step %.1f Å, %d of %d masks can hold the source",
-                 plan.radius_A, plan.step_A, len(plan.centres_A), plan.considered)
-        top_i, top_s, best_src = nearest_tables(src.features.descriptors, tgt.features.descriptors,
-                                                config.descriptor_top_k)
+        log.info(
+            "local search: mask radius %.1f Å, step %.1f Å, %d of %d masks can hold the source",
+            plan.radius_A,
+            plan.step_A,
+            len(plan.centres_A),
+            plan.considered,
+        )
+        top_i, top_s, best_src = nearest_tables(
+            src.features.descriptors, tgt.features.descriptors, config.descriptor_top_k
+        )
         n = len(src.cloud)
         screen = subsample(np.arange(n), config.mask_screen_points)
-        shared = _Shared(src_cloud=src.cloud, src_features=src.features, tgt_cloud=tgt.cloud,
-                         tgt_features=tgt.features, tgt_tree=tgt.tree, top_index=top_i, top_similarity=top_s,
-                         best_source_of_target=best_src, plan=plan, config=config, screen=screen)
+        shared = _Shared(
+            src_cloud=src.cloud,
+            src_features=src.features,
+            tgt_cloud=tgt.cloud,
+            tgt_features=tgt.features,
+            tgt_tree=tgt.tree,
+            top_index=top_i,
+            top_similarity=top_s,
+            best_source_of_target=best_src,
+            plan=plan,
+            config=config,
+            screen=screen,
+        )
     m = len(plan.centres_A)
     jobs = max(1, min(resolve_jobs(config.jobs), max(m, 1)))
     with timer.stage("mask search"):
@@ -202,12 +234,25 @@ def coarse_hypotheses(src: PreparedMap, tgt: PreparedMap, config: AlignConfig,
     count = max(config.local_refine_min, 2 * config.top)
     with timer.stage("distinct poses"):
         coarse = distinct(results, src.cloud.points_A[screen].mean(0), config, pose=lambda r: r[3], limit=count)
-    hypotheses = [Hypothesis(T_target_source=T, found_by=f"mask {k + 1} clique {h + 1}", key=(k, h),
-                             mask_centre_A=tuple(float(v) for v in plan.centres_A[k]))
-                  for _, k, h, T in coarse]
-    stats = dict(mask_radius_A=plan.radius_A, mask_step_A=plan.step_A, masks_considered=plan.considered,
-                 masks_searched=m, coarse_poses=len(results), distinct_coarse_poses_kept=len(coarse),
-                 refined_poses=len(hypotheses), jobs=jobs)
+    hypotheses = [
+        Hypothesis(
+            T_target_source=T,
+            found_by=f"mask {k + 1} clique {h + 1}",
+            key=(k, h),
+            mask_centre_A=tuple(float(v) for v in plan.centres_A[k]),
+        )
+        for _, k, h, T in coarse
+    ]
+    stats = dict(
+        mask_radius_A=plan.radius_A,
+        mask_step_A=plan.step_A,
+        masks_considered=plan.considered,
+        masks_searched=m,
+        coarse_poses=len(results),
+        distinct_coarse_poses_kept=len(coarse),
+        refined_poses=len(hypotheses),
+        jobs=jobs,
+    )
     return hypotheses, stats
 
 
@@ -228,10 +273,11 @@ def _run_masks(shared: _Shared, m: int, jobs: int) -> list:
     # interleaved chunks balance the load (neighbouring masks cost alike); order is restored below
     chunks = [list(range(s, m, jobs * 4)) for s in range(jobs * 4)]
     chunks = [c for c in chunks if c]
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context(method), initializer=_init_worker,
-                               initargs=(shared, os.getpid()))
+    pool = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=mp.get_context(method), initializer=_init_worker, initargs=(shared, os.getpid())
+    )
     try:
         parts = list(pool.map(_search_chunk, chunks))
     finally:
-        _stop_pool(pool)         # an interrupt ends the workers at once, not after their chunk
+        _stop_pool(pool)  # an interrupt ends the workers at once, not after their chunk
     return [r for part in parts for r in part]

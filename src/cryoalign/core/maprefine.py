@@ -16,6 +16,7 @@ by the source's radius of gyration so one unit means about one Å of motion;
 it is restarted from the new pose (where the small-angle gradient is exact)
 until the pose stops moving.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,13 +34,14 @@ except ImportError:  # pragma: no cover - numba is a dependency; keep working wi
     njit = None  # type: ignore[assignment]
 
 _SLAB = 32
-FTOL = 1e-7              # stop when the correlation improves by less than this (relative) ...
-GTOL = 1e-6              # ... or its gradient (per Å of motion) is this flat
+FTOL = 1e-7  # stop when the correlation improves by less than this (relative) ...
+GTOL = 1e-6  # ... or its gradient (per Å of motion) is this flat
 
 
 @dataclass(frozen=True, eq=False)
 class MapSample:
     """Source voxels above contour: world positions (N, 3) and values (N,), centred values."""
+
     points_A: np.ndarray
     values: np.ndarray
 
@@ -60,12 +62,12 @@ def sample_source(density: DensityMap, contour: float, max_points: int = AlignCo
     every k-th of them in storage order (an even spread, and deterministic)."""
     data = density.data
     slabs = range(0, data.shape[0], _SLAB)
-    counts = [int(np.count_nonzero(data[z:z + _SLAB] >= contour)) for z in slabs]   # no full-size mask
+    counts = [int(np.count_nonzero(data[z : z + _SLAB] >= contour)) for z in slabs]  # no full-size mask
     step = max(1, -(-sum(counts) // max_points))
     parts, seen = [], 0
     for z, n in zip(slabs, counts):
         if n:
-            idx = np.argwhere(data[z:z + _SLAB] >= contour)
+            idx = np.argwhere(data[z : z + _SLAB] >= contour)
             keep = idx[(seen + np.arange(n)) % step == 0]
             keep[:, 0] += z
             parts.append(keep)
@@ -114,6 +116,7 @@ def _interpolate_py(data, f):
 
 
 if njit is not None:
+
     @njit(cache=True, nogil=True)
     def _interpolate(data, f):  # pragma: no cover - compiled; same as _interpolate_py
         nz, ny, nx = data.shape
@@ -185,8 +188,9 @@ def _pearson(u, v) -> float:
     return float((uc * vc).sum() / den) if den > 0 else 0.0
 
 
-def correlation_terms(sample: MapSample, target: DensityMap, T: np.ndarray, target_contour: float,
-                      blocks: list, keep: float = 0.7) -> dict:
+def correlation_terms(
+    sample: MapSample, target: DensityMap, T: np.ndarray, target_contour: float, blocks: list, keep: float = 0.7
+) -> dict:
     """Overlap-robust companions of the correlation about the mean at pose T:
 
     local: the correlation inside each source block, averaged (weighted by points) over the
@@ -206,9 +210,11 @@ def correlation_terms(sample: MapSample, target: DensityMap, T: np.ndarray, targ
         num += c * take
         acc += take
     both = v >= target_contour
-    return {"local": num / acc if acc else 0.0,
-            "shared": _pearson(u[both], v[both]) if both.sum() >= 10 else 0.0,
-            "shared_fraction": float(both.mean())}
+    return {
+        "local": num / acc if acc else 0.0,
+        "shared": _pearson(u[both], v[both]) if both.sum() >= 10 else 0.0,
+        "shared_fraction": float(both.mean()),
+    }
 
 
 @dataclass(frozen=True)
@@ -219,8 +225,15 @@ class MapFit:
     evaluations: int
 
 
-def refine(sample: MapSample, target: DensityMap, T_init: np.ndarray, *, rounds: int = AlignConfig.map_rounds,
-           iterations: int = AlignConfig.map_iterations, tol_A: float = 0.01) -> MapFit:
+def refine(
+    sample: MapSample,
+    target: DensityMap,
+    T_init: np.ndarray,
+    *,
+    rounds: int = AlignConfig.map_rounds,
+    iterations: int = AlignConfig.map_iterations,
+    tol_A: float = 0.01,
+) -> MapFit:
     """Maximise the correlation about the mean over rigid motions, starting from T_init."""
     from scipy import optimize
 
@@ -249,27 +262,33 @@ def refine(sample: MapSample, target: DensityMap, T_init: np.ndarray, *, rounds:
             cam, vc, vn = _cam(u, u_norm, v)
             if vn == 0.0:
                 return 0.0, np.zeros(6)
-            dv = u / (u_norm * vn) - cam * vc / (vn * vn)       # d cam / d v_i
-            G = dv[:, None] * g                                  # d cam / d y_i
+            dv = u / (u_norm * vn) - cam * vc / (vn * vn)  # d cam / d v_i
+            G = dv[:, None] * g  # d cam / d y_i
             grad_t = G.sum(0)
             grad_w = np.cross(y - y.mean(0), G).sum(0) / lever  # small-angle rotation about the centroid
             return -cam, -np.concatenate([grad_w, grad_t])
 
-        res = optimize.minimize(f_and_grad, np.zeros(6), jac=True, method="L-BFGS-B",
-                                options={"maxiter": iterations, "gtol": GTOL, "ftol": FTOL})
+        res = optimize.minimize(
+            f_and_grad,
+            np.zeros(6),
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": iterations, "gtol": GTOL, "ftol": FTOL},
+        )
         x = res.x
         R = Rotation.from_rotvec(x[:3] / lever).as_matrix()
         step = tf.make(R, centre + x[3:] - R @ centre)
         if -res.fun < _cam(u, u_norm, _values(target, base))[0]:
-            break                                   # no gain: keep the current pose
+            break  # no gain: keep the current pose
         T = step @ T
         if np.abs(x).max() < tol_A:
             break
     after = _cam(u, u_norm, _values(target, tf.apply(T, sample.points_A)))[0]
     if after < before:
         T, after = np.array(T_init, float), before
-    return MapFit(T_target_source=T, correlation_before=float(before), correlation=float(after),
-                  evaluations=evaluations)
+    return MapFit(
+        T_target_source=T, correlation_before=float(before), correlation=float(after), evaluations=evaluations
+    )
 
 
 def _refine_coarse_to_fine(sample, target, T, kept, c: AlignConfig) -> MapFit:
@@ -281,21 +300,45 @@ def _refine_coarse_to_fine(sample, target, T, kept, c: AlignConfig) -> MapFit:
     if coarse.correlation < c.map_competitive * best:
         at_coarse = correlation(sample, target, coarse.T_target_source)
         if at_coarse < fine_before:
-            return MapFit(T_target_source=np.array(T, float), correlation_before=fine_before,
-                          correlation=fine_before, evaluations=coarse.evaluations)
-        return MapFit(T_target_source=coarse.T_target_source, correlation_before=fine_before, correlation=at_coarse,
-                      evaluations=coarse.evaluations)
+            return MapFit(
+                T_target_source=np.array(T, float),
+                correlation_before=fine_before,
+                correlation=fine_before,
+                evaluations=coarse.evaluations,
+            )
+        return MapFit(
+            T_target_source=coarse.T_target_source,
+            correlation_before=fine_before,
+            correlation=at_coarse,
+            evaluations=coarse.evaluations,
+        )
     fine = refine(sample, target, coarse.T_target_source, rounds=c.map_rounds, iterations=c.map_iterations)
     if fine.correlation < fine_before:
-        return MapFit(T_target_source=np.array(T, float), correlation_before=fine_before,
-                      correlation=fine_before, evaluations=coarse.evaluations + fine.evaluations)
-    return MapFit(T_target_source=fine.T_target_source, correlation_before=fine_before,
-                  correlation=fine.correlation, evaluations=coarse.evaluations + fine.evaluations)
+        return MapFit(
+            T_target_source=np.array(T, float),
+            correlation_before=fine_before,
+            correlation=fine_before,
+            evaluations=coarse.evaluations + fine.evaluations,
+        )
+    return MapFit(
+        T_target_source=fine.T_target_source,
+        correlation_before=fine_before,
+        correlation=fine.correlation,
+        evaluations=coarse.evaluations + fine.evaluations,
+    )
 
 
-def refine_distinct(poses, sample: MapSample, target: DensityMap, centre_A: np.ndarray, *, want: int,
-                    config: AlignConfig = AlignConfig(), refine_mask=None,
-                    max_refined: int | None = None) -> list[tuple[int, MapFit]]:
+def refine_distinct(
+    poses,
+    sample: MapSample,
+    target: DensityMap,
+    centre_A: np.ndarray,
+    *,
+    want: int,
+    config: AlignConfig = AlignConfig(),
+    refine_mask=None,
+    max_refined: int | None = None,
+) -> list[tuple[int, MapFit]]:
     """Refine `poses` (best first by the point score) one by one until `want` distinct
     results; a result that lands on an earlier one (same pose within the tolerances at
     `centre_A`: `config.same_pose_*`) is dropped, so near-identical optima never compete on noise.  Poses
@@ -308,9 +351,17 @@ def refine_distinct(poses, sample: MapSample, target: DensityMap, centre_A: np.n
     s = config
     kept = []
     for i, T in enumerate(poses):
-        if any(f.evaluations and tf.same_pose(T, f.T_target_source, centre_A,
-                                              max_shift_A=s.map_near_factor * s.same_pose_A,
-                                              max_angle_deg=s.map_near_factor * s.same_pose_deg) for _, f in kept):
+        if any(
+            f.evaluations
+            and tf.same_pose(
+                T,
+                f.T_target_source,
+                centre_A,
+                max_shift_A=s.map_near_factor * s.same_pose_A,
+                max_angle_deg=s.map_near_factor * s.same_pose_deg,
+            )
+            for _, f in kept
+        ):
             continue
         refined = len([f for _, f in kept if f.evaluations])
         if (refine_mask is None or refine_mask[i]) and (max_refined is None or refined < max_refined):
@@ -318,8 +369,16 @@ def refine_distinct(poses, sample: MapSample, target: DensityMap, centre_A: np.n
         else:
             c = correlation(sample, target, T)
             fit = MapFit(T_target_source=np.array(T, float), correlation_before=c, correlation=c, evaluations=0)
-        if not any(tf.same_pose(fit.T_target_source, other.T_target_source, centre_A,
-                                max_shift_A=s.same_pose_A, max_angle_deg=s.same_pose_deg) for _, other in kept):
+        if not any(
+            tf.same_pose(
+                fit.T_target_source,
+                other.T_target_source,
+                centre_A,
+                max_shift_A=s.same_pose_A,
+                max_angle_deg=s.same_pose_deg,
+            )
+            for _, other in kept
+        ):
             kept.append((i, fit))
             if len(kept) >= want:
                 break

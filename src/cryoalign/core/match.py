@@ -1,4 +1,5 @@
 """Descriptors -> putative correspondences by mutual nearest neighbours."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +17,7 @@ def _knn(a: np.ndarray, b: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     sims = np.empty((len(a), k), np.float32)
     bt = np.ascontiguousarray(b.T, dtype=np.float32)
     for s in range(0, len(a), _BLOCK):
-        sim = a[s:s + _BLOCK].astype(np.float32) @ bt
+        sim = a[s : s + _BLOCK].astype(np.float32) @ bt
         if k == 1:
             part = np.argmax(sim, axis=1)[:, None]
         elif k < sim.shape[1]:
@@ -25,8 +26,8 @@ def _knn(a: np.ndarray, b: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             part = np.tile(np.arange(sim.shape[1]), (len(sim), 1))
         psim = np.take_along_axis(sim, part, 1)
         order = np.argsort(-psim, axis=1, kind="stable")
-        idx[s:s + _BLOCK] = np.take_along_axis(part, order, 1)
-        sims[s:s + _BLOCK] = np.take_along_axis(psim, order, 1)
+        idx[s : s + _BLOCK] = np.take_along_axis(part, order, 1)
+        sims[s : s + _BLOCK] = np.take_along_axis(psim, order, 1)
     return np.sqrt(np.maximum(0.0, 2.0 - 2.0 * sims.astype(float))), idx
 
 
@@ -42,18 +43,18 @@ def nearest_tables(a: np.ndarray, b: np.ndarray, k: int):
     best_src = np.zeros(len(b), np.int64)
     best_val = np.full(len(b), -np.inf, np.float32)
     for s in range(0, len(a), _TABLE_BLOCK):
-        sim = a[s:s + _TABLE_BLOCK] @ b.T
+        sim = a[s : s + _TABLE_BLOCK] @ b.T
         if k == 1:
-            part = np.argmax(sim, axis=1)[:, None]            # first (lowest) column on ties
+            part = np.argmax(sim, axis=1)[:, None]  # first (lowest) column on ties
         elif k < sim.shape[1]:
             part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
         else:
             part = np.tile(np.arange(sim.shape[1]), (len(sim), 1))
         psim = np.take_along_axis(sim, part, 1)
         order = np.lexsort((part, -psim), axis=1)
-        top_i[s:s + _TABLE_BLOCK] = np.take_along_axis(part, order, 1)
-        top_s[s:s + _TABLE_BLOCK] = np.take_along_axis(psim, order, 1)
-        col = np.argmax(sim, axis=0)                      # first (lowest) row on ties
+        top_i[s : s + _TABLE_BLOCK] = np.take_along_axis(part, order, 1)
+        top_s[s : s + _TABLE_BLOCK] = np.take_along_axis(psim, order, 1)
+        col = np.argmax(sim, axis=0)  # first (lowest) row on ties
         val = sim[col, np.arange(sim.shape[1])]
         better = val > best_val
         best_src[better] = col[better] + s
@@ -69,7 +70,7 @@ def mutual_nearest(source: Features, target: Features, *, k: int = 1, min_matche
     if len(source) == 0 or len(target) == 0:
         return Matches(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0))
     ks, kt = min(k, len(target)), min(k, len(source))
-    if k == 1:       # both directions from one blocked product
+    if k == 1:  # both directions from one blocked product
         j_of_i, sims, best_source = nearest_tables(source.descriptors, target.descriptors, 1)
         d_st = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * sims.astype(float)))
         i_of_j = best_source[:, None]

@@ -8,6 +8,7 @@ So instead of a sum over a +-32 Å window for every point we smooth the map
 once (on a grid coarsened to at most 0.7 s, which the smoothing makes lossless
 in practice) and interpolate G and its gradient at the points.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,7 @@ from scipy import ndimage
 from ..errors import InputError
 from ..types import DensityMap, PointCloud
 
-KERNEL_TO_STD = 1.0 / math.sqrt(3.0)   # exp(-1.5 (p/sigma)^2) == exp(-p^2 / (2 (sigma/sqrt3)^2))
+KERNEL_TO_STD = 1.0 / math.sqrt(3.0)  # exp(-1.5 (p/sigma)^2) == exp(-p^2 / (2 (sigma/sqrt3)^2))
 MIN_POINTS = 20
 
 
@@ -50,11 +51,11 @@ class SmoothField:
         g = ndimage.map_coordinates(self.values, c, order=1, cval=0.0)
         d = np.stack([ndimage.map_coordinates(self.grad[i], c, order=1, cval=0.0) for i in range(3)], 1)
         safe = np.where(g > 1e-12, g, np.inf)
-        return d * (self.std_A ** 2 / safe)[:, None], g
+        return d * (self.std_A**2 / safe)[:, None], g
 
 
-MAX_LATTICE_POINTS = 5e7   # candidate lattice points over the density's bounding box (~1.2 GB)
-SLAB = 32   # z-sections per pass over a whole map (bounded temporaries for big maps)
+MAX_LATTICE_POINTS = 5e7  # candidate lattice points over the density's bounding box (~1.2 GB)
+SLAB = 32  # z-sections per pass over a whole map (bounded temporaries for big maps)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,9 +82,8 @@ class ContourRegion:
         d = self.density
         lo = np.maximum(self.lo - 1, 0)
         hi = np.minimum(self.hi + 1, d.data.shape)
-        data = np.asarray(d.data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
-        return DensityMap(data=data, voxel_size_A=d.voxel_size_A, origin_A=d.index_to_world(lo[::-1]),
-                          path=d.path)
+        data = np.asarray(d.data[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], dtype=np.float32)
+        return DensityMap(data=data, voxel_size_A=d.voxel_size_A, origin_A=d.index_to_world(lo[::-1]), path=d.path)
 
 
 def scan(density: DensityMap, contour: float, param: str = "contour", *, require: bool = True) -> ContourRegion:
@@ -95,7 +95,7 @@ def scan(density: DensityMap, contour: float, param: str = "contour", *, require
     count, minimum, maximum = 0, np.inf, -np.inf
     data = density.data
     for z0 in range(0, data.shape[0], SLAB):
-        slab = data[z0:z0 + SLAB]
+        slab = data[z0 : z0 + SLAB]
         minimum = min(minimum, float(slab.min()))
         maximum = max(maximum, float(slab.max()))
         above = slab >= contour
@@ -112,9 +112,11 @@ def scan(density: DensityMap, contour: float, param: str = "contour", *, require
     if count == 0 and require:
         raise InputError(
             f"no voxel of {density.path or 'the map'} reaches the contour level {contour:g} "
-            f"(map maximum {maximum:g}); pass a lower {param}, for example the EMDB recommended level")
-    return ContourRegion(density=density, contour=float(contour), lo=lo, hi=hi, count=count,
-                         minimum=minimum, maximum=maximum)
+            f"(map maximum {maximum:g}); pass a lower {param}, for example the EMDB recommended level"
+        )
+    return ContourRegion(
+        density=density, contour=float(contour), lo=lo, hi=hi, count=count, minimum=minimum, maximum=maximum
+    )
 
 
 def above_box(density: DensityMap, contour: float) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +131,7 @@ def thresholded(density: DensityMap, contour: float) -> tuple[np.ndarray, np.nda
     Returns (data [z, y, x] float32, origin_A of the crop).
     """
     lo, hi = above_box(density, contour)
-    crop = np.asarray(density.data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
+    crop = np.asarray(density.data[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], dtype=np.float32)
     data = np.where(crop >= contour, crop, np.float32(0.0)).astype(np.float32)
     origin = density.origin_A + lo[::-1] * density.voxel_size_A
     return data, origin
@@ -139,18 +141,19 @@ def smooth_field(density: DensityMap, contour: float, std_A: float, margin_std: 
     """Gaussian-smoothed thresholded density on a grid of spacing at most 0.7 std_A."""
     data, origin = thresholded(density, contour)
     vox = density.voxel_size_A
-    block = np.maximum(1, np.floor(0.7 * std_A / vox).astype(int))       # x, y, z
+    block = np.maximum(1, np.floor(0.7 * std_A / vox).astype(int))  # x, y, z
     if np.any(block > 1):
         data, origin = _block_mean(data, origin, vox, block)
     spacing = vox * block
-    pad = np.ceil(margin_std * std_A / spacing).astype(int)              # x, y, z
+    pad = np.ceil(margin_std * std_A / spacing).astype(int)  # x, y, z
     data = np.pad(data, [(pad[2], pad[2]), (pad[1], pad[1]), (pad[0], pad[0])])
     origin = origin - pad * spacing
     sig = std_A / spacing
     values = ndimage.gaussian_filter(data, sigma=sig[::-1], mode="constant", truncate=3.5)
-    grad = np.stack(np.gradient(values, *spacing[::-1]))[::-1]             # d/dx, d/dy, d/dz
-    return SmoothField(values=values, grad=np.ascontiguousarray(grad), spacing_A=spacing,
-                       origin_A=origin, std_A=float(std_A))
+    grad = np.stack(np.gradient(values, *spacing[::-1]))[::-1]  # d/dx, d/dy, d/dz
+    return SmoothField(
+        values=values, grad=np.ascontiguousarray(grad), spacing_A=spacing, origin_A=origin, std_A=float(std_A)
+    )
 
 
 def _block_mean(data, origin, vox, block):
@@ -174,10 +177,12 @@ def grid_points(density: DensityMap, contour: float, spacing_A: float) -> np.nda
     count = float(np.prod(np.maximum(last - first + 1, 0)))
     if count > MAX_LATTICE_POINTS:
         span = " x ".join(f"{v:.0f}" for v in hi_w - lo_w)
-        raise InputError(f"the density of {density.path or 'the map'} above contour {contour:g} spans {span} Å: "
-                         f"{count:.3g} lattice points at a {spacing_A:g} Å sampling interval (limit "
-                         f"{MAX_LATTICE_POINTS:.0e}); check the voxel size in the header, the contour, or "
-                         "use a larger sampling_A")
+        raise InputError(
+            f"the density of {density.path or 'the map'} above contour {contour:g} spans {span} Å: "
+            f"{count:.3g} lattice points at a {spacing_A:g} Å sampling interval (limit "
+            f"{MAX_LATTICE_POINTS:.0e}); check the voxel size in the header, the contour, or "
+            "use a larger sampling_A"
+        )
     axes = [density.origin_A[i] + spacing_A * np.arange(first[i], last[i] + 1) for i in range(3)]
     gz, gy, gx = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
     pts = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], 1)
@@ -186,15 +191,17 @@ def grid_points(density: DensityMap, contour: float, spacing_A: float) -> np.nda
     return pts[val >= contour]
 
 
-def sample_points(density: DensityMap, contour: float, spacing_A: float, vector_sigma_A: float,
-                  field: SmoothField | None = None) -> PointCloud:
+def sample_points(
+    density: DensityMap, contour: float, spacing_A: float, vector_sigma_A: float, field: SmoothField | None = None
+) -> PointCloud:
     """Stage 1: points on a `spacing_A` lattice above `contour` with unit density vectors."""
     pts = grid_points(density, contour, spacing_A)
     if len(pts) < MIN_POINTS:
         raise InputError(
             f"only {len(pts)} points of {density.path or 'the map'} lie above contour {contour:g} at a "
             f"{spacing_A:g} Å sampling interval (at least {MIN_POINTS} are needed); lower the contour "
-            f"or use a smaller sampling_A")
+            f"or use a smaller sampling_A"
+        )
     if field is None:
         field = smooth_field(density, contour, vector_sigma_A * KERNEL_TO_STD)
     shift, g = field.shift(pts)
@@ -204,13 +211,13 @@ def sample_points(density: DensityMap, contour: float, spacing_A: float, vector_
 
 
 # Contour estimation (measured: README "Estimated contours"); see estimate_contour.
-CONTOUR_NOISE_K = 3.0            # noisy maps: background + this x robust sigma ...
-PLATEAU_FRACTION = 0.6           # ... and at least this x the median density above the level (self-consistent)
-PLATEAU_SMOOTH_A = 1.5           # the plateau rule reads the map low-passed by a Gaussian of this sigma (Å)
-CONSTANT_SHARE = 0.05            # a value held exactly by this share of voxels is a masked/empty background
-TIGHT_MASK_RATIO = 1.45          # support (voxels above background) under this x the plateau volume: a segment
-IMPLAUSIBLE_BOX_SHARE = 0.5      # warn when the contour encloses more than this share of the box ...
-IMPLAUSIBLE_PLATEAU_RATIO = (0.5, 1.5)   # ... or a volume outside this range x the plateau volume
+CONTOUR_NOISE_K = 3.0  # noisy maps: background + this x robust sigma ...
+PLATEAU_FRACTION = 0.6  # ... and at least this x the median density above the level (self-consistent)
+PLATEAU_SMOOTH_A = 1.5  # the plateau rule reads the map low-passed by a Gaussian of this sigma (Å)
+CONSTANT_SHARE = 0.05  # a value held exactly by this share of voxels is a masked/empty background
+TIGHT_MASK_RATIO = 1.45  # support (voxels above background) under this x the plateau volume: a segment
+IMPLAUSIBLE_BOX_SHARE = 0.5  # warn when the contour encloses more than this share of the box ...
+IMPLAUSIBLE_PLATEAU_RATIO = (0.5, 1.5)  # ... or a volume outside this range x the plateau volume
 
 
 def _sample(values: np.ndarray, n: int = 4_000_000) -> np.ndarray:
@@ -246,7 +253,7 @@ def plateau_level(density: DensityMap, background: float, above: float | None = 
     pad = np.ceil(3 * sigma).astype(int) + 1
     lo = np.maximum([i[0] for i in idx] - pad, 0)
     hi = np.minimum([i[-1] + 1 for i in idx] + pad, data.shape)
-    crop = np.asarray(data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], np.float32) - np.float32(background)
+    crop = np.asarray(data[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], np.float32) - np.float32(background)
     smooth = ndimage.gaussian_filter(crop, sigma, mode="constant")
     v = _sample(smooth)
     v = v[v > 0]
@@ -323,11 +330,15 @@ def contour_warning(density: DensityMap, level: float, param: str = "contour") -
     data = density.data
     n = int(np.count_nonzero(data > level))
     voxel = float(np.prod(density.voxel_size_A))
-    what = (f"{param} {level:.4g} encloses {n * voxel:,.0f} Å^3 (about {n * voxel / 1.21 / 1000:,.0f} kDa "
-            "of protein at 1.21 Å^3/Da)")
+    what = (
+        f"{param} {level:.4g} encloses {n * voxel:,.0f} Å^3 (about {n * voxel / 1.21 / 1000:,.0f} kDa "
+        "of protein at 1.21 Å^3/Da)"
+    )
     if n > IMPLAUSIBLE_BOX_SHARE * data.size:
-        return (f"{what}, {100.0 * n / data.size:.0f}% of the box: background counted as molecule; "
-                f"pass {param} (e.g. the EMDB recommended level)")
+        return (
+            f"{what}, {100.0 * n / data.size:.0f}% of the box: background counted as molecule; "
+            f"pass {param} (e.g. the EMDB recommended level)"
+        )
     d = _sample(data)
     bg = constant_background(d)
     plateau = plateau_level(density, float(np.median(d)) if bg is None else bg)
@@ -336,6 +347,8 @@ def contour_warning(density: DensityMap, level: float, param: str = "contour") -
     m = int(np.count_nonzero(data > plateau))
     lo, hi = IMPLAUSIBLE_PLATEAU_RATIO
     if m and not lo <= n / m <= hi:
-        return (f"{what}, {n / m:.2f} x the molecule's volume by the plateau rule ({m * voxel:,.0f} Å^3 above "
-                f"{plateau:.4g}); pass {param} (e.g. the EMDB recommended level)")
+        return (
+            f"{what}, {n / m:.2f} x the molecule's volume by the plateau rule ({m * voxel:,.0f} Å^3 above "
+            f"{plateau:.4g}); pass {param} (e.g. the EMDB recommended level)"
+        )
     return None

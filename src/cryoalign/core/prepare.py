@@ -14,6 +14,7 @@ with other parameters is refused.  k-d trees are built once, when first used.
 The map itself is swept once (`pointcloud.scan`); every later step reads only the
 box around the density.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,12 +27,12 @@ from functools import cached_property
 
 import numpy as np
 
-from . import features, keypoints, maprefine, pointcloud
 from ..config import AlignConfig
 from ..errors import InputError
-from .pointcloud import ContourRegion
 from ..timing import Timer
 from ..types import DensityMap, Features, PointCloud
+from . import features, keypoints, maprefine, pointcloud
+from .pointcloud import ContourRegion
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,12 @@ def resolve_contour(density: DensityMap, contour: float | None, param: str) -> t
     region = pointcloud.scan(density, level, param, require=estimated)
     if not estimated and (level <= region.minimum or level >= region.maximum):
         suggestion = pointcloud.estimate_contour(density)
-        where = (f"at or below the map's minimum {region.minimum:g}, so every voxel of the box would count "
-                 "as molecule" if level <= region.minimum else
-                 f"at or above the map's maximum {region.maximum:g}, so nothing would be kept")
-        raise InputError(f"{param}={level:g} is {where}; try {param}={suggestion:.4g} "
-                         "(or the EMDB recommended level)")
+        where = (
+            f"at or below the map's minimum {region.minimum:g}, so every voxel of the box would count as molecule"
+            if level <= region.minimum
+            else f"at or above the map's maximum {region.maximum:g}, so nothing would be kept"
+        )
+        raise InputError(f"{param}={level:g} is {where}; try {param}={suggestion:.4g} (or the EMDB recommended level)")
     return region, estimated
 
 
@@ -91,14 +93,17 @@ class PreparedMap:
     @cached_property
     def tree(self):
         from scipy.spatial import cKDTree
+
         return cKDTree(self.cloud.points_A)
 
     @cached_property
     def fine_tree(self):
         from scipy.spatial import cKDTree
+
         if self.fine is None:
-            raise InputError(f"the prepared map {self.name} has no fine point cloud: prepare it with "
-                             "fine=True to use it as a target")
+            raise InputError(
+                f"the prepared map {self.name} has no fine point cloud: prepare it with fine=True to use it as a target"
+            )
         return cKDTree(self.fine.points_A)
 
     @property
@@ -108,32 +113,50 @@ class PreparedMap:
     def with_density(self, density: DensityMap) -> PreparedMap:
         """The same prepared map, with its map attached (for use as a target)."""
         from dataclasses import replace
+
         return replace(self, density=density)
 
     def save(self, path) -> None:
         """Write to one compressed .npz file (atomically)."""
         from ..io.files import atomic_write
 
-        meta = dict(format=FORMAT, name=self.name, contour=self.contour,
-                    contour_estimated=self.contour_estimated, volume_A3=self.volume_A3,
-                    sampling_A=self.sampling_A, params=self.params, map_hash=self.map_hash,
-                    has_fine=self.fine is not None)
-        arrays = dict(points=self.cloud.points_A, vectors=self.cloud.vectors, density=self.cloud.density,
-                      keypoints=self.features.keypoints_A, descriptors=self.features.descriptors,
-                      sample_points=self.sample.points_A, sample_values=self.sample.values,
-                      meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+        meta = dict(
+            format=FORMAT,
+            name=self.name,
+            contour=self.contour,
+            contour_estimated=self.contour_estimated,
+            volume_A3=self.volume_A3,
+            sampling_A=self.sampling_A,
+            params=self.params,
+            map_hash=self.map_hash,
+            has_fine=self.fine is not None,
+        )
+        arrays = dict(
+            points=self.cloud.points_A,
+            vectors=self.cloud.vectors,
+            density=self.cloud.density,
+            keypoints=self.features.keypoints_A,
+            descriptors=self.features.descriptors,
+            sample_points=self.sample.points_A,
+            sample_values=self.sample.values,
+            meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+        )
         if self.fine is not None:
-            arrays.update(fine_points=self.fine.points_A, fine_vectors=self.fine.vectors,
-                          fine_density=self.fine.density)
+            arrays.update(
+                fine_points=self.fine.points_A, fine_vectors=self.fine.vectors, fine_density=self.fine.density
+            )
 
         def _write(tmp):
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, **arrays)
+
         atomic_write(path, _write)
 
     def __repr__(self):
-        return (f"<PreparedMap {self.name} contour={self.contour:g} sampling={self.sampling_A:g} Å "
-                f"points={len(self.cloud)} keypoints={len(self.features)}>")
+        return (
+            f"<PreparedMap {self.name} contour={self.contour:g} sampling={self.sampling_A:g} Å "
+            f"points={len(self.cloud)} keypoints={len(self.features)}>"
+        )
 
 
 def load(path, config: AlignConfig | None = None, *, density: DensityMap | None = None) -> PreparedMap:
@@ -149,30 +172,44 @@ def load(path, config: AlignConfig | None = None, *, density: DensityMap | None 
     except (OSError, ValueError, KeyError, EOFError) as exc:
         raise InputError(f"{path} is not a readable prepared map ({exc}); prepare the map again") from None
     if meta.get("format") != FORMAT:
-        raise InputError(f"{path} is not a cryoalign prepared map (format {meta.get('format')!r}); "
-                         "prepare the map again")
+        raise InputError(
+            f"{path} is not a cryoalign prepared map (format {meta.get('format')!r}); prepare the map again"
+        )
     if config is not None:
         want = _resolved_params(config, meta["sampling_A"])
         if want != meta["params"]:
-            diff = ", ".join(f"{k}={meta['params'].get(k)!r} (now {v!r})" for k, v in want.items()
-                             if meta["params"].get(k) != v)
-            raise InputError(f"{path} was prepared with other parameters: {diff}; prepare it again "
-                             "with the current parameters")
+            diff = ", ".join(
+                f"{k}={meta['params'].get(k)!r} (now {v!r})" for k, v in want.items() if meta["params"].get(k) != v
+            )
+            raise InputError(
+                f"{path} was prepared with other parameters: {diff}; prepare it again with the current parameters"
+            )
     spacing = float(meta["sampling_A"])
     cloud = PointCloud(arrays["points"], arrays["vectors"], arrays["density"], spacing)
-    fine = (PointCloud(arrays["fine_points"], arrays["fine_vectors"], arrays["fine_density"], spacing / 2.0)
-            if meta.get("has_fine") else None)
-    return PreparedMap(name=meta["name"], contour=float(meta["contour"]),
-                       contour_estimated=bool(meta["contour_estimated"]), volume_A3=float(meta["volume_A3"]),
-                       sampling_A=spacing, cloud=cloud, fine=fine,
-                       features=Features(arrays["keypoints"], arrays["descriptors"]),
-                       sample=maprefine.MapSample(points_A=arrays["sample_points"], values=arrays["sample_values"]),
-                       params=meta["params"], map_hash=meta["map_hash"], density=density)
+    fine = (
+        PointCloud(arrays["fine_points"], arrays["fine_vectors"], arrays["fine_density"], spacing / 2.0)
+        if meta.get("has_fine")
+        else None
+    )
+    return PreparedMap(
+        name=meta["name"],
+        contour=float(meta["contour"]),
+        contour_estimated=bool(meta["contour_estimated"]),
+        volume_A3=float(meta["volume_A3"]),
+        sampling_A=spacing,
+        cloud=cloud,
+        fine=fine,
+        features=Features(arrays["keypoints"], arrays["descriptors"]),
+        sample=maprefine.MapSample(points_A=arrays["sample_points"], values=arrays["sample_values"]),
+        params=meta["params"],
+        map_hash=meta["map_hash"],
+        density=density,
+    )
 
 
 def _resolved_params(config: AlignConfig, sampling_A: float) -> dict:
     params = config.replace(sampling_A=sampling_A).prepare_params()
-    return json.loads(json.dumps(params))       # as stored (JSON types)
+    return json.loads(json.dumps(params))  # as stored (JSON types)
 
 
 def map_hash(density: DensityMap) -> str:
@@ -182,28 +219,38 @@ def map_hash(density: DensityMap) -> str:
     h.update(np.asarray(density.voxel_size_A, np.float64).tobytes())
     h.update(np.asarray(density.origin_A, np.float64).tobytes())
     for z in range(0, density.data.shape[0], 32):
-        h.update(np.ascontiguousarray(density.data[z:z + 32], dtype=np.float32).tobytes())
+        h.update(np.ascontiguousarray(density.data[z : z + 32], dtype=np.float32).tobytes())
     return h.hexdigest()
 
 
 def keypoint_std_A(density: DensityMap, config: AlignConfig) -> float:
     # The original's 3 Å kernel is narrower than coarse maps' voxels, where mean shift
     # then stalls on single voxels: never go below the map's own voxel size.
-    return max(config.keypoint_sigma_A, config.keypoint_voxel_factor * float(density.voxel_size_A.max())) \
+    return (
+        max(config.keypoint_sigma_A, config.keypoint_voxel_factor * float(density.voxel_size_A.max()))
         * pointcloud.KERNEL_TO_STD
+    )
 
 
-def prepare(density: DensityMap, contour: float, config: AlignConfig, *, fine: bool = False,
-            region: ContourRegion | None = None, name: str = "map", contour_estimated: bool = False,
-            timer: Timer | None = None, with_hash: bool = False) -> PreparedMap:
+def prepare(
+    density: DensityMap,
+    contour: float,
+    config: AlignConfig,
+    *,
+    fine: bool = False,
+    region: ContourRegion | None = None,
+    name: str = "map",
+    contour_estimated: bool = False,
+    timer: Timer | None = None,
+    with_hash: bool = False,
+) -> PreparedMap:
     """Stages 1-3 of one map at `contour` with `config.sampling_A` (resolved, not None).
 
     fine: also sample the half-interval cloud a target is refined against.
     region: the result of `pointcloud.scan` at this contour when the caller has it.
     with_hash: record the map's content hash (`map_hash`; for stored maps)."""
     if config.sampling_A is None:
-        raise InputError("prepare needs a sampling interval: set sampling_A (3 Å for single chains, "
-                         "5 Å for complexes)")
+        raise InputError("prepare needs a sampling interval: set sampling_A (3 Å for single chains, 5 Å for complexes)")
     timer = timer or Timer()
     sampling = float(config.sampling_A)
     with timer.stage(f"{name} point cloud"):
@@ -211,8 +258,11 @@ def prepare(density: DensityMap, contour: float, config: AlignConfig, *, fine: b
         crop = region.crop()
         vec_field = pointcloud.smooth_field(crop, contour, config.vector_sigma_A * pointcloud.KERNEL_TO_STD)
         cloud = pointcloud.sample_points(crop, contour, sampling, config.vector_sigma_A, field=vec_field)
-        fine_cloud = (pointcloud.sample_points(crop, contour, sampling / 2.0, config.vector_sigma_A,
-                                               field=vec_field) if fine else None)
+        fine_cloud = (
+            pointcloud.sample_points(crop, contour, sampling / 2.0, config.vector_sigma_A, field=vec_field)
+            if fine
+            else None
+        )
         sample = maprefine.sample_source(crop, contour, config.map_points)
     with timer.stage(f"{name} key points"):
         if config.keypoints == "meanshift":
@@ -227,8 +277,19 @@ def prepare(density: DensityMap, contour: float, config: AlignConfig, *, fine: b
         label = name if "map" in name else f"the {name} map"
         raise InputError(
             f"only {len(feats)} key points found in {label} above its contour "
-            f"({len(cloud)} sampled points); lower the contour or use a smaller sampling_A")
-    return PreparedMap(name=name, contour=float(contour), contour_estimated=contour_estimated,
-                       volume_A3=region.volume_A3, sampling_A=sampling, cloud=cloud, fine=fine_cloud,
-                       features=feats, sample=sample, params=_resolved_params(config, sampling),
-                       map_hash=map_hash(density) if with_hash else "", density=density)
+            f"({len(cloud)} sampled points); lower the contour or use a smaller sampling_A"
+        )
+    return PreparedMap(
+        name=name,
+        contour=float(contour),
+        contour_estimated=contour_estimated,
+        volume_A3=region.volume_A3,
+        sampling_A=sampling,
+        cloud=cloud,
+        fine=fine_cloud,
+        features=feats,
+        sample=sample,
+        params=_resolved_params(config, sampling),
+        map_hash=map_hash(density) if with_hash else "",
+        density=density,
+    )

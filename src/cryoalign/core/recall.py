@@ -10,23 +10,25 @@ thinned sample of the source's voxels, against the target blurred by `wide_smoot
 optima become hypotheses beside the descriptor ones and go through the same ranking
 (rank.rank), so every candidate is judged alike; `found_by` says which search found it.
 """
+
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 
-from . import maprefine
 from .. import transform as tf
 from ..config import AlignConfig
+from . import maprefine
 from .prepare import PreparedMap
 from .rank import Hypothesis, distinct
 
 log = logging.getLogger(__name__)
 
 
-def placements(src: PreparedMap, tgt: PreparedMap, config: AlignConfig, *,
-               sites_A: np.ndarray | None = None) -> list[Hypothesis]:
+def placements(
+    src: PreparedMap, tgt: PreparedMap, config: AlignConfig, *, sites_A: np.ndarray | None = None
+) -> list[Hypothesis]:
     """The best distinct map-optimised placements (at most `wide_keep`), best first.
 
     sites_A: (K, 3) target positions to put the source's centre on (default: the
@@ -38,7 +40,7 @@ def placements(src: PreparedMap, tgt: PreparedMap, config: AlignConfig, *,
     centre = sample.points_A.mean(0)
     sites = np.atleast_2d(tgt.centre_A if sites_A is None else sites_A)
     per_site = max(1, config.wide_placements // len(sites))
-    smooth = _low_pass(tgt.density, config.wide_smoothing_A)     # a wider basin around each optimum
+    smooth = _low_pass(tgt.density, config.wide_smoothing_A)  # a wider basin around each optimum
     found = []
     for s, site in enumerate(sites):
         for k in range(per_site):
@@ -48,10 +50,15 @@ def placements(src: PreparedMap, tgt: PreparedMap, config: AlignConfig, *,
             found.append((fit.correlation, (s, k), fit.T_target_source))
     found.sort(key=lambda f: (-f[0], f[1]))
     best = distinct(found, src.centre_A, config, pose=lambda f: f[2], limit=config.wide_keep)
-    log.info("wider search: %d map-optimised placements, best correlation %.3f",
-             len(found), best[0][0] if best else float("nan"))
-    return [Hypothesis(T_target_source=T, found_by=f"wide search {n + 1}", key=(1000 + n,))
-            for n, (_, _, T) in enumerate(best)]
+    log.info(
+        "wider search: %d map-optimised placements, best correlation %.3f",
+        len(found),
+        best[0][0] if best else float("nan"),
+    )
+    return [
+        Hypothesis(T_target_source=T, found_by=f"wide search {n + 1}", key=(1000 + n,))
+        for n, (_, _, T) in enumerate(best)
+    ]
 
 
 def _low_pass(density, sigma_A: float):

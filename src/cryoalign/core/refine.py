@@ -6,6 +6,7 @@ weighted rigid fit in closed form.  The scale nu starts at the sampling
 interval and shrinks to a quarter of it (graduated, as in robust ICP
 practice), so poses a few Å off are pulled in before outliers are cut hard.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,11 +15,19 @@ from scipy.spatial import cKDTree
 from .. import transform as tf
 from ..types import Pose
 
-QUERY_WORKERS = 1      # nearest-neighbour query threads (more only help on an idle machine)
+QUERY_WORKERS = 1  # nearest-neighbour query threads (more only help on an idle machine)
 
 
-def robust_icp(source_A: np.ndarray, target_tree: cKDTree, T_init: np.ndarray, *, scale_A: float,
-               iterations: int = 60, tol_A: float = 1e-3, source_weights=None) -> Pose:
+def robust_icp(
+    source_A: np.ndarray,
+    target_tree: cKDTree,
+    T_init: np.ndarray,
+    *,
+    scale_A: float,
+    iterations: int = 60,
+    tol_A: float = 1e-3,
+    source_weights=None,
+) -> Pose:
     """Refine T_init so that `source_A` (N, 3) lies on the target points in `target_tree`."""
     T = np.array(T_init, float)
     nu = scale_A

@@ -14,6 +14,7 @@ Several hypotheses come from removing each clique's matches and searching
 again, so a second, distinct consistent set (another copy, a symmetry mate)
 is also refined and scored downstream.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,7 +26,7 @@ from ..types import Matches, Pose
 MIN_CLIQUE = 3
 
 
-EXACT_LIMIT = 40    # vertices; exact search on dense graphs of 80+ vertices can take minutes
+EXACT_LIMIT = 40  # vertices; exact search on dense graphs of 80+ vertices can take minutes
 
 
 def adjacency(source_A: np.ndarray, target_A: np.ndarray, noise_A: float) -> np.ndarray:
@@ -56,7 +57,7 @@ def _exact_clique(adj: np.ndarray) -> np.ndarray:
                 best[0] = found
             return
         if len(clique) + candidates.bit_count() < len(best[0]):
-            return                      # cannot reach the size of the best (ties still count)
+            return  # cannot reach the size of the best (ties still count)
         pivot = max(_bits(candidates | excluded), key=lambda u: (candidates & neighbours[u]).bit_count())
         for v in _bits(candidates & ~neighbours[pivot]):
             expand(clique + (v,), candidates & neighbours[v], excluded & neighbours[v])
@@ -139,13 +140,14 @@ def max_cliques(adj: np.ndarray, count: int) -> list[np.ndarray]:
     return out
 
 
-def gnc_tls(source_A: np.ndarray, target_A: np.ndarray, noise_A: float, *,
-            factor: float = 1.4, max_iter: int = 100) -> Pose:
+def gnc_tls(
+    source_A: np.ndarray, target_A: np.ndarray, noise_A: float, *, factor: float = 1.4, max_iter: int = 100
+) -> Pose:
     """Rigid pose minimising sum min(|t_i - R s_i - t|^2, noise^2) by GNC-TLS."""
     n = len(source_A)
     w = np.ones(n)
     T = tf.kabsch(source_A, target_A, w)
-    c2 = noise_A ** 2
+    c2 = noise_A**2
     r2 = ((tf.apply(T, source_A) - target_A) ** 2).sum(1)
     if r2.max() > c2:
         # mu grows from a nearly convex surrogate (small mu) towards the TLS cost (mu -> inf)
@@ -153,8 +155,9 @@ def gnc_tls(source_A: np.ndarray, target_A: np.ndarray, noise_A: float, *,
         for _ in range(max_iter):
             th_lo = mu / (mu + 1.0) * c2
             th_hi = (mu + 1.0) / mu * c2
-            w = np.where(r2 <= th_lo, 1.0, np.where(r2 >= th_hi, 0.0,
-                         np.sqrt(c2 * mu * (mu + 1.0) / np.maximum(r2, 1e-12)) - mu))
+            w = np.where(
+                r2 <= th_lo, 1.0, np.where(r2 >= th_hi, 0.0, np.sqrt(c2 * mu * (mu + 1.0) / np.maximum(r2, 1e-12)) - mu)
+            )
             if (w > 0).sum() < MIN_CLIQUE:
                 break
             T = tf.kabsch(source_A, target_A, w)
@@ -171,7 +174,7 @@ def gnc_tls(source_A: np.ndarray, target_A: np.ndarray, noise_A: float, *,
 
 def coarse_poses(matches: Matches, noise_A: float, *, count: int = 8, max_matches: int = 1500) -> list[Pose]:
     """Stage 5: up to `count` robust poses, largest consistent set first."""
-    m = min(len(matches), max_matches)        # matches are sorted by descriptor distance
+    m = min(len(matches), max_matches)  # matches are sorted by descriptor distance
     if m < MIN_CLIQUE:
         return []
     src, tgt = matches.source_A[:m], matches.target_A[:m]

@@ -9,6 +9,7 @@ Otherwise similarity = (1 - JS) x agreement, where
   clouds seen as equal-weight Gaussian mixtures (variance 3.5 Å^2), estimated
   by Monte Carlo with a seeded generator.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,15 @@ GMM_VARIANCE_A2 = 3.5
 MIN_OVERLAP = 0.1
 
 
-def vector_agreement(source: PointCloud, target: PointCloud, T: np.ndarray, *, cutoff_A: float,
-                     cos_min: float, target_tree: cKDTree | None = None) -> tuple[float, float]:
+def vector_agreement(
+    source: PointCloud,
+    target: PointCloud,
+    T: np.ndarray,
+    *,
+    cutoff_A: float,
+    cos_min: float,
+    target_tree: cKDTree | None = None,
+) -> tuple[float, float]:
     """(agreement, overlap) of the moved source on the target."""
     tree = target_tree if target_tree is not None else cKDTree(target.points_A)
     moved = tf.apply(T, source.points_A)
@@ -44,8 +52,15 @@ def _gmm_log_density(tree: cKDTree, n: int, x: np.ndarray, var: float) -> np.nda
     return np.log(np.maximum(dens, 1e-300) / norm)
 
 
-def js_divergence(a_A: np.ndarray, b_A: np.ndarray, *, samples: int, rng: np.random.Generator,
-                  variance_A2: float = GMM_VARIANCE_A2, b_tree: cKDTree | None = None) -> float:
+def js_divergence(
+    a_A: np.ndarray,
+    b_A: np.ndarray,
+    *,
+    samples: int,
+    rng: np.random.Generator,
+    variance_A2: float = GMM_VARIANCE_A2,
+    b_tree: cKDTree | None = None,
+) -> float:
     """Monte Carlo Jensen-Shannon divergence (bits) between two equal-weight isotropic GMMs
     (b_tree: a k-d tree of b_A when the caller has one)."""
     ta, tb = cKDTree(a_A), (b_tree if b_tree is not None else cKDTree(b_A))
@@ -62,18 +77,28 @@ def js_divergence(a_A: np.ndarray, b_A: np.ndarray, *, samples: int, rng: np.ran
     return float(np.clip(total / np.log(2.0), 0.0, 1.0))
 
 
-def similarity(source: PointCloud, target: PointCloud, T: np.ndarray, *, cutoff_A: float = 10.0,
-               cos_min: float = 0.6, js_samples: int = 4000, use_js: bool = True,
-               rng: np.random.Generator | None = None, target_tree: cKDTree | None = None) -> Score:
+def similarity(
+    source: PointCloud,
+    target: PointCloud,
+    T: np.ndarray,
+    *,
+    cutoff_A: float = 10.0,
+    cos_min: float = 0.6,
+    js_samples: int = 4000,
+    use_js: bool = True,
+    rng: np.random.Generator | None = None,
+    target_tree: cKDTree | None = None,
+) -> Score:
     """Stage 7: the similarity score of source moved by T onto target."""
-    agreement, overlap = vector_agreement(source, target, T, cutoff_A=cutoff_A, cos_min=cos_min,
-                                          target_tree=target_tree)
+    agreement, overlap = vector_agreement(
+        source, target, T, cutoff_A=cutoff_A, cos_min=cos_min, target_tree=target_tree
+    )
     if overlap < MIN_OVERLAP:
         return Score(similarity=0.0, vector_agreement=agreement, js_divergence=1.0, overlap=overlap)
     js = 0.0
     if use_js:
         rng = rng if rng is not None else np.random.default_rng(0)
-        js = js_divergence(tf.apply(T, source.points_A), target.points_A, samples=js_samples, rng=rng,
-                           b_tree=target_tree)
-    return Score(similarity=(1.0 - js) * agreement, vector_agreement=agreement, js_divergence=js,
-                 overlap=overlap)
+        js = js_divergence(
+            tf.apply(T, source.points_A), target.points_A, samples=js_samples, rng=rng, b_tree=target_tree
+        )
+    return Score(similarity=(1.0 - js) * agreement, vector_agreement=agreement, js_divergence=js, overlap=overlap)

@@ -24,14 +24,15 @@ compares them on every source voxel.
 Both thresholds were chosen on the tuning part of the unseen corpus and the public and
 hard sets (README, "Molecules it was never tuned on"; benchmarks/unseen/symmetry_table.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
 
 import numpy as np
 
-from . import maprefine
 from .. import transform as tf
+from . import maprefine
 
 
 def annotate(src, tgt, candidates: list, config) -> list:
@@ -54,9 +55,12 @@ def annotate(src, tgt, candidates: list, config) -> list:
 
 def is_mate(candidate, config) -> bool:
     """A symmetry mate of the best candidate (see the module docstring)."""
-    cc = getattr(candidate, "copy_correlation", None)      # None: not compared with the best
-    return (cc is not None and cc >= config.symmetry_mate_cc
-            and (getattr(candidate, "copy_shift_A", None) or 0.0) >= config.symmetry_min_shift_A)
+    cc = getattr(candidate, "copy_correlation", None)  # None: not compared with the best
+    return (
+        cc is not None
+        and cc >= config.symmetry_mate_cc
+        and (getattr(candidate, "copy_shift_A", None) or 0.0) >= config.symmetry_min_shift_A
+    )
 
 
 def is_exact(candidate, config) -> bool:

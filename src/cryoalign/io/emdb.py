@@ -16,6 +16,7 @@ header and all the voxels it announces) and only then renamed into place, so the
 never holds a partial map under its final name. The header's recommended contour level
 is read from `<contour primary="true"><level>` (EMDB schema v3) or `<contourLevel>` (v1.9).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,7 +50,7 @@ class EmdbEntry:
     server has none); contour: the recommended level from the header (None when absent),
     contour_source: where in the header it was found."""
 
-    id: str                 # "EMD-1234"
+    id: str  # "EMD-1234"
     map_path: str
     header_path: str | None
     contour: float | None
@@ -59,9 +60,9 @@ class EmdbEntry:
 class ResolvedMap(NamedTuple):
     """What `resolve_map` returns: unpacks as (path, contour, note)."""
 
-    path: object            # a file path, or the DensityMap given
-    contour: float | None   # the EMDB recommended contour; None for files
-    note: str | None        # where the map and contour came from (EMDB entries only)
+    path: object  # a file path, or the DensityMap given
+    contour: float | None  # the EMDB recommended contour; None for files
+    note: str | None  # where the map and contour came from (EMDB entries only)
 
 
 def is_emdb_id(text) -> bool:
@@ -101,8 +102,8 @@ def load_map(spec, contour: float | None = None, param: str = "contour", *, prog
     """A map argument (file path, EMDB ID or DensityMap) read as a `DensityMap`, with the
     contour to use: the given one, else the EMDB header's recommended level (logged),
     else None (to be estimated)."""
-    from .maps import read_map
     from ..types import DensityMap
+    from .maps import read_map
 
     if isinstance(spec, DensityMap):
         return spec, contour
@@ -146,9 +147,13 @@ def fetch(entry, *, server: str | None = None, cache_dir=None, progress: bool = 
         contour, source = contour_from_header(header_path)
         if contour is None:
             log.info("%s: the header gives no recommended contour; the contour will be estimated", name)
-    return EmdbEntry(id=name, map_path=str(map_path),
-                     header_path=str(header_path) if header_path.exists() else None,
-                     contour=contour, contour_source=source)
+    return EmdbEntry(
+        id=name,
+        map_path=str(map_path),
+        header_path=str(header_path) if header_path.exists() else None,
+        contour=contour,
+        contour_source=source,
+    )
 
 
 def server_address(server: str | None = None) -> str:
@@ -215,8 +220,9 @@ def _download(url: str, path: Path, name: str, server: str, *, check, progress: 
         fd, tmp = tempfile.mkstemp(prefix=".part-", suffix="-" + path.name, dir=path.parent)
         os.close(fd)
     except OSError as exc:
-        raise InputError(f"cannot write the EMDB cache {path.parent} ({exc.strerror or exc}); "
-                         f"set {CACHE_ENV} to a writable folder") from None
+        raise InputError(
+            f"cannot write the EMDB cache {path.parent} ({exc.strerror or exc}); set {CACHE_ENV} to a writable folder"
+        ) from None
     bar = _progress_bar(name) if progress else False
     try:
         try:
@@ -225,13 +231,17 @@ def _download(url: str, path: Path, name: str, server: str, *, check, progress: 
             status = exc.response.status_code if exc.response is not None else None
             if status == 404:
                 raise InputError(f"{name} not found at {server} (HTTP 404 for {url}); check the ID") from None
-            raise InputError(f"downloading {name} from {server} failed (HTTP {status} for {url}); retry later, "
-                             f"or set {SERVER_ENV} to an EMDB mirror") from None
+            raise InputError(
+                f"downloading {name} from {server} failed (HTTP {status} for {url}); retry later, "
+                f"or set {SERVER_ENV} to an EMDB mirror"
+            ) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             if isinstance(exc, requests.exceptions.ChunkedEncodingError):
                 raise _corrupt(name, server, "the connection closed before the end of the file") from None
-            raise InputError(f"cannot reach the EMDB server {server} ({one_line(exc, 300)}); check the network, "
-                             f"or set {SERVER_ENV} to a reachable EMDB mirror") from None
+            raise InputError(
+                f"cannot reach the EMDB server {server} ({one_line(exc, 300)}); check the network, "
+                f"or set {SERVER_ENV} to a reachable EMDB mirror"
+            ) from None
         except requests.exceptions.RequestException as exc:
             raise _corrupt(name, server, one_line(exc, 300)) from None
         problem = check(tmp)
@@ -252,8 +262,10 @@ def _progress_bar(name: str):
 
 
 def _corrupt(name: str, server: str, problem: str) -> InputError:
-    return InputError(f"the download of {name} from {server} is incomplete or corrupt ({problem}); "
-                      "it was removed from the cache: retry")
+    return InputError(
+        f"the download of {name} from {server} is incomplete or corrupt ({problem}); "
+        "it was removed from the cache: retry"
+    )
 
 
 def _check_map(path) -> str | None:
@@ -261,7 +273,7 @@ def _check_map(path) -> str | None:
 
     Streams through the file (constant memory): the gzip checksum and length trailer
     catch a cut download; the header's grid size and mode catch a map cut before gzip."""
-    inflater = zlib.decompressobj(wbits=31)     # gzip container
+    inflater = zlib.decompressobj(wbits=31)  # gzip container
     head, total = b"", 0
     try:
         with open(path, "rb") as fh:
@@ -270,7 +282,7 @@ def _check_map(path) -> str | None:
                     out = inflater.decompress(chunk, 1 << 24)
                     total += len(out)
                     if len(head) < 1024:
-                        head += out[:1024 - len(head)]
+                        head += out[: 1024 - len(head)]
                     chunk = inflater.unconsumed_tail
                 if inflater.eof:
                     break
@@ -295,4 +307,3 @@ def _check_xml(path) -> str | None:
     except (ET.ParseError, OSError) as exc:
         return f"not a readable XML header: {exc}"
     return None
-

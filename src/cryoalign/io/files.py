@@ -1,6 +1,7 @@
 """Files the commands write: every writer goes through `atomic_write` (the file appears
 complete or not at all); `output_journal` removes what a failed command wrote; the output
 folder rules (`output_folder`, the folder marks) live here and nowhere else."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +9,7 @@ import os
 import tempfile
 
 from ..errors import InputError
+
 
 def atomic_write(path, write_fn, *, journal: bool = True) -> None:
     """Call ``write_fn(tmp_path)`` then rename tmp onto `path`; no partial file on failure."""
@@ -48,7 +50,7 @@ def output_journal():
         for path in reversed(_JOURNAL):
             with contextlib.suppress(OSError):
                 if os.path.isdir(path) and not os.path.islink(path):
-                    os.rmdir(path)            # only when empty
+                    os.rmdir(path)  # only when empty
                 else:
                     os.remove(path)
         raise
@@ -72,6 +74,7 @@ def write_text(path, text: str, *, journal: bool = True) -> None:
     def _write(tmp):
         with open(tmp, "w") as fh:
             fh.write(text)
+
     atomic_write(path, _write, journal=journal)
 
 
@@ -109,7 +112,7 @@ def check_writable_folder(path, flag: str) -> None:
         raise InputError(f"{flag} {path}: {what} is not writable; choose a writable location for {flag}")
 
 
-def file_sha256(path, chunk: int = 2 ** 22) -> str:
+def file_sha256(path, chunk: int = 2**22) -> str:
     """SHA-256 of a file's bytes (read in chunks)."""
     import hashlib
 
@@ -120,8 +123,8 @@ def file_sha256(path, chunk: int = 2 ** 22) -> str:
     return h.hexdigest()
 
 
-FOLDER_MARK = ".cryoalign"      # in every output folder: its contents are one cryoalign run's
-WORK_MARK = ".cryoalign-work"   # in a resumable run's folder (variance): kept between runs
+FOLDER_MARK = ".cryoalign"  # in every output folder: its contents are one cryoalign run's
+WORK_MARK = ".cryoalign-work"  # in a resumable run's folder (variance): kept between runs
 
 
 def check_output_folder(path) -> None:
@@ -135,16 +138,17 @@ def check_output_folder(path) -> None:
         foreign = foreign_files(path)
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise InputError(f"output folder {path} holds files that cryoalign did not write ({shown}); choose "
-                             "a new or empty folder (a run replaces the whole folder)")
+            raise InputError(
+                f"output folder {path} holds files that cryoalign did not write ({shown}); choose "
+                "a new or empty folder (a run replaces the whole folder)"
+            )
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         raise InputError(f"cannot create output folder {path}: {probe} is a file; choose a writable location")
     if not os.access(probe, os.W_OK):
-        raise InputError(f"cannot create output folder {path}: {probe} is not writable; "
-                         "choose a writable location")
+        raise InputError(f"cannot create output folder {path}: {probe} is not writable; choose a writable location")
 
 
 def foreign_files(path) -> list[str]:
@@ -162,8 +166,9 @@ def foreign_files(path) -> list[str]:
 def mark_folder(path, what: str) -> None:
     """Write FOLDER_MARK: who wrote the folder, then the name of every entry in it."""
     names = sorted(e for e in os.listdir(path) if e != FOLDER_MARK)
-    write_text(os.path.join(path, FOLDER_MARK), f"written by {what}\n" + "".join(f"{n}\n" for n in names),
-               journal=False)
+    write_text(
+        os.path.join(path, FOLDER_MARK), f"written by {what}\n" + "".join(f"{n}\n" for n in names), journal=False
+    )
 
 
 @contextlib.contextmanager
@@ -189,15 +194,17 @@ def output_folder(path, what: str = "cryoalign"):
         os.chmod(tmp, 0o777 & ~_current_umask())
         for _ in range(100):
             try:
-                os.rename(tmp, path)           # onto nothing, or onto an empty folder
+                os.rename(tmp, path)  # onto nothing, or onto an empty folder
                 break
             except OSError:
                 if not os.path.isdir(path) or foreign_files(path):
-                    raise InputError(f"output folder {path} was changed by something other than cryoalign "
-                                     "during the run; choose a new folder") from None
+                    raise InputError(
+                        f"output folder {path} was changed by something other than cryoalign "
+                        "during the run; choose a new folder"
+                    ) from None
                 old = f"{path}.old-{uuid.uuid4().hex[:8]}"
                 try:
-                    os.rename(path, old)       # another run's complete folder: set aside, then removed
+                    os.rename(path, old)  # another run's complete folder: set aside, then removed
                 except FileNotFoundError:
                     continue
                 shutil.rmtree(old, ignore_errors=True)
@@ -235,10 +242,10 @@ def remove_unused_work_folder(out_dir: str, work: str, created: bool) -> None:
     import shutil
 
     if os.path.isdir(work) and any(name.endswith(".json") for name in os.listdir(work)):
-        return                                  # finished maps: a rerun resumes from them
+        return  # finished maps: a rerun resumes from them
     shutil.rmtree(work, ignore_errors=True)
     with contextlib.suppress(OSError):
         os.remove(os.path.join(out_dir, WORK_MARK))
     if created:
         with contextlib.suppress(OSError):
-            os.rmdir(out_dir)                   # only when empty
+            os.rmdir(out_dir)  # only when empty

@@ -22,6 +22,7 @@ line about them on the ``cryoalign.io`` logger; the data are returned as stored.
 
 `write_map` goes through `files.atomic_write`: the file appears complete or not at all.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -37,20 +38,20 @@ from typing import Any
 
 import numpy as np
 
-from . import robust
 from .. import transform as tf
 from ..errors import InputError, one_line
-from .files import atomic_write
 from ..types import DensityMap
+from . import robust
+from .files import atomic_write
 
-log = logging.getLogger("cryoalign.io")   # the name the README and the tests know
+log = logging.getLogger("cryoalign.io")  # the name the README and the tests know
 
 MAP_SUFFIXES = (".mrc", ".map", ".ccp4", ".mrcs", ".rec")
-MIN_VOXEL_A, MAX_VOXEL_A = 0.05, 100.0   # outside this a header is broken, not a cryo-EM map
-MEMMAP_BYTES = 512 * 2 ** 20   # uncompressed float32 x,y,z maps above this are memory-mapped, not read
+MIN_VOXEL_A, MAX_VOXEL_A = 0.05, 100.0  # outside this a header is broken, not a cryo-EM map
+MEMMAP_BYTES = 512 * 2**20  # uncompressed float32 x,y,z maps above this are memory-mapped, not read
 _SUPPORTED_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
-MIN_VOXELS_PER_AXIS = 4        # fewer is an image, a thin slab or a line, not a 3D density
-ANGLE_TOLERANCE_DEG = 0.01     # cell angles this close to 90 are rounding, not skew
+MIN_VOXELS_PER_AXIS = 4  # fewer is an image, a thin slab or a line, not a 3D density
+ANGLE_TOLERANCE_DEG = 0.01  # cell angles this close to 90 are rounding, not skew
 # Sums of squares of up to 1e8 float32 voxels stay finite below this (sqrt(3.4e38 / 1e8)):
 # a map whose bulk (robust range) is larger is refused; single outliers are only logged.
 OVERFLOW_LIMIT = 1e15
@@ -86,41 +87,50 @@ def _read_map(path: str) -> tuple[DensityMap, str | None]:
             return mapped
     raw = _read_bytes(path)
     if len(raw) < 1024:
-        raise InputError(f"{path} is not an MRC/CCP4 map: {len(raw)} bytes is shorter than "
-                         "the 1024-byte header; check that the download finished")
+        raise InputError(
+            f"{path} is not an MRC/CCP4 map: {len(raw)} bytes is shorter than "
+            "the 1024-byte header; check that the download finished"
+        )
     if raw[208:212] not in (b"MAP ", b"MAP\x00", b"MAP\x20"):
-        raise InputError(f"{path} is not an MRC/CCP4 map (no 'MAP ' tag at byte 208); "
-                         "pass a .mrc/.map/.ccp4 density map")
+        raise InputError(
+            f"{path} is not an MRC/CCP4 map (no 'MAP ' tag at byte 208); pass a .mrc/.map/.ccp4 density map"
+        )
     _check_size_before_parsing(path, raw)
     try:
         mrc = mrcfile.mrcinterpreter.MrcInterpreter(_io.BytesIO(raw), permissive=True)
     except Exception as exc:  # mrcfile raises several types for corrupt headers
-        raise InputError(f"{path} is not a readable MRC/CCP4 map ({one_line(exc, 200)}); "
-                         "check that it is a complete MRC/CCP4 file") from None
+        raise InputError(
+            f"{path} is not a readable MRC/CCP4 map ({one_line(exc, 200)}); check that it is a complete MRC/CCP4 file"
+        ) from None
     h = mrc.header
     mode = int(h.mode)
     if mode not in _SUPPORTED_MODES:
-        raise InputError(f"{path} uses MRC mode {mode}, which is not a real-valued density; "
-                         f"supported modes are {sorted(_SUPPORTED_MODES)} (convert it to mode 2, float32)")
+        raise InputError(
+            f"{path} uses MRC mode {mode}, which is not a real-valued density; "
+            f"supported modes are {sorted(_SUPPORTED_MODES)} (convert it to mode 2, float32)"
+        )
     n_crs = np.array([int(h.nx), int(h.ny), int(h.nz)])
     if np.any(n_crs <= 0):
-        raise InputError(f"{path} has non-positive dimensions NX,NY,NZ = {tuple(n_crs.tolist())}; the header is "
-                         "damaged: download the map again")
+        raise InputError(
+            f"{path} has non-positive dimensions NX,NY,NZ = {tuple(n_crs.tolist())}; the header is "
+            "damaged: download the map again"
+        )
     data = mrc.data
-    if data is not None and data.ndim == 4 and data.shape[0] > 1:   # volume stack (ISPG 401-630)
+    if data is not None and data.ndim == 4 and data.shape[0] > 1:  # volume stack (ISPG 401-630)
         n_vol, n_sec, n_row, n_col = data.shape
-        raise InputError(f"{path} is a stack of {n_vol} volumes of {n_col} x {n_row} x {n_sec} voxels; "
-                         "pass a single 3D map (extract one volume from the stack)")
+        raise InputError(
+            f"{path} is a stack of {n_vol} volumes of {n_col} x {n_row} x {n_sec} voxels; "
+            "pass a single 3D map (extract one volume from the stack)"
+        )
     if data is not None and data.ndim != 3 and data.size == int(np.prod(n_crs)):
-        data = np.asarray(data).reshape(tuple(n_crs[::-1]))   # 2D images, one-volume stacks
+        data = np.asarray(data).reshape(tuple(n_crs[::-1]))  # 2D images, one-volume stacks
     expected = int(np.prod(n_crs)) * np.dtype(_SUPPORTED_MODES[mode]).itemsize
     if data is None or data.size != int(np.prod(n_crs)):
         got = len(raw) - 1024 - int(h.nsymbt)
         raise _truncated(path, n_crs, expected, got)
     axes = (int(h.mapc), int(h.mapr), int(h.maps))
     if sorted(axes) != [1, 2, 3]:
-        raise InputError(f"{path} has invalid axis order MAPC/MAPR/MAPS = {axes}; "
-                         "it must be a permutation of 1, 2, 3")
+        raise InputError(f"{path} has invalid axis order MAPC/MAPR/MAPS = {axes}; it must be a permutation of 1, 2, 3")
     # stored array axes are (section, row, column) -> crystallographic axes (MAPS, MAPR, MAPC)
     stored_codes = [axes[2], axes[1], axes[0]]
     perm = [stored_codes.index(3), stored_codes.index(2), stored_codes.index(1)]
@@ -133,30 +143,39 @@ def _finish(path, data, h, axes) -> tuple[DensityMap, str | None]:
     the map and the outlier log line (None without outliers)."""
     if min(data.shape) < MIN_VOXELS_PER_AXIS:
         nz, ny, nx = data.shape
-        raise InputError(f"{path} is {nx} x {ny} x {nz} voxels: a 3D density map needs at least "
-                         f"{MIN_VOXELS_PER_AXIS} voxels along every axis; pass a 3D map (not an image or a stack)")
+        raise InputError(
+            f"{path} is {nx} x {ny} x {nz} voxels: a 3D density map needs at least "
+            f"{MIN_VOXELS_PER_AXIS} voxels along every axis; pass a 3D map (not an image or a stack)"
+        )
     bad = _count_non_finite(data)
     if bad:
-        raise InputError(f"{path} contains {bad} NaN or infinite voxel values; "
-                         "replace them (for example with 0) before aligning")
+        raise InputError(
+            f"{path} contains {bad} NaN or infinite voxel values; replace them (for example with 0) before aligning"
+        )
     values = _check_values(path, data)
     sampling = np.array([int(h.mx), int(h.my), int(h.mz)], float)
     cell = np.array([float(h.cella.x), float(h.cella.y), float(h.cella.z)])
     with np.errstate(divide="ignore", invalid="ignore"):
         voxel = cell / sampling
     if not np.all(np.isfinite(voxel)) or np.any(voxel <= 0):
-        raise InputError(f"{path} has voxel size {tuple(np.round(voxel, 4).tolist())} Å (CELLA {tuple(cell.tolist())} / "
-                         f"MX,MY,MZ {tuple(sampling.astype(int).tolist())}); it must be positive: "
-                         "fix the header's cell dimensions")
+        raise InputError(
+            f"{path} has voxel size {tuple(np.round(voxel, 4).tolist())} Å (CELLA {tuple(cell.tolist())} / "
+            f"MX,MY,MZ {tuple(sampling.astype(int).tolist())}); it must be positive: "
+            "fix the header's cell dimensions"
+        )
     if np.any(voxel < MIN_VOXEL_A) or np.any(voxel > MAX_VOXEL_A):
-        raise InputError(f"{path} has voxel size {tuple(float(f'{v:.4g}') for v in voxel)} Å (CELLA "
-                         f"{tuple(float(f'{c:.4g}') for c in cell)} / MX,MY,MZ {tuple(sampling.astype(int).tolist())}), "
-                         f"outside {MIN_VOXEL_A}-{MAX_VOXEL_A:g} Å: fix the header's cell dimensions")
+        raise InputError(
+            f"{path} has voxel size {tuple(float(f'{v:.4g}') for v in voxel)} Å (CELLA "
+            f"{tuple(float(f'{c:.4g}') for c in cell)} / MX,MY,MZ {tuple(sampling.astype(int).tolist())}), "
+            f"outside {MIN_VOXEL_A}-{MAX_VOXEL_A:g} Å: fix the header's cell dimensions"
+        )
     _check_cell_angles(path, h)
     origin = np.array([float(h.origin.x), float(h.origin.y), float(h.origin.z)])
     if not np.all(np.isfinite(origin)):
-        raise InputError(f"{path} has a non-finite ORIGIN {tuple(origin.tolist())}; fix the header's ORIGIN "
-                         "(for example set it to 0)")
+        raise InputError(
+            f"{path} has a non-finite ORIGIN {tuple(origin.tolist())}; fix the header's ORIGIN "
+            "(for example set it to 0)"
+        )
     if not np.any(origin):
         starts_crs = (int(h.nxstart), int(h.nystart), int(h.nzstart))  # column, row, section
         start_xyz = np.zeros(3)
@@ -175,27 +194,31 @@ def _check_values(path, data) -> robust.OutlierSummary:
         summary = robust.summarize(data, bulk)
         top = max(abs(summary.largest), abs(summary.smallest))
         factor = 10.0 ** math.ceil(math.log10(magnitude))
-        raise InputError(f"{path}: values up to {top:.2g} overflow single-precision arithmetic; "
-                         f"rescale the map (for example divide it by {factor:.0e})")
+        raise InputError(
+            f"{path}: values up to {top:.2g} overflow single-precision arithmetic; "
+            f"rescale the map (for example divide it by {factor:.0e})"
+        )
     return robust.summarize(data, bulk)
 
 
 def _check_cell_angles(path, h) -> None:
     """Only orthogonal grids are supported; 0 is 'unset' (some writers), taken as 90."""
     angles = [float(h.cellb.alpha), float(h.cellb.beta), float(h.cellb.gamma)]
-    if all(a == 0.0 or abs(a - 90.0) < ANGLE_TOLERANCE_DEG for a in angles):   # NaN fails both
+    if all(a == 0.0 or abs(a - 90.0) < ANGLE_TOLERANCE_DEG for a in angles):  # NaN fails both
         return
     shown = ", ".join(f"{a:g}" for a in np.asarray(angles, np.float32))
-    raise InputError(f"{path} has cell angles alpha, beta, gamma = ({shown}) degrees: skewed (non-orthogonal) "
-                     "grids are not supported; resample the map onto an orthogonal grid, for example with "
-                     "ChimeraX 'volume resample'")
+    raise InputError(
+        f"{path} has cell angles alpha, beta, gamma = ({shown}) degrees: skewed (non-orthogonal) "
+        "grids are not supported; resample the map onto an orthogonal grid, for example with "
+        "ChimeraX 'volume resample'"
+    )
 
 
 def announced_bytes(head: bytes) -> tuple[int, int] | None:
     """(extended-header bytes, data bytes) that an MRC header (its first 1024 bytes)
     announces; None when its grid, mode or extended-header size is invalid (`read_map`
     names those problems).  The one size rule: `read_map` and the EMDB download check use it."""
-    order = "<" if head[212] in (0x44, 0x41) or head[212] == 0 else ">"     # machine stamp
+    order = "<" if head[212] in (0x44, 0x41) or head[212] == 0 else ">"  # machine stamp
     nx, ny, nz, mode = np.frombuffer(head[:16], dtype=f"{order}i4")
     nsymbt = int(np.frombuffer(head[92:96], dtype=f"{order}i4")[0])
     if mode not in _SUPPORTED_MODES or min(nx, ny, nz) <= 0 or nsymbt < 0:
@@ -208,7 +231,7 @@ def _check_size_before_parsing(path, raw: bytes) -> None:
     allocates it (a damaged NX/NY/NZ can claim terabytes)."""
     sizes = announced_bytes(raw)
     if sizes is None:
-        return                                            # the general checks report these
+        return  # the general checks report these
     nsymbt, expected = sizes
     held = len(raw) - 1024 - nsymbt
     if held < expected:
@@ -217,9 +240,11 @@ def _check_size_before_parsing(path, raw: bytes) -> None:
 
 
 def _truncated(path, n_xyz, expected: int, held: int) -> InputError:
-    return InputError(f"{path} is truncated: header says {tuple(int(n) for n in n_xyz)} voxels "
-                      f"({expected} bytes of data) but the file holds {max(held, 0)} bytes; "
-                      "download the map again")
+    return InputError(
+        f"{path} is truncated: header says {tuple(int(n) for n in n_xyz)} voxels "
+        f"({expected} bytes of data) but the file holds {max(held, 0)} bytes; "
+        "download the map again"
+    )
 
 
 def _count_non_finite(data) -> int:
@@ -250,13 +275,13 @@ def _memory_mapped(path) -> tuple[DensityMap, str | None] | None:
     offset = 1024 + int(h.nsymbt)
     try:
         dtype = np.dtype(np.float32).newbyteorder(mrcfile.utils.byte_order_from_machine_stamp(h.machst))
-    except ValueError:                               # odd machine stamp: the general reader guesses
+    except ValueError:  # odd machine stamp: the general reader guesses
         return None
     need = offset + int(np.prod(shape, dtype=np.int64)) * 4
     if int(h.nsymbt) < 0 or os.path.getsize(path) < need:
-        return None                                  # the general reader reports the truncation
+        return None  # the general reader reports the truncation
     if dtype != np.dtype(np.float32):
-        return None                                  # foreign byte order: read and convert
+        return None  # foreign byte order: read and convert
     return _finish(path, np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape), h, axes)
 
 
@@ -272,8 +297,9 @@ def _read_bytes(path) -> bytes:
                     with openers[kind](fh) as stream:
                         return stream.read()
                 except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
-                    raise InputError(f"{path} is a damaged {kind} file ({one_line(exc, 200)}); "
-                                     "download it again") from None
+                    raise InputError(
+                        f"{path} is a damaged {kind} file ({one_line(exc, 200)}); download it again"
+                    ) from None
         return fh.read()
 
 
@@ -298,11 +324,10 @@ def resample_onto(source: DensityMap, target: DensityMap, T_target_source: np.nd
     iy = np.arange(ny) * target.voxel_size_A[1] + target.origin_A[1]
     gy, gx = np.meshgrid(iy, ix, indexing="ij")
     plane = np.stack([gx.ravel(), gy.ravel(), np.zeros(gx.size)], 1)
-    for k in range(nz):                      # slab by slab: memory stays at one plane
+    for k in range(nz):  # slab by slab: memory stays at one plane
         plane[:, 2] = k * target.voxel_size_A[2] + target.origin_A[2]
         f = source.world_to_index(tf.apply(T_inv, plane))
-        out[k] = ndimage.map_coordinates(source.data, [f[:, 2], f[:, 1], f[:, 0]], order=1,
-                                         cval=0.0).reshape(ny, nx)
+        out[k] = ndimage.map_coordinates(source.data, [f[:, 2], f[:, 1], f[:, 0]], order=1, cval=0.0).reshape(ny, nx)
     return DensityMap(data=out, voxel_size_A=target.voxel_size_A.copy(), origin_A=target.origin_A.copy())
 
 
@@ -325,7 +350,7 @@ def write_map(density: DensityMap | np.ndarray, path, *, voxel_size_A=None, orig
     org = np.broadcast_to(np.asarray(origin_A, float), (3,))
 
     def _write(tmp):
-        with warnings.catch_warnings(), np.errstate(all="ignore"):   # header stats of extreme maps
+        with warnings.catch_warnings(), np.errstate(all="ignore"):  # header stats of extreme maps
             warnings.simplefilter("ignore")
             with mrcfile.new(tmp, overwrite=True) as m:
                 m.set_data(data)
@@ -335,7 +360,7 @@ def write_map(density: DensityMap | np.ndarray, path, *, voxel_size_A=None, orig
                 m.update_header_stats()
         if compress:
             with open(tmp, "rb") as fh:
-                packed = gzip.compress(fh.read(), compresslevel=6, mtime=0)   # mtime 0: same bytes every run
+                packed = gzip.compress(fh.read(), compresslevel=6, mtime=0)  # mtime 0: same bytes every run
             with open(tmp, "wb") as fh:
                 fh.write(packed)
 
@@ -355,5 +380,7 @@ def check_map_suffix(path) -> bool:
         return gz
     shown = last + (".gz" if gz else "")
     why = f"'{shown}' is not a map suffix" if shown else "the name has no suffix"
-    raise InputError(f"cannot write {path}: {why}; give the map file name one of the suffixes "
-                     f"{', '.join(MAP_SUFFIXES)} (optionally followed by .gz)")
+    raise InputError(
+        f"cannot write {path}: {why}; give the map file name one of the suffixes "
+        f"{', '.join(MAP_SUFFIXES)} (optionally followed by .gz)"
+    )

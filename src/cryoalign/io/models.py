@@ -1,4 +1,5 @@
 """Atomic models in and out: PDB and mmCIF (optionally gzipped) through gemmi."""
+
 from __future__ import annotations
 
 import os
@@ -7,6 +8,7 @@ import numpy as np
 
 from ..errors import InputError, one_line
 from .files import atomic_write
+
 
 def read_model(path):
     """Read a PDB or mmCIF model (optionally gzipped) as a `gemmi.Structure`.
@@ -79,9 +81,11 @@ def write_model(st, path) -> None:
     path = os.fspath(path)
     lower = path.lower()
     if lower.endswith((".cif", ".mmcif")):
+
         def _write(tmp):
             st.make_mmcif_document().write_file(tmp)
     elif lower.endswith((".pdb", ".ent")):
+
         def _write(tmp):
             st.write_pdb(tmp)
     else:

@@ -13,6 +13,7 @@ both have density the picture turns white).  Each map is normalised by its 99.5t
 percentile of projected intensity, so different density scales look alike.
 Every file is written through `io.atomic_write`.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,19 +24,22 @@ from ..types import DensityMap
 
 TARGET_RGB = np.array([0.25, 0.55, 1.0])
 SOURCE_RGB = np.array([1.0, 0.55, 0.1])
-BLOB_COLOURS = ("#39d353", "#ff4fd8")       # target_minus_source, source_minus_target
-AXES = (("z", 0, ("x", "y")), ("y", 1, ("x", "z")), ("x", 2, ("y", "z")))   # axis dropped, array axis, shown
+BLOB_COLOURS = ("#39d353", "#ff4fd8")  # target_minus_source, source_minus_target
+AXES = (("z", 0, ("x", "y")), ("y", 1, ("x", "z")), ("x", 2, ("y", "z")))  # axis dropped, array axis, shown
 
 
 def _pyplot():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
 def _save(fig, path) -> str:
     from .files import atomic_write
+
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     _pyplot().close(fig)
     return os.fspath(path)
@@ -66,8 +70,9 @@ def _overlay(target_p, source_p) -> np.ndarray:
     return np.clip(rgb, 0.0, 1.0)
 
 
-def projections(target: DensityMap, rows: list, path, *, title: str | None = None,
-                names: tuple = ("target", "source")) -> str:
+def projections(
+    target: DensityMap, rows: list, path, *, title: str | None = None, names: tuple = ("target", "source")
+) -> str:
     """One row of three projections per (label, source-on-target data) in `rows`, the
     target overlaid in blue and the source in orange."""
     plt = _pyplot()
@@ -91,9 +96,17 @@ def projections(target: DensityMap, rows: list, path, *, title: str | None = Non
 
 def _legend(fig, names=("target", "source")):
     from matplotlib.patches import Patch
-    fig.legend(handles=[Patch(color=TARGET_RGB, label=names[0]), Patch(color=SOURCE_RGB, label=names[1]),
-                        Patch(color=(1, 1, 1), label="both", ec="black")],
-               loc="lower center", ncol=3, frameon=False)
+
+    fig.legend(
+        handles=[
+            Patch(color=TARGET_RGB, label=names[0]),
+            Patch(color=SOURCE_RGB, label=names[1]),
+            Patch(color=(1, 1, 1), label="both", ec="black"),
+        ],
+        loc="lower center",
+        ncol=3,
+        frameon=False,
+    )
 
 
 def align_pictures(src_map, tgt_map, T_target_source, out_dir, *, after: DensityMap | None = None) -> list:
@@ -101,15 +114,20 @@ def align_pictures(src_map, tgt_map, T_target_source, out_dir, *, after: Density
     coordinates, i.e. moved by the identity) on the target's grid; returns [png path].
     after: the source already resampled by T_target_source (`outputs.resample_onto`), when
     the caller has it."""
-    from .maps import resample_onto
-    from .maps import as_map
+    from .maps import as_map, resample_onto
 
     src_map, tgt_map = as_map(src_map), as_map(tgt_map)
     before = resample_onto(src_map, tgt_map, np.eye(4)).data
     moved = after if after is not None else resample_onto(src_map, tgt_map, np.asarray(T_target_source, float))
     path = os.path.join(os.fspath(out_dir), "align_projections.png")
-    return [projections(tgt_map, [("before", before), ("after", moved.data)], path,
-                        title="maximum-intensity projections on the target's grid")]
+    return [
+        projections(
+            tgt_map,
+            [("before", before), ("after", moved.data)],
+            path,
+            title="maximum-intensity projections on the target's grid",
+        )
+    ]
 
 
 def fsc_plot(curve, path, *, title: str = "Fourier shell correlation") -> str:
@@ -119,22 +137,31 @@ def fsc_plot(curve, path, *, title: str = "Fourier shell correlation") -> str:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     f = np.asarray(curve.frequency_per_A)
     ax.plot(f, curve.fsc, color="#1f4e99", lw=2, label="FSC" + (" (masked)" if curve.masked else ""))
-    for level, res, colour in ((0.5, curve.resolution_at_05_A, "#d97706"),
-                               (0.143, curve.resolution_at_0143_A, "#b91c1c")):
+    for level, res, colour in (
+        (0.5, curve.resolution_at_05_A, "#d97706"),
+        (0.143, curve.resolution_at_0143_A, "#b91c1c"),
+    ):
         ax.axhline(level, color=colour, ls="--", lw=1)
         if res is not None:
             ax.axvline(1.0 / res, color=colour, ls=":", lw=1)
             ax.plot([1.0 / res], [level], "o", color=colour)
-            ax.annotate(f"{res:.1f} Å at {level:g}", (1.0 / res, level), textcoords="offset points",
-                        xytext=(6, 6), color=colour, fontsize=10)
+            ax.annotate(
+                f"{res:.1f} Å at {level:g}",
+                (1.0 / res, level),
+                textcoords="offset points",
+                xytext=(6, 6),
+                color=colour,
+                fontsize=10,
+            )
         else:
             ax.text(f[-1], level + 0.02, f"never below {level:g}", color=colour, ha="right", fontsize=9)
     ax.set_xlim(0, f[-1] if f.size else 1)
     ax.set_ylim(min(-0.05, float(np.min(curve.fsc)) - 0.05) if f.size else -0.05, 1.05)
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("FSC")
-    top = ax.secondary_xaxis("top", functions=(lambda x: 1.0 / np.maximum(x, 1e-6),
-                                               lambda r: 1.0 / np.maximum(r, 1e-6)))
+    top = ax.secondary_xaxis(
+        "top", functions=(lambda x: 1.0 / np.maximum(x, 1e-6), lambda r: 1.0 / np.maximum(r, 1e-6))
+    )
     top.set_xlabel("resolution (Å)")
     ticks = [r for r in (50, 20, 10, 8, 6, 5, 4, 3, 2.5, 2) if f.size and 1.0 / r <= f[-1]]
     top.set_xticks(ticks)
@@ -157,8 +184,15 @@ def blob_projections(target: DensityMap, differences: dict, path, *, top: int = 
     for c, (dropped, axis, shown) in enumerate(AXES):
         ax = axes[0][c]
         ext = _extent(target, shown)
-        ax.imshow(_normalised(_mip(target.data, axis)), origin="lower", extent=ext, cmap="gray",
-                  vmin=0, vmax=1.3, interpolation="nearest")
+        ax.imshow(
+            _normalised(_mip(target.data, axis)),
+            origin="lower",
+            extent=ext,
+            cmap="gray",
+            vmin=0,
+            vmax=1.3,
+            interpolation="nearest",
+        )
         for name, colour in zip(names, BLOB_COLOURS):
             d = differences[name]
             for rank, blob in enumerate(d.blobs[:top], 1):
@@ -166,22 +200,41 @@ def blob_projections(target: DensityMap, differences: dict, path, *, top: int = 
                 ny, nx = footprint.shape
                 xs = np.linspace(ext[0], ext[1], nx + 1)
                 ys = np.linspace(ext[2], ext[3], ny + 1)
-                ax.contour(0.5 * (xs[1:] + xs[:-1]), 0.5 * (ys[1:] + ys[:-1]), footprint, levels=[0.5],
-                           colors=colour, linewidths=1.5)
+                ax.contour(
+                    0.5 * (xs[1:] + xs[:-1]),
+                    0.5 * (ys[1:] + ys[:-1]),
+                    footprint,
+                    levels=[0.5],
+                    colors=colour,
+                    linewidths=1.5,
+                )
                 if rank > labelled or blob.mass_kDa < 0.05 * d.blobs[0].mass_kDa:
                     continue
                 i, j = "xyz".index(shown[0]), "xyz".index(shown[1])
                 sign = "+" if name == names[0] else "-"
-                ax.annotate(f"{sign}{rank}: {blob.mass_kDa:.0f} kDa", (blob.centre_A[i], blob.centre_A[j]),
-                            color=colour, fontsize=9, fontweight="bold", ha="center",
-                            bbox=dict(boxstyle="round,pad=0.15", fc="black", alpha=0.6, lw=0))
+                ax.annotate(
+                    f"{sign}{rank}: {blob.mass_kDa:.0f} kDa",
+                    (blob.centre_A[i], blob.centre_A[j]),
+                    color=colour,
+                    fontsize=9,
+                    fontweight="bold",
+                    ha="center",
+                    bbox=dict(boxstyle="round,pad=0.15", fc="black", alpha=0.6, lw=0),
+                )
         ax.set_xlabel(f"{shown[0]} (Å)")
         ax.set_ylabel(f"{shown[1]} (Å)")
         ax.set_title(f"projection along {dropped}", fontsize=10)
     from matplotlib.lines import Line2D
-    fig.legend(handles=[Line2D([], [], color=BLOB_COLOURS[0], lw=2, label="+k: in target, not in source"),
-                        Line2D([], [], color=BLOB_COLOURS[1], lw=2, label="-k: in source, not in target")],
-               loc="lower center", ncol=2, frameon=False)
+
+    fig.legend(
+        handles=[
+            Line2D([], [], color=BLOB_COLOURS[0], lw=2, label="+k: in target, not in source"),
+            Line2D([], [], color=BLOB_COLOURS[1], lw=2, label="-k: in source, not in target"),
+        ],
+        loc="lower center",
+        ncol=2,
+        frameon=False,
+    )
     fig.suptitle("difference blobs on the target (rank: mass)", fontsize=12)
     fig.tight_layout(rect=(0, 0.09, 1, 0.95))
     return _save(fig, path)
@@ -195,11 +248,16 @@ def compare_pictures(result, out_dir) -> list:
     target = result.target
     before = resample_onto(result.source, target, np.eye(4))
     before = result.scale.apply(before.data)
-    paths = [projections(target, [("before", before), ("after", result.source_on_target.data)],
-                         os.path.join(out_dir, "projections.png"),
-                         title="maximum-intensity projections on the target's grid"),
-             fsc_plot(result.fsc, os.path.join(out_dir, "fsc.png")),
-             blob_projections(target, result.difference, os.path.join(out_dir, "difference_blobs.png"))]
+    paths = [
+        projections(
+            target,
+            [("before", before), ("after", result.source_on_target.data)],
+            os.path.join(out_dir, "projections.png"),
+            title="maximum-intensity projections on the target's grid",
+        ),
+        fsc_plot(result.fsc, os.path.join(out_dir, "fsc.png")),
+        blob_projections(target, result.difference, os.path.join(out_dir, "difference_blobs.png")),
+    ]
     return paths
 
 
@@ -210,8 +268,9 @@ def variance_peak(data: np.ndarray) -> tuple[tuple[int, int, int], float]:
     return (z, y, x), float(data.flat[flat])
 
 
-def variance_slices(variance_map: DensityMap, path, *, mean: DensityMap | None = None,
-                    contour: float | None = None) -> list:
+def variance_slices(
+    variance_map: DensityMap, path, *, mean: DensityMap | None = None, contour: float | None = None
+) -> list:
     """The variance map in two rows of the three planes: maximum-intensity projections
     (where the variance lies anywhere in the box) and the slices through the voxel of
     largest variance (circled; the largest variance need not lie on the
@@ -229,34 +288,48 @@ def variance_slices(variance_map: DensityMap, path, *, mean: DensityMap | None =
         i, j = "xyz".index(shown[0]), "xyz".index(shown[1])
         for r, picture in enumerate((_mip(data, axis), np.take(data, peak[axis], axis=axis))):
             ax = axes[r][c]
-            image = ax.imshow(picture, origin="lower", extent=ext, cmap="magma", vmin=0, vmax=top,
-                              interpolation="nearest")
+            image = ax.imshow(
+                picture, origin="lower", extent=ext, cmap="magma", vmin=0, vmax=top, interpolation="nearest"
+            )
             if mean is not None and contour is not None:
-                m = (mean.data > contour).any(axis=axis).astype(float) if r == 0 else \
-                    np.take(mean.data, peak[axis], axis=axis)
+                m = (
+                    (mean.data > contour).any(axis=axis).astype(float)
+                    if r == 0
+                    else np.take(mean.data, peak[axis], axis=axis)
+                )
                 level = 0.5 if r == 0 else contour
                 if m.max() > level > m.min():
                     ny, nx = m.shape
                     xs = np.linspace(ext[0], ext[1], nx + 1)
                     ys = np.linspace(ext[2], ext[3], ny + 1)
-                    ax.contour(0.5 * (xs[1:] + xs[:-1]), 0.5 * (ys[1:] + ys[:-1]), m, levels=[level],
-                               colors="white", linewidths=0.8)
+                    ax.contour(
+                        0.5 * (xs[1:] + xs[:-1]),
+                        0.5 * (ys[1:] + ys[:-1]),
+                        m,
+                        levels=[level],
+                        colors="white",
+                        linewidths=0.8,
+                    )
             ax.plot([peak_A[i]], [peak_A[j]], "o", mfc="none", mec="#39d353", ms=16, mew=1.5)
             k = "xyz".index(dropped)
-            ax.set_title(f"projection along {dropped} (maximum)" if r == 0 else
-                         f"{shown[0]}{shown[1]} slice through the maximum, {dropped} = {peak_A[k]:.1f} Å",
-                         fontsize=10)
+            ax.set_title(
+                f"projection along {dropped} (maximum)"
+                if r == 0
+                else f"{shown[0]}{shown[1]} slice through the maximum, {dropped} = {peak_A[k]:.1f} Å",
+                fontsize=10,
+            )
             ax.set_xlabel(f"{shown[0]} (Å)")
             ax.set_ylabel(f"{shown[1]} (Å)")
     bar = fig.colorbar(image, ax=[ax for row in axes for ax in row], shrink=0.85)
     bar.set_label("variance (reference density units²), 0 to the maximum")
-    title = (f"variance: largest {top:.4g} at ({peak_A[0]:.1f}, {peak_A[1]:.1f}, {peak_A[2]:.1f}) Å (green circle)"
-             + ("; white: the mean at the reference contour" if mean is not None and contour is not None else ""))
+    title = f"variance: largest {top:.4g} at ({peak_A[0]:.1f}, {peak_A[1]:.1f}, {peak_A[2]:.1f}) Å (green circle)" + (
+        "; white: the mean at the reference contour" if mean is not None and contour is not None else ""
+    )
     fig.suptitle(title, fontsize=12)
     return [_save(fig, path)]
 
 
-MAX_FIT_ROWS = 12           # chains drawn in fit_placements.png (the report's table lists them all)
+MAX_FIT_ROWS = 12  # chains drawn in fit_placements.png (the report's table lists them all)
 
 
 def fit_placements(target: DensityMap, rows: list, path) -> str:
@@ -271,29 +344,45 @@ def fit_placements(target: DensityMap, rows: list, path) -> str:
     mips = [_normalised(_mip(target.data, axis)) for _, axis, _ in AXES]
     colours = plt.get_cmap("tab10")
     for r, (chain, verdict, placements) in enumerate(shown_rows):
-        for c, (dropped, axis, shown) in enumerate(AXES):
+        for c, (dropped, _axis, shown) in enumerate(AXES):
             ax = axes[r][c]
             ext = _extent(target, shown)
             ax.imshow(mips[c], origin="lower", extent=ext, cmap="gray", vmin=0, vmax=1.3, interpolation="nearest")
             i, j = "xyz".index(shown[0]), "xyz".index(shown[1])
-            for rank, score, trace in reversed(placements):       # rank 1 drawn last, on top
+            for rank, _score, trace in reversed(placements):  # rank 1 drawn last, on top
                 colour = colours((rank - 1) % 10)
-                ax.plot(trace[:, i], trace[:, j], "-", color=colour, lw=2.0 if rank == 1 else 0.9,
-                        alpha=1.0 if rank == 1 else 0.75)
+                ax.plot(
+                    trace[:, i],
+                    trace[:, j],
+                    "-",
+                    color=colour,
+                    lw=2.0 if rank == 1 else 0.9,
+                    alpha=1.0 if rank == 1 else 0.75,
+                )
                 centre = trace.mean(0)
-                ax.annotate(f"{rank}", (centre[i], centre[j]), color="white", fontsize=9, fontweight="bold",
-                            ha="center", va="center",
-                            bbox=dict(boxstyle="circle,pad=0.15", fc=colour, alpha=0.85, lw=0))
+                ax.annotate(
+                    f"{rank}",
+                    (centre[i], centre[j]),
+                    color="white",
+                    fontsize=9,
+                    fontweight="bold",
+                    ha="center",
+                    va="center",
+                    bbox=dict(boxstyle="circle,pad=0.15", fc=colour, alpha=0.85, lw=0),
+                )
             ax.set_xlim(ext[0], ext[1])
             ax.set_ylim(ext[2], ext[3])
             ax.set_xlabel(f"{shown[0]} (Å)")
             ax.set_ylabel(f"{shown[1]} (Å)")
             scores = ", ".join(f"{rank}: {score:.3f}" for rank, score, _ in placements[:5])
-            ax.set_title(f"chain {chain} ({verdict}), along {dropped}" + (f"\nscores {scores}" if c == 0 else ""),
-                         fontsize=9)
+            ax.set_title(
+                f"chain {chain} ({verdict}), along {dropped}" + (f"\nscores {scores}" if c == 0 else ""), fontsize=9
+            )
     more = f"; {len(rows) - len(shown_rows)} more chain(s) in the report's table" if len(rows) > len(shown_rows) else ""
-    fig.suptitle("placements of each chain on the map's projections (rank at the trace's centre; verdict of rank 1)"
-                 + more, fontsize=11)
+    fig.suptitle(
+        "placements of each chain on the map's projections (rank at the trace's centre; verdict of rank 1)" + more,
+        fontsize=11,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     return _save(fig, path)
 
@@ -301,8 +390,9 @@ def fit_placements(target: DensityMap, rows: list, path) -> str:
 def search_hits(query: DensityMap, hits: list, path) -> str:
     """The query's projections (blue) with each hit moved onto it (orange), one row per
     hit: hits = [(label, entry data resampled on the query's grid)]."""
-    return projections(query, hits, path, title="search: the best hits (orange) moved onto the query (blue)",
-                       names=("query", "hit"))
+    return projections(
+        query, hits, path, title="search: the best hits (orange) moved onto the query (blue)", names=("query", "hit")
+    )
 
 
 VERDICT_COLOURS = {"high": "#2e7d32", "medium": "#f9a825", "low": "#c62828", "": "#9e9e9e"}
@@ -320,8 +410,13 @@ def batch_scores(rows: list, path) -> str:
     bins = np.linspace(min([0.0] + values), top, 21)
     kept = [v for v in VERDICT_COLOURS if scores[v]]
     if kept:
-        ax.hist([scores[v] for v in kept], bins=bins, stacked=True, color=[VERDICT_COLOURS[v] for v in kept],
-                label=[v or "no verdict" for v in kept])
+        ax.hist(
+            [scores[v] for v in kept],
+            bins=bins,
+            stacked=True,
+            color=[VERDICT_COLOURS[v] for v in kept],
+            label=[v or "no verdict" for v in kept],
+        )
         ax.legend(title="confidence")
     ax.set_xlabel("score (map correlation x vector agreement)")
     ax.set_ylabel("pairs")
@@ -333,6 +428,7 @@ def batch_scores(rows: list, path) -> str:
         bx.annotate(str(c), (k, c), ha="center", va="bottom")
     bx.set_title("status", fontsize=10)
     from matplotlib.ticker import MaxNLocator
+
     for axis in (ax, bx):
         axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()

@@ -26,6 +26,7 @@ Definitions (all computed without a full-size temporary, memory-mapped maps incl
   robust range); a corrupted voxel 1e4 times the density's maximum is far outside.
   When the bulk is constant (``high == low``) nothing is an outlier.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,11 +38,11 @@ import numpy as np
 
 from ..types import DensityMap
 
-SAMPLE_VOXELS = 2_000_000        # robust range of bigger maps from a strided subsample
-SLAB_VOXELS = 2 ** 22            # full passes read at most this many voxels at a time
-TAIL_FRACTION = 1e-5             # 0.001 % of the voxels at each end
-MIN_TAIL = 8                     # ... but at least this many on small maps
-FACTOR = 50.0                    # outliers lie this many tail widths beyond the robust range
+SAMPLE_VOXELS = 2_000_000  # robust range of bigger maps from a strided subsample
+SLAB_VOXELS = 2**22  # full passes read at most this many voxels at a time
+TAIL_FRACTION = 1e-5  # 0.001 % of the voxels at each end
+MIN_TAIL = 8  # ... but at least this many on small maps
+FACTOR = 50.0  # outliers lie this many tail widths beyond the robust range
 
 
 class Range(NamedTuple):
@@ -51,6 +52,7 @@ class Range(NamedTuple):
 
 class Outliers(NamedTuple):
     """n: outlier voxels; threshold: (low, high) cuts, outliers lie strictly outside."""
+
     n: int
     threshold: Range
 
@@ -58,11 +60,12 @@ class Outliers(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class OutlierSummary:
     """Everything `read_map` and `describe_outliers` report, from one pass over the map."""
+
     robust: Range
     cuts: Range
     n_high: int
     n_low: int
-    largest: float           # of the whole map, outliers included
+    largest: float  # of the whole map, outliers included
     smallest: float
 
     @property
@@ -115,8 +118,8 @@ def without_outliers(density: DensityMap) -> DensityMap:
     clipped, n = clip_outliers(density)
     if n:
         logging.getLogger("cryoalign").warning(
-            "%s: %d outlier voxel(s) set to the map's robust range for the alignment",
-            density.path or "map", n)
+            "%s: %d outlier voxel(s) set to the map's robust range for the alignment", density.path or "map", n
+        )
     return clipped
 
 
@@ -148,11 +151,15 @@ def format_outliers(s: OutlierSummary, path=None) -> str | None:
         return None
     parts = []
     if s.n_high:
-        parts.append(f"{s.n_high} outlier voxel(s) above {s.cuts.high:.3g} (largest {s.largest:.3g}; "
-                     f"robust maximum {s.robust.high:.3g})")
+        parts.append(
+            f"{s.n_high} outlier voxel(s) above {s.cuts.high:.3g} (largest {s.largest:.3g}; "
+            f"robust maximum {s.robust.high:.3g})"
+        )
     if s.n_low:
-        parts.append(f"{s.n_low} outlier voxel(s) below {s.cuts.low:.3g} (smallest {s.smallest:.3g}; "
-                     f"robust minimum {s.robust.low:.3g})")
+        parts.append(
+            f"{s.n_low} outlier voxel(s) below {s.cuts.low:.3g} (smallest {s.smallest:.3g}; "
+            f"robust minimum {s.robust.low:.3g})"
+        )
     name = f"map {path}" if path else "the map"
     return f"{name} has {' and '.join(parts)}; they are ignored by the level estimates"
 
@@ -193,7 +200,7 @@ def _beyond(slab: np.ndarray, cuts: Range) -> tuple[np.ndarray, np.ndarray]:
 def _cuts(robust: Range) -> Range:
     width = robust.high - robust.low
     if not width > 0:
-        return Range(-math.inf, math.inf)         # constant bulk: no scale to judge by
+        return Range(-math.inf, math.inf)  # constant bulk: no scale to judge by
     return Range(robust.low - FACTOR * width, robust.high + FACTOR * width)
 
 

@@ -65,10 +65,43 @@ Bad input raises `InputError` (the messages are tested one by one):
 The package: `store` (the database, `index`), `prefilter` (the vectors search ranks by),
 `signature` (the older shape signature, still stored), `search`.
 """
-from .search import PREFILTER, REFINE, SCREEN_HYPOTHESES, Hit, SearchResult, format_table, search
-from .store import (DB_FILE, FEATURES_DIR, FORMAT, SCHEMA_VERSION, IndexSummary, catalogue_config, index, open_db,
-                    read_entries, stored_features, stored_params, usable_entries, usable_vectors)
 
-__all__ = ["DB_FILE", "FEATURES_DIR", "FORMAT", "PREFILTER", "REFINE", "SCHEMA_VERSION", "SCREEN_HYPOTHESES", "Hit",
-           "IndexSummary", "SearchResult", "catalogue_config", "format_table", "index", "open_db", "read_entries",
-           "search", "stored_features", "stored_params", "usable_entries", "usable_vectors"]
+from .search import PREFILTER, REFINE, SCREEN_HYPOTHESES, Hit, SearchResult, format_table, search
+from .store import (
+    DB_FILE,
+    FEATURES_DIR,
+    FORMAT,
+    SCHEMA_VERSION,
+    IndexSummary,
+    catalogue_config,
+    index,
+    open_db,
+    read_entries,
+    stored_features,
+    stored_params,
+    usable_entries,
+    usable_vectors,
+)
+
+__all__ = [
+    "DB_FILE",
+    "FEATURES_DIR",
+    "FORMAT",
+    "PREFILTER",
+    "REFINE",
+    "SCHEMA_VERSION",
+    "SCREEN_HYPOTHESES",
+    "Hit",
+    "IndexSummary",
+    "SearchResult",
+    "catalogue_config",
+    "format_table",
+    "index",
+    "open_db",
+    "read_entries",
+    "search",
+    "stored_features",
+    "stored_params",
+    "usable_entries",
+    "usable_vectors",
+]

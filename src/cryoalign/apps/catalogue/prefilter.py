@@ -23,17 +23,18 @@ learned from the indexed maps.  Two parts, each a fixed-length block:
 chosen by the pre-filter's recall on the tuning queries of benchmarks/search_corpus.py
 (README "Search at archive scale").
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 VERSION = "prefilter-1"
-SIGNATURE_POINTS = 4000         # at most this many points (a seeded subset) per map
+SIGNATURE_POINTS = 4000  # at most this many points (a seeded subset) per map
 RADIAL_QUANTILES = 16
 D2_QUANTILES = 32
 SHELL_A = 8.0
-SHELLS = 24                     # 0-192 Å; points further out count in the last shell
-DEGREES = 8                     # l = 0..7
+SHELLS = 24  # 0-192 Å; points further out count in the last shell
+DEGREES = 8  # l = 0..7
 SHAPE_LENGTH = 1 + 3 + RADIAL_QUANTILES + D2_QUANTILES
 HARMONIC_LENGTH = SHELLS * DEGREES
 VECTOR_LENGTH = SHAPE_LENGTH + HARMONIC_LENGTH
@@ -57,19 +58,26 @@ def shape_block(points: np.ndarray, volume_A3: float) -> np.ndarray:
     axes = np.sqrt(np.maximum(eigenvalues, 1e-6))
     radial = np.linalg.norm(centred, axis=1)
     pairs = pdist(points) if len(points) > 1 else np.zeros(1)
-    levels = lambda n: (np.arange(n) + 0.5) / n          # noqa: E731
-    return np.concatenate([[np.log(max(volume_A3, 1.0))], np.log(axes),
-                           np.log(np.maximum(np.quantile(radial, levels(RADIAL_QUANTILES)), 1.0)),
-                           np.log(np.maximum(np.quantile(pairs, levels(D2_QUANTILES)), 1.0))])
+    levels = lambda n: (np.arange(n) + 0.5) / n  # noqa: E731
+    return np.concatenate(
+        [
+            [np.log(max(volume_A3, 1.0))],
+            np.log(axes),
+            np.log(np.maximum(np.quantile(radial, levels(RADIAL_QUANTILES)), 1.0)),
+            np.log(np.maximum(np.quantile(pairs, levels(D2_QUANTILES)), 1.0)),
+        ]
+    )
 
 
 def _harmonics(l_degree: int, polar: np.ndarray, azimuth: np.ndarray) -> np.ndarray:
     """Y_lm for m = -l..l at the given angles: (2l+1, n) complex."""
     try:
         from scipy.special import sph_harm_y
+
         return np.array([sph_harm_y(l_degree, m, polar, azimuth) for m in range(-l_degree, l_degree + 1)])
-    except ImportError:        # scipy < 1.15
+    except ImportError:  # scipy < 1.15
         from scipy.special import sph_harm
+
         return np.array([sph_harm(m, l_degree, azimuth, polar) for m in range(-l_degree, l_degree + 1)])
 
 
@@ -81,13 +89,14 @@ def harmonic_block(points: np.ndarray) -> np.ndarray:
     shell = np.minimum((r / SHELL_A).astype(int), SHELLS - 1)
     out = np.zeros((SHELLS, DEGREES))
     for degree in range(DEGREES):
-        Y = _harmonics(degree, polar, azimuth)                     # (2l+1, n)
+        Y = _harmonics(degree, polar, azimuth)  # (2l+1, n)
         sums = np.zeros((SHELLS, 2 * degree + 1), complex)
         for m in range(2 * degree + 1):
-            sums[:, m] = np.bincount(shell, weights=Y[m].real, minlength=SHELLS) \
-                + 1j * np.bincount(shell, weights=Y[m].imag, minlength=SHELLS)
+            sums[:, m] = np.bincount(shell, weights=Y[m].real, minlength=SHELLS) + 1j * np.bincount(
+                shell, weights=Y[m].imag, minlength=SHELLS
+            )
         out[:, degree] = np.sqrt((np.abs(sums) ** 2).sum(1))
-    return np.sqrt(out / len(points)).ravel()      # the square root evens out the shells' weights
+    return np.sqrt(out / len(points)).ravel()  # the square root evens out the shells' weights
 
 
 def vector(prepared) -> np.ndarray:
@@ -102,7 +111,11 @@ def distances(query: np.ndarray, matrix: np.ndarray, weights: dict | None = None
     diff = np.abs(np.asarray(matrix, np.float32) - np.asarray(query, np.float32)[None, :])
     shape = diff[:, :SHAPE_LENGTH]
     # volume, mean axis, mean radial quantile, mean D2 quantile: each counts once
-    shape_d = (shape[:, 0] + shape[:, 1:4].mean(1) + shape[:, 4:4 + RADIAL_QUANTILES].mean(1)
-               + shape[:, 4 + RADIAL_QUANTILES:].mean(1))
+    shape_d = (
+        shape[:, 0]
+        + shape[:, 1:4].mean(1)
+        + shape[:, 4 : 4 + RADIAL_QUANTILES].mean(1)
+        + shape[:, 4 + RADIAL_QUANTILES :].mean(1)
+    )
     harmonic_d = diff[:, SHAPE_LENGTH:].sum(1)
     return weights["shape"] * shape_d + weights["harmonics"] * harmonic_d

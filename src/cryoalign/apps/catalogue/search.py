@@ -1,5 +1,6 @@
 """`search`: the whole catalogue ranked by pre-filter vector, the closest screened from
 their stored features, the best aligned fully.  See the package's docstring."""
+
 from __future__ import annotations
 
 import logging
@@ -26,9 +27,9 @@ from .store import (
 
 log = logging.getLogger(__name__)
 
-SCREEN_HYPOTHESES = 4            # search, first pass over the pre-filtered entries: coarse poses ...
-PREFILTER = 25                   # search: entries screened after the pre-filter (README: from its recall curve)
-REFINE = 3                       # ... and of them aligned with the full pipeline
+SCREEN_HYPOTHESES = 4  # search, first pass over the pre-filtered entries: coarse poses ...
+PREFILTER = 25  # search: entries screened after the pre-filter (README: from its recall curve)
+REFINE = 3  # ... and of them aligned with the full pipeline
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,9 @@ class Hit:
 
     map: str
     path: str
-    score: float                    # alignment_score x coverage
-    alignment_score: float          # the pipeline's score of the entry on the query (AlignResult.score.value)
-    coverage: float                 # fraction of the query's points the moved entry covers
+    score: float  # alignment_score x coverage
+    alignment_score: float  # the pipeline's score of the entry on the query (AlignResult.score.value)
+    coverage: float  # fraction of the query's points the moved entry covers
     correlation: float | None
     T_query_entry: np.ndarray
     signature_distance: float
@@ -47,10 +48,19 @@ class Hit:
     entry_id: int
 
     def as_dict(self, rank: int) -> dict:
-        return {"rank": rank, "map": self.map, "score": self.score, "alignment_score": self.alignment_score,
-                "coverage": self.coverage, "correlation": self.correlation,
-                "matrix": np.asarray(self.T_query_entry).tolist(), "signature_distance": self.signature_distance,
-                "path": self.path, "contour": self.contour, "entry_id": self.entry_id}
+        return {
+            "rank": rank,
+            "map": self.map,
+            "score": self.score,
+            "alignment_score": self.alignment_score,
+            "coverage": self.coverage,
+            "correlation": self.correlation,
+            "matrix": np.asarray(self.T_query_entry).tolist(),
+            "signature_distance": self.signature_distance,
+            "path": self.path,
+            "contour": self.contour,
+            "entry_id": self.entry_id,
+        }
 
 
 @dataclass(frozen=True)
@@ -64,15 +74,21 @@ class SearchResult:
     entries: int
     params: dict
     timings_s: dict
-    errors: list = field(default_factory=list)   # [(map, message)] of entries whose alignment failed
+    errors: list = field(default_factory=list)  # [(map, message)] of entries whose alignment failed
 
     def to_json(self) -> dict:
         from ... import __version__
-        return {"version": __version__, "query": self.query,
-                "hits": [h.as_dict(k) for k, h in enumerate(self.hits, 1)],
-                "searched": self.searched, "entries": self.entries, "params": self.params,
-                "errors": [{"map": m, "error": e} for m, e in self.errors],
-                "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()}}
+
+        return {
+            "version": __version__,
+            "query": self.query,
+            "hits": [h.as_dict(k) for k, h in enumerate(self.hits, 1)],
+            "searched": self.searched,
+            "entries": self.entries,
+            "params": self.params,
+            "errors": [{"map": m, "error": e} for m, e in self.errors],
+            "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
+        }
 
     def __repr__(self):
         best = f" best={self.hits[0].map} score={self.hits[0].score:.3f}" if self.hits else ""
@@ -83,22 +99,36 @@ def format_table(result: SearchResult) -> str:
     """The hits as a short text table (for the terminal)."""
     from ... import transform as tf
 
-    lines = [f"query {result.query}: {result.searched} of {result.entries} entries aligned",
-             "rank  score  coverage  correlation  sig.dist  rotation  translation (Å)             map"]
+    lines = [
+        f"query {result.query}: {result.searched} of {result.entries} entries aligned",
+        "rank  score  coverage  correlation  sig.dist  rotation  translation (Å)             map",
+    ]
     for k, h in enumerate(result.hits, 1):
         T = np.asarray(h.T_query_entry)
         corr = "       -" if h.correlation is None else f"{h.correlation:8.3f}"
         t = T[:3, 3]
-        lines.append(f"{k:4d}  {h.score:5.3f}     {h.coverage:5.3f}     {corr}  {h.signature_distance:8.3f}  "
-                     f"{tf.rotation_angle_deg(T[:3, :3]):7.2f}°  ({t[0]:8.2f}, {t[1]:8.2f}, {t[2]:8.2f})  {h.map}")
+        lines.append(
+            f"{k:4d}  {h.score:5.3f}     {h.coverage:5.3f}     {corr}  {h.signature_distance:8.3f}  "
+            f"{tf.rotation_angle_deg(T[:3, :3]):7.2f}°  ({t[0]:8.2f}, {t[1]:8.2f}, {t[2]:8.2f})  {h.map}"
+        )
     if not result.hits:
         lines.append("(no entry could be aligned)")
     return "\n".join(lines)
 
 
-def search(query, db, *, contour: float | None = None, top: int = 10, prefilter: int | None = PREFILTER,
-           refine: int = REFINE, config: AlignConfig | None = None, jobs: int | None = None,
-           scheduler: str | None = None, progress: bool = False) -> SearchResult:
+def search(
+    query,
+    db,
+    *,
+    contour: float | None = None,
+    top: int = 10,
+    prefilter: int | None = PREFILTER,
+    refine: int = REFINE,
+    config: AlignConfig | None = None,
+    jobs: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = False,
+) -> SearchResult:
     """Rank the catalogue's entries by how well they superimpose on `query` (a map path or
     EMDB ID; contour: given, else the EMDB header's, else estimated).  The `prefilter`
     entries closest by pre-filter vector (None: all) are screened (their best point pose
@@ -153,8 +183,15 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
         _QUERY_CACHE[(query_npz, os.path.abspath(path))] = query_prepared.with_density(density)
 
         def align_all(fn, picked, cfg, stage):
-            tasks = [dict(entry=os.path.join(features, rows[k]["features"]), query=query_npz,
-                          query_map=os.path.abspath(path), config=cfg.as_dict()) for k in picked]
+            tasks = [
+                dict(
+                    entry=os.path.join(features, rows[k]["features"]),
+                    query=query_npz,
+                    query_map=os.path.abspath(path),
+                    config=cfg.as_dict(),
+                )
+                for k in picked
+            ]
             outcomes = {}
             for n, outcome in run_tasks(fn, tasks, jobs=jobs, scheduler=scheduler, progress=progress, desc=stage):
                 outcomes[picked[n]] = outcome
@@ -168,8 +205,9 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
         leaders = sorted(ok, key=lambda k: (-screened[k]["score"], distance_of[k], k))[:refine]
         aligning = time.perf_counter()
         final = dict(screened)
-        final.update({k: o for k, o in align_all(align_entry, leaders, full_config, "refine").items()
-                      if o["status"] == "ok"})
+        final.update(
+            {k: o for k, o in align_all(align_entry, leaders, full_config, "refine").items() if o["status"] == "ok"}
+        )
         timings["refine"] = time.perf_counter() - aligning
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -182,21 +220,47 @@ def search(query, db, *, contour: float | None = None, top: int = 10, prefilter:
             errors.append((entry["map"], outcome["error"]))
             log.warning("%s: alignment failed: %s", entry["map"], outcome["error"])
             continue
-        hits.append(Hit(map=entry["map"], path=entry["path"], score=outcome["score"],
-                        alignment_score=outcome["alignment_score"], coverage=outcome["coverage"],
-                        correlation=outcome["correlation"], T_query_entry=np.array(outcome["matrix"]).reshape(4, 4),
-                        signature_distance=distance_of[k], contour=entry["contour"], entry_id=k))
+        hits.append(
+            Hit(
+                map=entry["map"],
+                path=entry["path"],
+                score=outcome["score"],
+                alignment_score=outcome["alignment_score"],
+                coverage=outcome["coverage"],
+                correlation=outcome["correlation"],
+                T_query_entry=np.array(outcome["matrix"]).reshape(4, 4),
+                signature_distance=distance_of[k],
+                contour=entry["contour"],
+                entry_id=k,
+            )
+        )
     # the fully aligned leaders first (their scores come from the full pipeline), then the screened others
     refined = set(leaders)
     hits.sort(key=lambda h: (h.entry_id not in refined, -h.score, h.signature_distance, h.entry_id))
     timings["total"] = time.perf_counter() - started
-    run_params = dict(params, mode="global", wide_search=full_config.wide_search,
-                      contour=float(region.contour), contour_source=contour_source, top=top, prefilter=prefilter,
-                      refine=refine, screen={"max_hypotheses": min(SCREEN_HYPOTHESES, full_config.max_hypotheses),
-                                             "map_refine": False},
-                      seed=config.seed, map_refine=config.map_refine, signature=prefilter_module.VERSION)
-    return SearchResult(query=spec, hits=hits[:top], searched=len(order_ids), entries=total,
-                        params=run_params, timings_s=timings, errors=errors)
+    run_params = dict(
+        params,
+        mode="global",
+        wide_search=full_config.wide_search,
+        contour=float(region.contour),
+        contour_source=contour_source,
+        top=top,
+        prefilter=prefilter,
+        refine=refine,
+        screen={"max_hypotheses": min(SCREEN_HYPOTHESES, full_config.max_hypotheses), "map_refine": False},
+        seed=config.seed,
+        map_refine=config.map_refine,
+        signature=prefilter_module.VERSION,
+    )
+    return SearchResult(
+        query=spec,
+        hits=hits[:top],
+        searched=len(order_ids),
+        entries=total,
+        params=run_params,
+        timings_s=timings,
+        errors=errors,
+    )
 
 
 def search_config(config: AlignConfig) -> AlignConfig:
@@ -205,6 +269,8 @@ def search_config(config: AlignConfig) -> AlignConfig:
     catalogue most entries are not the query's molecule, and every one of them would
     pay for it)."""
     return config.replace(mode="global", wide_search="never")
+
+
 _QUERY_CACHE: dict = {}
 
 
@@ -245,17 +311,21 @@ def align_entry(task: dict) -> dict:
 
     package_log = logging.getLogger("cryoalign")
     level = package_log.level
-    package_log.setLevel(logging.ERROR)       # most entries are another molecule: their warnings are noise
+    package_log.setLevel(logging.ERROR)  # most entries are another molecule: their warnings are noise
     try:
         config = AlignConfig(**task["config"])
         query = _query(task["query"], task["query_map"], config)
         entry = load(task["entry"], config)
         result = align_prepared(entry, query, config)
         covered = coverage(entry, query, result.T_target_source, cast(float, config.sampling_A))
-        return dict(status="ok", score=float(result.score.value) * covered, alignment_score=float(result.score.value),
-                    coverage=covered,
-                    correlation=None if result.score.correlation is None else float(result.score.correlation),
-                    matrix=[float(v) for v in np.asarray(result.T_target_source).ravel()])
+        return dict(
+            status="ok",
+            score=float(result.score.value) * covered,
+            alignment_score=float(result.score.value),
+            coverage=covered,
+            correlation=None if result.score.correlation is None else float(result.score.correlation),
+            matrix=[float(v) for v in np.asarray(result.T_target_source).ravel()],
+        )
     except InputError as exc:
         return dict(status="error", error=" ".join(str(exc).split()))
     finally:
@@ -285,8 +355,14 @@ def screen_entry(task: dict) -> dict:
         hypotheses, _ = coarse_hypotheses(entry, query, config, Timer())
         agreement, T, _ = screen_poses(entry, query, hypotheses, config)[0]
         covered = coverage(entry, query, T, cast(float, config.sampling_A))
-        return dict(status="ok", score=float(agreement) * covered, alignment_score=float(agreement),
-                    coverage=covered, correlation=None, matrix=[float(v) for v in np.asarray(T).ravel()])
+        return dict(
+            status="ok",
+            score=float(agreement) * covered,
+            alignment_score=float(agreement),
+            coverage=covered,
+            correlation=None,
+            matrix=[float(v) for v in np.asarray(T).ravel()],
+        )
     except InputError as exc:
         return dict(status="error", error=" ".join(str(exc).split()))
     finally:

@@ -1,6 +1,7 @@
 """The shape signature (version SIGNATURE_VERSION, still stored with every entry): volume,
 radius of gyration, principal semi-axes, radial and D2 quantiles, as JSON; compared by
 `signature_distance`.  The search ranks by the pre-filter vector (`prefilter`) instead."""
+
 from __future__ import annotations
 
 import math
@@ -10,7 +11,7 @@ import numpy as np
 from . import prefilter as prefilter_module
 
 SIGNATURE_VERSION = "shape-1"
-SIGNATURE_POINTS = 2000          # points of the cloud used for the signature (seeded subset)
+SIGNATURE_POINTS = 2000  # points of the cloud used for the signature (seeded subset)
 RADIAL_QUANTILES = 16
 D2_QUANTILES = 32
 
@@ -26,11 +27,14 @@ def signature(prepared) -> dict:
     axes = np.sqrt(np.maximum(eigenvalues, 1e-6))
     radial = np.linalg.norm(centred, axis=1)
     pairs = pdist(points) if len(points) > 1 else np.zeros(1)
-    return {"version": SIGNATURE_VERSION, "volume_A3": float(prepared.volume_A3),
-            "rg_A": float(math.sqrt(max(eigenvalues.sum(), 1e-6))),
-            "axes_A": [float(v) for v in axes],
-            "radial_A": [float(v) for v in np.quantile(radial, _levels(RADIAL_QUANTILES))],
-            "d2_A": [float(v) for v in np.quantile(pairs, _levels(D2_QUANTILES))]}
+    return {
+        "version": SIGNATURE_VERSION,
+        "volume_A3": float(prepared.volume_A3),
+        "rg_A": float(math.sqrt(max(eigenvalues.sum(), 1e-6))),
+        "axes_A": [float(v) for v in axes],
+        "radial_A": [float(v) for v in np.quantile(radial, _levels(RADIAL_QUANTILES))],
+        "d2_A": [float(v) for v in np.quantile(pairs, _levels(D2_QUANTILES))],
+    }
 
 
 def _levels(n: int) -> np.ndarray:
@@ -48,7 +52,9 @@ def signature_distance(query: dict, entries: list) -> np.ndarray:
     volume, rg = stack("volume_A3"), stack("rg_A")
     axes, radial, d2 = stack("axes_A"), stack("radial_A"), stack("d2_A")
     scale = (query["rg_A"] + rg) / 2.0
-    return (np.abs(np.log(query["volume_A3"]) - np.log(volume))
-            + np.abs(np.log(query["axes_A"]) - np.log(axes)).mean(1)
-            + (np.abs(np.asarray(query["d2_A"]) - d2).mean(1)
-               + np.abs(np.asarray(query["radial_A"]) - radial).mean(1)) / scale)
+    return (
+        np.abs(np.log(query["volume_A3"]) - np.log(volume))
+        + np.abs(np.log(query["axes_A"]) - np.log(axes)).mean(1)
+        + (np.abs(np.asarray(query["d2_A"]) - d2).mean(1) + np.abs(np.asarray(query["radial_A"]) - radial).mean(1))
+        / scale
+    )
