@@ -204,6 +204,13 @@ def test_library_errors_name_the_parameter():
         ("fit", "contour=9 is at or above", "--contour 9 is at or above"),
         ("fit", "lower the contour or use a smaller sampling_A", "lower the contour or use a smaller --sampling"),
         ("align", "the map map of source_contour_estimated", "the map map of source_contour_estimated"),
+        # a parameter's name inside a file path is not a parameter (was "/tmp/--contour-table.tsv")
+        (
+            "variance",
+            "contour table /tmp/contours.tsv has 1 problem(s); or give contours",
+            "contour table /tmp/contours.tsv has 1 problem(s); or give --contour-table",
+        ),
+        ("variance", "see runs/contours/x.tsv", "see runs/contours/x.tsv"),
     ],
 )
 def test_messages_show_each_commands_flags(command, message, expected):

@@ -98,5 +98,6 @@ def flagged(message: str, command: str) -> str:
             message = message.replace(name, flag)
             continue
         message = re.sub(rf"(?<![\w-]){re.escape(name)}=(\S+)", lambda m: f"{flag} {m.group(1)}", message)
-        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w=])", flag, message)
+        # a bare name, but not a part of a file path ("/data/contours.tsv" stays as it is)
+        message = re.sub(rf"(?<![\w./\\-]){re.escape(name)}(?![\w=/\\]|\.\w)", flag, message)
     return message
