@@ -243,10 +243,12 @@ def superimpose(
         T = as_rigid_matrix(matrix)
     t1 = time.perf_counter()
     bg = np.float32(source_background)
-    moved = resample_onto(
-        DensityMap(data=src_map.data - bg, voxel_size_A=src_map.voxel_size_A, origin_A=src_map.origin_A), tgt_map, T
-    )
-    np.add(moved.data, bg, out=moved.data)
+    if bg:
+        shifted = DensityMap(data=src_map.data - bg, voxel_size_A=src_map.voxel_size_A, origin_A=src_map.origin_A)
+        moved = resample_onto(shifted, tgt_map, T)
+        np.add(moved.data, bg, out=moved.data)
+    else:  # no full-size copy of the source (variance, every map of the series)
+        moved = resample_onto(src_map, tgt_map, T)
     seconds = {"align": t1 - t0 if alignment is not None else 0.0, "resample": time.perf_counter() - t1}
     check_overlap(moved.data, tgt_map.data, source_contour, target_contour)
     return Superposition(T_target_source=T, moved=moved, alignment=alignment, seconds=seconds)
