@@ -218,12 +218,17 @@ def announced_bytes(head: bytes) -> tuple[int, int] | None:
     """(extended-header bytes, data bytes) that an MRC header (its first 1024 bytes)
     announces; None when its grid, mode or extended-header size is invalid (`read_map`
     names those problems).  The one size rule: `read_map` and the EMDB download check use it."""
-    order = "<" if head[212] in (0x44, 0x41) or head[212] == 0 else ">"  # machine stamp
+    order = _byte_order(head)
     nx, ny, nz, mode = np.frombuffer(head[:16], dtype=f"{order}i4")
     nsymbt = int(np.frombuffer(head[92:96], dtype=f"{order}i4")[0])
     if mode not in _SUPPORTED_MODES or min(nx, ny, nz) <= 0 or nsymbt < 0:
         return None
     return nsymbt, int(nx) * int(ny) * int(nz) * np.dtype(_SUPPORTED_MODES[int(mode)]).itemsize
+
+
+def _byte_order(head: bytes) -> str:
+    """numpy's byte-order mark for an MRC header, from its machine stamp (byte 212)."""
+    return "<" if head[212] in (0x44, 0x41) or head[212] == 0 else ">"
 
 
 def _check_size_before_parsing(path, raw: bytes) -> None:
@@ -235,8 +240,7 @@ def _check_size_before_parsing(path, raw: bytes) -> None:
     nsymbt, expected = sizes
     held = len(raw) - 1024 - nsymbt
     if held < expected:
-        order = "<" if raw[212] in (0x44, 0x41) or raw[212] == 0 else ">"
-        raise _truncated(path, np.frombuffer(raw[:12], dtype=f"{order}i4"), expected, held)
+        raise _truncated(path, np.frombuffer(raw[:12], dtype=f"{_byte_order(raw)}i4"), expected, held)
 
 
 def _truncated(path, n_xyz, expected: int, held: int) -> InputError:
