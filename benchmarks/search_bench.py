@@ -285,6 +285,7 @@ def main(argv=None):
     ap.add_argument("--prefilter", type=int, default=25)
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--refine", type=int, default=3)
+    ap.add_argument("--tag", default="", help="a name for this run's cached results (to compare code versions)")
     ap.add_argument("--query-resolution", type=float, default=7.0)
     ap.add_argument("--noise", type=float, default=0.3, help="noise sigma as a fraction of the query's contour")
     ap.add_argument("--jobs", type=int, default=2)
@@ -313,7 +314,8 @@ def main(argv=None):
     )
 
     queries = plan_queries(args, maps)
-    results = run_queries(args, folder, maps, queries, db, args.prefilter, f"p{args.prefilter}-r{args.refine}")
+    tag = f"p{args.prefilter}-r{args.refine}" + (f"-{args.tag}" if args.tag else "")
+    results = run_queries(args, folder, maps, queries, db, args.prefilter, tag)
     full = run_queries(args, folder, maps, queries[: args.full], db, None, "all") if args.full else []
     sig_ranks = prefilter_recall(maps, queries, folder, db, args)
 

@@ -222,7 +222,7 @@ def searches(args, manifest, db) -> list:
     folder = folder_of(args)
     by_path = {e["path"]: e for e in manifest["entries"]}
     out = []
-    tag = f"p{args.prefilter}-r{args.refine}-j{args.jobs}"
+    tag = f"p{args.prefilter}-r{args.refine}-j{args.jobs}" + (f"-{args.tag}" if args.tag else "")
     os.makedirs(os.path.join(folder, "results"), exist_ok=True)
     for n, q in enumerate(manifest["queries"]):
         cached = os.path.join(folder, "results", f"q{n:03d}_{tag}.json")
@@ -328,6 +328,7 @@ def main(argv=None):
     sc.add_corpus_arguments(ap)
     ap.add_argument("--prefilter", type=int, default=25)
     ap.add_argument("--refine", type=int, default=3)
+    ap.add_argument("--tag", default="", help="a name for this run's cached results (to compare code versions)")
     ap.add_argument("--variants", action="store_true")
     ap.add_argument("--searches", action="store_true")
     ap.add_argument("--executors", type=int, default=0, help="check this many queries on 1, 2 workers and Dask")

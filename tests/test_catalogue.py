@@ -426,3 +426,30 @@ def test_a_part_of_the_query_ranks_below_the_whole_by_its_coverage(tmp_path, dat
     errors = [tf.pose_error(three.T_query_entry, T_MOVE @ np.linalg.matrix_power(c3, k), centre) for k in range(3)]
     angle, shift = min(errors)  # up to the C3 turn
     assert angle < 2.0 and shift < 1.5, errors
+
+
+def test_the_screen_ranks_by_the_final_score_so_the_closer_resolution_is_refined(tmp_path, data_dir):
+    # one molecule stored at 6 Å and at 12 Å; a 6 Å query: the vector agreement of the two
+    # at the screen pose is alike (0.91-0.96), the map correlation is not, and the screen
+    # score carries it (the final score's form), so the one entry aligned fully (refine=1)
+    # is the 6 Å one and the screened one reports its correlation (None before)
+    from _maps import moved_structure
+
+    mono = read_model(data_dir / "3mfp.pdb.gz")
+    paths, contours = {}, {}
+    for name, resolution, T in (("fine", 6.0, np.eye(4)), ("coarse", 12.0, tf.make(np.eye(3), [30.0, 0, 0]))):
+        density = simulate.simulate(moved_structure(mono, T), resolution, voxel_A=2.5)
+        paths[name] = str(tmp_path / f"{name}.mrc")
+        write_map(density, paths[name])
+        contours[paths[name]] = simulate.contour_for(density, simulate.model_mass_Da(mono))
+    query = simulate.simulate(moved_structure(mono, T_MOVE), 6.0, voxel_A=2.5)
+    query_path = str(tmp_path / "query.mrc")
+    write_map(query, query_path)
+    index(list(paths.values()), tmp_path / "db", contours=contours, jobs=1)
+    result = search(
+        query_path, tmp_path / "db", contour=simulate.contour_for(query, simulate.model_mass_Da(mono)), refine=1, jobs=1
+    )
+    best, screened = result.hits
+    assert best.map == paths["fine"], [(h.map, h.score) for h in result.hits]
+    assert screened.correlation is not None and 0.0 < screened.correlation < best.correlation
+    assert screened.score == pytest.approx(screened.alignment_score * screened.coverage, rel=1e-12)

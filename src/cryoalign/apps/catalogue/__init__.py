@@ -38,7 +38,11 @@ target, fine=True), every entry's pre-filter distance at once (numpy), and the
 stages, in the workers (which inherit the prepared query when forked, else load it once):
 1. screen (`screen_entry`): the entry's coarse poses from the stored descriptors (at
    most SCREEN_HYPOTHESES), refined on the points; the best by vector agreement; screen
-   score = agreement x coverage.  No map refinement: a hopeless entry stops here.
+   score = the correlation of the entry's stored voxels on the query map at that pose x
+   the agreement x coverage (the final score's form, without map refinement: the leaders
+   are the entries the full alignment would rank first; with agreement x coverage alone
+   identical copies tied and the refined ones were the wrong copies' at other resolutions).
+   No map refinement: a hopeless entry stops here.
 2. refine (`align_entry`): the `refine` best screened entries aligned with the full
    pipeline (`pipeline.align_prepared`, entry = source, query = target, GLOBAL mode at the
    catalogue's sampling interval, no wider search); search score = the alignment score
@@ -46,7 +50,7 @@ stages, in the workers (which inherit the prepared query when forked, else load 
    of the query's points within one sampling interval of the moved entry's points), so
    that a part of the query (a sub-complex) ranks below the whole.
 Hits: the fully aligned ones first, by score, then the screened ones by screen score
-(correlation None).  No entry map is read again.  Global mode because the question is
+(correlation: at the screen pose).  No entry map is read again.  Global mode because the question is
 "which entries are the query's molecule": the pre-filter compares whole shapes; to place
 a query inside a larger entry, align the two with `cryoalign.align(..., mode="local")`.
 

@@ -335,10 +335,11 @@ def align_entry(task: dict) -> dict:
 def screen_entry(task: dict) -> dict:
     """The first, cheap look at one stored entry on the query (runs in a worker): its
     coarse poses from the stored descriptors (at most SCREEN_HYPOTHESES), each refined on
-    the points (`rank.screen_poses`), the best by vector agreement; score = that
+    the points (`rank.screen_poses`), the best by vector agreement; score = the map
+    correlation of the entry's stored voxels on the query map at that pose x that
     agreement x the coverage.  No map refinement: an entry that is not the query's
-    molecule stops here.  task as `align_entry`'s -> a dict of the same keys
-    (correlation None)."""
+    molecule stops here.  task as `align_entry`'s -> a dict of the same keys."""
+    from ...core import maprefine
     from ...core.pipeline import coarse_hypotheses
     from ...core.prepare import load
     from ...core.rank import screen_poses
@@ -355,12 +356,15 @@ def screen_entry(task: dict) -> dict:
         hypotheses, _ = coarse_hypotheses(entry, query, config, Timer())
         agreement, T, _ = screen_poses(entry, query, hypotheses, config)[0]
         covered = coverage(entry, query, T, cast(float, config.sampling_A))
+        # the ranking's own score (correlation x agreement) at the screen pose, so that the
+        # leaders are the entries the full alignment is likely to rank first
+        correlation = max(0.0, float(maprefine.correlation(entry.sample, query.density, T)))
         return dict(
             status="ok",
-            score=float(agreement) * covered,
-            alignment_score=float(agreement),
+            score=correlation * float(agreement) * covered,
+            alignment_score=correlation * float(agreement),
             coverage=covered,
-            correlation=None,
+            correlation=correlation,
             matrix=[float(v) for v in np.asarray(T).ravel()],
         )
     except InputError as exc:
